@@ -1,0 +1,97 @@
+"""Checkpoints as directories: ``model.safetensors`` (weights, no pickle) and ``model.json``
+(architecture, classes, preprocessing, decision threshold, training config). Loading needs
+nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kdistill.errors import CheckpointError
+from kdistill.fileio import atomic_directory
+from kdistill.models import build_model
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+
+def save_checkpoint(directory: Path, model: nn.Module, meta: dict) -> None:
+    """Write weights and metadata atomically; ``meta["architecture"]`` rebuilds the model."""
+    if "architecture" not in meta:
+        raise ValueError("checkpoint metadata needs an 'architecture' entry")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_directory(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(directory: Path) -> dict:
+    path = directory / META
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a kdistill checkpoint (no {META})")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: unreadable metadata ({exc})") from None
+    for key in ("architecture", "classes", "input_size", "channels", "mean", "std"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+    return meta
+
+
+def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model from ``model.json`` and load ``model.safetensors`` into it (eval mode)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    arch = meta["architecture"]
+    model = build_model(arch["name"], **arch["args"])
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS}")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for torn files
+        raise CheckpointError(f"{weights}: unreadable weights ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights}: weights do not match {arch['name']} ({str(exc)[:200]})") from None
+    return model.eval(), meta
+
+
+def architecture(name: str, num_classes: int, input_size: int, in_channels: int, model_args: dict) -> dict:
+    """The ``architecture`` entry of ``model.json``: enough to call ``build_model`` again."""
+    return {"name": name, "args": {"num_classes": num_classes, "input_size": input_size,
+                                   "in_channels": in_channels, **model_args}}
+
+
+def state_to_tensors(prefix: str, state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split a nested state dict into flat tensors (for safetensors) and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value, key):
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(value, dict):
+            return {"__dict__": [[k, walk(v, f"{key}.{k}")] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(value)]
+        return value
+
+    return tensors, walk(state, prefix)
+
+
+def tensors_to_state(tensors: dict[str, torch.Tensor], skeleton):
+    """Inverse of :func:`state_to_tensors` (dict keys keep their original types, e.g. ints)."""
+    if isinstance(skeleton, dict) and "__tensor__" in skeleton:
+        return tensors[skeleton["__tensor__"]]
+    if isinstance(skeleton, dict) and "__dict__" in skeleton:
+        return {k: tensors_to_state(tensors, v) for k, v in skeleton["__dict__"]}
+    if isinstance(skeleton, list):
+        return [tensors_to_state(tensors, v) for v in skeleton]
+    return skeleton

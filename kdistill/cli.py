@@ -1,0 +1,92 @@
+"""The ``kdistill`` command line: parses arguments, then calls the pipeline, training or
+evaluation. It holds no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+
+from kdistill.errors import KdistillError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdistill", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="teacher, student alone, student distilled, evaluation, report")
+    _add_config_args(run)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on the built-in digits data (no download)")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    train = commands.add_parser("train", help="train one model (teacher, baseline or distilled)")
+    _add_config_args(train)
+    train.add_argument("--role", choices=["teacher", "baseline", "distilled"], required=True)
+    train.add_argument("--teacher", help="teacher checkpoint directory (for --role distilled)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a folder of images")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    evaluate.add_argument("--data", required=True, help="FOLDER/<class>/ images, or a root with test/")
+    evaluate.add_argument("--out", help="write results.json here")
+    evaluate.add_argument("--threads", type=int, default=2, help="CPU threads for the speed figures")
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. student.train.epochs=5")
+    parser.add_argument("--out", help="output folder (overrides the config's out)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in the output folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from kdistill.log import configure
+
+    configure(args.verbose)
+    try:
+        return _dispatch(args)
+    except KdistillError as exc:
+        print(f"kdistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdistill: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from kdistill import config as config_module
+
+    if args.command == "evaluate":
+        from kdistill.evaluate import evaluate_checkpoint
+        from kdistill.report import comparison_table
+
+        out = Path(args.out) if args.out else None
+        results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, speed={"threads": args.threads})
+        print(comparison_table(results))
+        return 0
+    if args.command == "demo":
+        config_path = resources.files("kdistill") / "configs" / "demo.yaml"
+        with resources.as_file(config_path) as path:
+            config = config_module.load_config(path, [*args.overrides, f"out={args.out}"])
+    else:
+        overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+        config = config_module.load_config(args.config, overrides)
+    if args.command == "train":
+        from kdistill.pipeline import train_one
+
+        train_one(config, args.role, teacher_dir=args.teacher, resume=args.resume)
+        return 0
+    from kdistill.pipeline import run
+
+    run(config, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Typed, validated run configuration: YAML file + ``key=value`` overrides -> dataclasses.
+
+Every key is declared below with its type and default; an unknown key, a wrong type or a value
+outside its allowed set is a :class:`ConfigError` that names the key. Builders never receive these
+objects: the pipeline unpacks them into plain keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from kdistill.errors import ConfigError
+
+# Chest X-ray file names: person123_bacteria_456.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-0587-0001.jpeg.
+# The first capture group is the patient key; files that do not match are their own group.
+DEFAULT_PATIENT_REGEX = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"
+
+
+@dataclass
+class TrainConfig:
+    """One training recipe (the teacher has its own; baseline and distilled students share one)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    select_metric: Literal["balanced_accuracy", "accuracy", "auc", "loss"] = "balanced_accuracy"
+    class_weighting: Literal["none", "balanced"] = "none"
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # a folder with train/ [val/] [test/], one sub-folder per class
+    dataset: Optional[Literal["digits"]] = None  # or a built-in dataset instead of root
+    input_size: int = 224
+    channels: Literal[1, 3] = 3
+    positive_class: Optional[str] = None  # binary data: the class that sensitivity refers to
+    patient_regex: str = DEFAULT_PATIENT_REGEX
+    val_fraction: float = 0.15  # carved from train, grouped by patient, when val/ is too small
+    test_fraction: float = 0.15  # carved from train the same way when test/ is missing
+    min_val_images: int = 100  # a val/ folder smaller than this is not trusted for selection
+    split_seed: int = 0  # fixed apart from the training seed so every run sees the same split
+    max_images_per_class: Optional[int] = None  # per split; for quick trials and tests
+    on_bad_image: Literal["skip", "error"] = "skip"
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "resnet18"
+    model_args: dict = field(default_factory=dict)
+    pretrained: bool = True  # ImageNet weights through torchvision's weights API
+    weights: Optional[str] = None  # a local weights file (.safetensors or .pth) instead
+    mode: Literal["full", "head"] = "full"  # head: backbone frozen, only the classifier trains
+    checkpoint: Optional[str] = None  # reuse an already fine-tuned teacher checkpoint directory
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-3))
+
+
+@dataclass
+class StudentConfig:
+    model: str = "reference_student"
+    model_args: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class DistillConfig:
+    method: Literal["kd", "article"] = "kd"
+    alpha: float = 0.5
+    temperature: float = 4.0
+    teacher_cache: bool = True  # teacher logits computed once per (image, flip) instead of per step
+
+
+@dataclass
+class ProfileConfig:
+    threads: int = 2
+    repeats: int = 20
+    throughput_batch: int = 64
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    seed: int = 0
+    deterministic: bool = False
+    out: str = "runs/run"
+    progress: bool = True
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (optional), apply ``a.b=value`` overrides and validate everything."""
+    raw: dict = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a validated :class:`Config` from plain data; unknown keys are errors."""
+    config = _build(Config, raw, prefix="")
+    _check_consistency(config)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. student.train.epochs=5")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name in names & set(raw):
+        hint = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], key + ".")
+        else:
+            values[name] = _coerce(raw[name], hint, key)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or hint
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
+    if expected is list and args:
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _check_consistency(config: Config) -> None:
+    data = config.data
+    if (data.root is None) == (data.dataset is None):
+        raise ConfigError("data.root / data.dataset: set exactly one (a folder, or dataset: digits)")
+    if data.input_size < 8:
+        raise ConfigError(f"data.input_size: {data.input_size} is too small (minimum 8)")
+    for key, value in (("data.val_fraction", data.val_fraction), ("data.test_fraction", data.test_fraction)):
+        if not 0.0 < value < 0.5:
+            raise ConfigError(f"{key}: {value} must be between 0 and 0.5")
+    if not 0.0 <= config.distill.alpha <= 1.0:
+        raise ConfigError(f"distill.alpha: {config.distill.alpha} must be between 0 and 1")
+    if config.distill.temperature <= 0:
+        raise ConfigError(f"distill.temperature: {config.distill.temperature} must be positive")
+    for role, train in (("teacher", config.teacher.train), ("student", config.student.train)):
+        if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
+            raise ConfigError(f"{role}.train: epochs, batch_size and lr must be positive")

@@ -1,0 +1,239 @@
+"""Datasets as decoded uint8 tensors in memory, their train/val/test splits, and batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdistill.data.decode import decode_files, to_storage_tensor
+from kdistill.data.digits import digits_images
+from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
+from kdistill.data.split import grouped_holdout, patient_keys, shared_groups
+from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
+from kdistill.errors import DataError
+from kdistill.log import log
+
+
+@dataclass
+class ImageSplit:
+    """One split held in memory: ``images`` is uint8 ``[N, 1|3, S, S]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+    groups: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return torch.bincount(self.labels, minlength=num_classes).tolist()
+
+
+@dataclass
+class DatasetBundle:
+    """Everything the pipeline needs to know about the data."""
+
+    classes: list[str]
+    positive_class: str | None
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    input_size: int
+    channels: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return normalization(self.channels)
+
+    @property
+    def positive_index(self) -> int | None:
+        return None if self.positive_class is None else self.classes.index(self.positive_class)
+
+
+@dataclass
+class Batch:
+    """A training or evaluation batch; ``index`` and ``flipped`` identify the exact view seen."""
+
+    images: torch.Tensor  # float32 [B, C, S, S], normalized
+    labels: torch.Tensor  # int64 [B]
+    index: torch.Tensor  # int64 [B], positions in the split
+    flipped: torch.Tensor  # bool [B]
+
+
+def load_dataset(
+    *,
+    root: str | None = None,
+    dataset: str | None = None,
+    input_size: int = 224,
+    channels: int = 3,
+    positive_class: str | None = None,
+    patient_regex: str = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    min_val_images: int = 100,
+    split_seed: int = 0,
+    max_images_per_class: int | None = None,
+    on_bad_image: str = "skip",
+) -> DatasetBundle:
+    """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits."""
+    split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction,
+                      min_val_images=min_val_images, split_seed=split_seed)
+    if dataset == "digits":
+        classes, splits, info = _digits_splits(input_size, **split_args)
+    elif root is not None:
+        classes, splits, info = _folder_splits(Path(root), patient_regex, **split_args)
+    else:
+        raise DataError("no data: set data.root to a folder or data.dataset to digits")
+    positive_class = _check_positive_class(classes, positive_class)
+    loaded = {}
+    for name, part in splits.items():
+        part = _limit_per_class(part, max_images_per_class, split_seed)
+        loaded[name] = _decode(part, input_size, channels, on_bad_image, info, name)
+    info["sizes"] = {name: len(s) for name, s in loaded.items()}
+    info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
+    return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
+                         input_size, channels, info)
+
+
+@dataclass
+class _RawSplit:
+    """A split before decoding: file paths (or preloaded images for built-in data)."""
+
+    paths: list[Path]
+    labels: list[int]
+    groups: list[str]
+    images: torch.Tensor | None = None
+
+    def subset(self, indices) -> _RawSplit:
+        indices = [int(i) for i in indices]
+        images = None if self.images is None else self.images[indices]
+        return _RawSplit([self.paths[i] for i in indices], [self.labels[i] for i in indices],
+                         [self.groups[i] for i in indices], images)
+
+
+def _folder_splits(root: Path, patient_regex: str, *, val_fraction: float, test_fraction: float,
+                   min_val_images: int, split_seed: int) -> tuple[list[str], dict, dict]:
+    classes, found = scan_dataset_root(root)
+    raw = {name: _raw_from_folder(split, patient_regex) for name, split in found.items()}
+    info: dict = {"root": str(root), "sources": {"train": "train/"}}
+    if "test" in raw:
+        info["sources"]["test"] = "test/"
+    else:
+        raw["train"], raw["test"] = _carve(raw["train"], test_fraction, split_seed, "test")
+        info["sources"]["test"] = f"carved from train/ ({test_fraction:.0%}, grouped by patient)"
+    if "val" in raw and len(raw["val"].labels) >= min_val_images:
+        info["sources"]["val"] = "val/"
+    else:
+        if "val" in raw:
+            log.info(f"{root}/val has {len(raw['val'].labels)} images (< data.min_val_images="
+                     f"{min_val_images}); not used for selection, carving a validation split")
+            info["unused"] = {"val/": len(raw.pop("val").labels)}
+        raw["train"], raw["val"] = _carve(raw["train"], val_fraction, split_seed + 1, "val")
+        info["sources"]["val"] = f"carved from train/ ({val_fraction:.0%}, grouped by patient)"
+    leaks = shared_groups(raw["train"].groups, raw["val"].groups, raw["test"].groups)
+    if leaks:
+        log.info(f"warning: {len(leaks)} patient keys appear in more than one split "
+                 f"(e.g. {sorted(leaks)[0]}); the supplied splits leak patients")
+    info["patients_in_several_splits"] = len(leaks)
+    return classes, raw, info
+
+
+def _digits_splits(input_size: int, *, val_fraction: float, test_fraction: float,
+                   min_val_images: int, split_seed: int) -> tuple[list[str], dict, dict]:
+    images, labels, classes = digits_images(input_size)
+    names = [f"digits[{i}]" for i in range(len(labels))]
+    everything = _RawSplit([Path(n) for n in names], labels, names, images)
+    train, test = _carve(everything, test_fraction, split_seed, "test")
+    train, val = _carve(train, val_fraction, split_seed + 1, "val")
+    info = {"root": "digits (scikit-learn, 8x8 upscaled)",
+            "sources": {"train": "digits", "val": "carved", "test": "carved"}}
+    return classes, {"train": train, "val": val, "test": test}, info
+
+
+def _raw_from_folder(split: FolderSplit, patient_regex: str) -> _RawSplit:
+    return _RawSplit(split.paths, split.labels, patient_keys(split.paths, patient_regex))
+
+
+def _carve(raw: _RawSplit, fraction: float, seed: int, what: str) -> tuple[_RawSplit, _RawSplit]:
+    keep, held = grouped_holdout(raw.labels, raw.groups, fraction, seed)
+    log.debug(f"carved {what}: {len(held)} images from {len(raw.labels)}")
+    return raw.subset(keep), raw.subset(held)
+
+
+def _limit_per_class(raw: _RawSplit, limit: int | None, seed: int) -> _RawSplit:
+    if limit is None:
+        return raw
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(raw.labels)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        chosen.extend(rng.permutation(members)[:limit].tolist())
+    return raw.subset(sorted(chosen))
+
+
+def _decode(raw: _RawSplit, size: int, channels: int, on_bad_image: str, info: dict,
+            split_name: str) -> ImageSplit:
+    if raw.images is not None:  # built-in data is already decoded
+        return ImageSplit(raw.images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups)
+    arrays, kept, bad = decode_files(raw.paths, size, on_bad_image)
+    if bad:
+        info.setdefault("skipped_files", []).extend(str(p) for p in bad)
+    raw = raw.subset(kept)
+    if not raw.labels:
+        raise DataError(f"{split_name} split: no readable images")
+    return ImageSplit(to_storage_tensor(arrays, channels), torch.tensor(raw.labels),
+                      [str(p) for p in raw.paths], raw.groups)
+
+
+def _check_positive_class(classes: list[str], positive_class: str | None) -> str | None:
+    if positive_class is not None and positive_class not in classes:
+        raise DataError(f"data.positive_class: {positive_class!r} is not one of the classes {classes}")
+    if positive_class is None and len(classes) == 2:
+        return classes[1]
+    return positive_class if len(classes) == 2 else None
+
+
+def load_eval_folder(folder: Path, classes: list[str], input_size: int, channels: int,
+                     on_bad_image: str = "skip") -> ImageSplit:
+    """Load a folder for evaluation: ``FOLDER/<class>/`` or a dataset root with ``test/``."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    if (folder / "test").is_dir() and not (folder / classes[0]).is_dir():
+        folder = folder / "test"
+    found = class_names(folder)
+    if found != classes:
+        raise DataError(f"{folder}: classes {found} differ from the checkpoint's classes {classes}")
+    split = scan_split(folder, classes)
+    raw = _RawSplit(split.paths, split.labels, [p.name for p in split.paths])
+    return _decode(raw, input_size, channels, on_bad_image, {}, str(folder))
+
+
+def iterate_batches(
+    split: ImageSplit,
+    batch_size: int,
+    *,
+    channels: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    shuffle: bool = False,
+    augment: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[Batch]:
+    """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly."""
+    count = len(split)
+    if (shuffle or augment) and generator is None:
+        raise ValueError("shuffle/augment need a seeded generator")
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    flips = random_flips(count, generator) if augment else torch.zeros(count, dtype=torch.bool)
+    for start in range(0, count, batch_size):
+        index = order[start:start + batch_size]
+        flipped = flips[index]
+        images = apply_flips(split.images[index], flipped)
+        yield Batch(to_model_input(images, channels, mean, std), split.labels[index], index, flipped)

@@ -1,0 +1,66 @@
+"""Scan an image folder laid out as ``ROOT/<split>/<class>/<image>`` and check its structure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdistill.errors import DataError
+from kdistill.log import log
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class FolderSplit:
+    """The files of one split: parallel lists of paths and class indices."""
+
+    paths: list[Path]
+    labels: list[int]
+
+
+def scan_dataset_root(root: Path) -> tuple[list[str], dict[str, FolderSplit]]:
+    """Return the class names and the splits found under ``root`` (``train/`` is required)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"{root}: no train/ folder (expected {root}/train/<class>/<images>)")
+    classes = class_names(train_dir)
+    splits = {"train": scan_split(train_dir, classes)}
+    for name in ("val", "test"):
+        split_dir = root / name
+        if split_dir.is_dir():
+            other = class_names(split_dir)
+            if other != classes:
+                raise DataError(
+                    f"{split_dir}: classes {other} differ from train/ classes {classes}"
+                )
+            splits[name] = scan_split(split_dir, classes)
+    return classes, splits
+
+
+def class_names(split_dir: Path) -> list[str]:
+    """Sub-folder names of a split, sorted; hidden folders are ignored."""
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(names) < 2:
+        raise DataError(f"{split_dir}: found {len(names)} class folder(s), need at least 2")
+    return names
+
+
+def scan_split(split_dir: Path, classes: list[str]) -> FolderSplit:
+    """List the image files per class; other files are logged and skipped."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        class_dir = split_dir / name
+        files = sorted(p for p in class_dir.iterdir() if p.is_file())
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        for skipped in sorted(set(files) - set(images)):
+            log.info(f"skipping {skipped}: not an image file")
+        if not images:
+            raise DataError(f"{class_dir}: class folder has no images")
+        paths.extend(images)
+        labels.extend([index] * len(images))
+    return FolderSplit(paths, labels)

@@ -1,0 +1,40 @@
+"""The reference transforms, applied to whole uint8 batches: random horizontal flip (training
+only) and ImageNet normalization. Resizing happened once, at decode time."""
+
+from __future__ import annotations
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalization(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet mean/std for 3 channels; their average for a single grayscale channel."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+
+
+def random_flips(batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """One coin per image: True means the image is mirrored left-right."""
+    return torch.rand(batch_size, generator=generator) < 0.5
+
+
+def apply_flips(images: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose ``flipped`` entry is True; ``images`` is ``[B, C, H, W]``."""
+    if not bool(flipped.any()):
+        return images
+    return torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def to_model_input(
+    images: torch.Tensor, channels: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 ``[B, 1|3, H, W]`` -> normalized float32 ``[B, channels, H, W]``."""
+    x = images.float().div_(255.0)
+    if x.shape[1] != channels:
+        x = x.expand(-1, channels, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t

@@ -1,0 +1,8 @@
+"""Distillation methods (one small file each) over pure loss functions in ``losses.py``."""
+
+from kdistill.distill import article, ce, kd  # noqa: F401  (registers the methods)
+from kdistill.distill.losses import kd_loss
+from kdistill.distill.registry import METHODS, build_method
+from kdistill.distill.teacher import CachedTeacher, LiveTeacher, freeze
+
+__all__ = ["METHODS", "CachedTeacher", "LiveTeacher", "build_method", "freeze", "kd_loss"]

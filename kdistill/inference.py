@@ -1,0 +1,28 @@
+"""Run a model over a split and return class probabilities (eval mode, no_grad, fixed order)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdistill.data import ImageSplit, iterate_batches
+
+
+def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
+                   batch_size: int = 128) -> torch.Tensor:
+    """Logits ``[N, K]`` in the split's order; no shuffling, no augmentation."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std):
+            outputs.append(model(batch.images).float())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def predict_probs(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
+                  batch_size: int = 128) -> np.ndarray:
+    logits = predict_logits(model, split, channels=channels, mean=mean, std=std, batch_size=batch_size)
+    return torch.softmax(logits, dim=1).numpy()

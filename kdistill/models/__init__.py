@@ -1,0 +1,5 @@
+"""Models: one factory over kdistill's students, torchvision and timm."""
+
+from kdistill.models.registry import available_models, build_model, find_head
+
+__all__ = ["available_models", "build_model", "find_head"]

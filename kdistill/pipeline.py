@@ -1,0 +1,210 @@
+"""``run(config)``: data -> teacher -> student alone -> student distilled -> evaluate -> report.
+
+Output folder (``config.out``)::
+
+    config.yaml      the resolved config (every key, defaults included)
+    splits.json      the files of each split, so anyone can check the patient grouping
+    teacher/         checkpoint: model.safetensors + model.json (incl. training history)
+    baseline/        the student trained alone
+    distilled/       the same student, same initialization and recipe, distilled from the teacher
+    results.json     metrics on the test split, size and CPU speed of the three models
+    report.md        the comparison table
+    resume/<role>/   training state of an unfinished model (removed when the model is done)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from kdistill import __version__
+from kdistill.checkpoint import architecture, load_checkpoint
+from kdistill.config import Config, dump_yaml
+from kdistill.data import DatasetBundle, load_dataset
+from kdistill.distill import CachedTeacher, LiveTeacher, build_method, freeze
+from kdistill.errors import CheckpointError
+from kdistill.evaluate import add_speedups, evaluate_model
+from kdistill.fileio import write_json_atomic, write_text_atomic
+from kdistill.log import log
+from kdistill.models import build_model, find_head
+from kdistill.report import comparison_table, markdown_report
+from kdistill.train import class_weights, fit
+
+
+def run(config: Config, resume: bool = False) -> dict:
+    """Run the whole pipeline; return the ``results.json`` content (also written to disk)."""
+    started = time.perf_counter()
+    _seed_everything(config.seed, config.deterministic)
+    data = load_dataset(**dataclasses.asdict(config.data))
+    out = Path(config.out)
+    _write_run_files(out, config, data)
+    teacher, teacher_meta = train_teacher(config, data, out, resume)
+    students = {}
+    for role in ("baseline", "distilled"):
+        students[role] = train_student(config, data, out, role, teacher, resume)
+    rows = [_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config)]
+    rows += [_evaluate(model, meta, data, role, out / role, config) for role, (model, meta) in students.items()]
+    add_speedups(rows)
+    results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
+               "machine": {"platform": platform.platform(), "torch": torch.__version__},
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "report.md", markdown_report(results))
+    log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md)")
+    return results
+
+
+def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
+    """Fine-tune the teacher (or load the one given in ``teacher.checkpoint``); return it frozen."""
+    cfg = config.teacher
+    if cfg.checkpoint:
+        model, meta = load_checkpoint(cfg.checkpoint)
+        _check_same_data(meta, data, cfg.checkpoint)
+        return freeze(model), meta
+    checkpoint_dir = out / "teacher"
+    if resume and (checkpoint_dir / "model.json").is_file():
+        log.info(f"teacher: already trained in {checkpoint_dir}, reusing it")
+        model, meta = load_checkpoint(checkpoint_dir)
+        return freeze(model), meta
+    torch.manual_seed(config.seed)
+    arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
+    model = build_model(**{"name": cfg.model, **arch["args"]}, pretrained=cfg.pretrained, weights=cfg.weights)
+    if cfg.mode == "head":
+        freeze_all_but_head(model)
+    meta = _meta(arch, data, "teacher", {"mode": cfg.mode, "pretrained": cfg.pretrained,
+                                         "weights": cfg.weights, **dataclasses.asdict(cfg.train)})
+    _fit(model, build_method("ce", class_weights=_weights(cfg.train, data)), data, "teacher",
+         checkpoint_dir, meta, out, None, cfg.train, config, resume)
+    model, meta = load_checkpoint(checkpoint_dir)
+    return freeze(model), meta
+
+
+def train_student(config: Config, data: DatasetBundle, out: Path, role: str, teacher, resume: bool):
+    """Train the student alone (``baseline``) or distilled from the teacher (``distilled``).
+
+    Both start from the same initialization (same seed) and use the same recipe, so the only
+    difference between them is the loss.
+    """
+    cfg, dcfg = config.student, config.distill
+    checkpoint_dir = out / role
+    if resume and (checkpoint_dir / "model.json").is_file():
+        log.info(f"{role}: already trained in {checkpoint_dir}, reusing it")
+        return load_checkpoint(checkpoint_dir)
+    torch.manual_seed(config.seed)
+    arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
+    model = build_model(**{"name": cfg.model, **arch["args"]})
+    weights = _weights(cfg.train, data)
+    if role == "baseline":
+        method, teacher_outputs, extra = build_method("ce", class_weights=weights), None, {"method": "ce"}
+    else:
+        method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
+        teacher_outputs = _teacher_outputs(teacher, data, dcfg.teacher_cache)
+        extra = {"method": dcfg.method, "alpha": dcfg.alpha, "temperature": dcfg.temperature}
+    meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)})
+    _fit(model, method, data, role, checkpoint_dir, meta, out, teacher_outputs, cfg.train, config, resume)
+    return load_checkpoint(checkpoint_dir)
+
+
+def freeze_all_but_head(model: torch.nn.Module) -> None:
+    """``head`` fine-tuning: only the classifier head trains; the backbone (and, through
+    ``set_train_mode``, its BatchNorm statistics) stays as loaded."""
+    model.requires_grad_(False)
+    find_head(model)[1].requires_grad_(True)
+
+
+def _teacher_outputs(teacher, data: DatasetBundle, cached: bool):
+    mean, std = data.normalization
+    if not cached:
+        return LiveTeacher(teacher)
+    started = time.perf_counter()
+    outputs = CachedTeacher(teacher, data.train, channels=data.channels, mean=mean, std=std)
+    log.info(f"teacher outputs for {len(data.train)} images x 2 views computed in "
+             f"{time.perf_counter() - started:.1f}s")
+    return outputs
+
+
+def _fit(model, method, data, role, checkpoint_dir, meta, out, teacher, train_cfg, config, resume):
+    fit(model, method, data, name=role, checkpoint_dir=checkpoint_dir, checkpoint_meta=meta,
+        resume_dir=out / "resume" / role, teacher=teacher, seed=config.seed, resume=resume,
+        progress=config.progress, **{k: v for k, v in dataclasses.asdict(train_cfg).items()
+                                     if k != "class_weighting"})
+
+
+def _weights(train_cfg, data: DatasetBundle):
+    if train_cfg.class_weighting == "balanced":
+        return class_weights(data.train.labels, len(data.classes))
+    return None
+
+
+def _meta(arch: dict, data: DatasetBundle, role: str, training: dict) -> dict:
+    mean, std = data.normalization
+    return {"kdistill_version": __version__, "role": role, "architecture": arch,
+            "classes": data.classes, "positive_class": data.positive_class,
+            "input_size": data.input_size, "channels": data.channels,
+            "mean": list(mean), "std": list(std),
+            # Binary data: the positive class wins at probability >= threshold.
+            "threshold": 0.5 if data.positive_class is not None else None,
+            "training": training}
+
+
+def _check_same_data(meta: dict, data: DatasetBundle, where: str) -> None:
+    for key, value in (("classes", data.classes), ("input_size", data.input_size), ("channels", data.channels)):
+        if meta[key] != value:
+            raise CheckpointError(f"teacher.checkpoint {where}: {key} {meta[key]} != this data's {value}")
+
+
+def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, config: Config) -> dict:
+    speed = dataclasses.asdict(config.profile)
+    row = evaluate_model(model, meta, data.test, name=meta["architecture"]["name"], role=role,
+                         checkpoint=str(checkpoint), speed=speed)
+    row["selected"] = meta.get("selected")
+    return row
+
+
+def _dataset_summary(data: DatasetBundle) -> dict:
+    return {**{k: v for k, v in data.info.items() if k != "skipped_files"},
+            "skipped_files": data.info.get("skipped_files", []), "classes": data.classes,
+            "positive_class": data.positive_class, "input_size": data.input_size,
+            "evaluated_on": "test"}
+
+
+def _write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", dump_yaml(config))
+    splits = {name: {"files": split.names, "labels": split.labels.tolist(), "groups": split.groups}
+              for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    write_json_atomic(out / "splits.json", splits)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+
+
+def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
+    """``kdistill train``: train one model of the pipeline and write its checkpoint."""
+    _seed_everything(config.seed, config.deterministic)
+    data = load_dataset(**dataclasses.asdict(config.data))
+    out = Path(config.out)
+    if role == "distilled":
+        teacher_path = Path(teacher_dir or config.teacher.checkpoint or out / "teacher")
+        if not (teacher_path / "model.json").is_file():
+            raise CheckpointError(f"{teacher_path}: no teacher checkpoint; train one with --role "
+                                  f"teacher or pass --teacher DIR")
+        config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
+                                                                          checkpoint=str(teacher_path)))
+    _write_run_files(out, config, data)
+    if role == "teacher":
+        train_teacher(config, data, out, resume)
+    else:
+        teacher = train_teacher(config, data, out, resume=True)[0] if role == "distilled" else None
+        train_student(config, data, out, role, teacher, resume)
+    log.info(f"{role}: checkpoint written to {out / role}")
+    return out / role

@@ -1,0 +1,221 @@
+"""One training loop for the teacher, the baseline student and the distilled student.
+
+The loop knows nothing about distillation: it calls ``method(batch, model, teacher)`` and
+optimizes ``out["loss"]``. Each epoch ends with a validation pass; the best epoch by the named
+validation metric is kept. After every epoch the full training state (weights, optimizer,
+schedule, history) is saved atomically under ``resume_dir``, so an interrupted run continues with
+``resume=True`` and, because each epoch's shuffling and flips come from a generator seeded by
+(seed, epoch), ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from tqdm import tqdm
+
+from kdistill.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
+from kdistill.data import DatasetBundle, iterate_batches
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.fileio import atomic_directory
+from kdistill.inference import predict_logits
+from kdistill.log import log
+from kdistill.metrics import classification_metrics
+
+LOWER_IS_BETTER = {"loss"}
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: dict
+    history: list[dict]
+
+
+def fit(
+    model: nn.Module,
+    method,
+    data: DatasetBundle,
+    *,
+    name: str,
+    checkpoint_dir: Path,
+    checkpoint_meta: dict,
+    resume_dir: Path,
+    teacher=None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    optimizer: str = "adamw",
+    schedule: str = "cosine",
+    select_metric: str = "balanced_accuracy",
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` with ``method``; write the best epoch's checkpoint to ``checkpoint_dir``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise KdistillError(f"{name}: the model has no trainable parameters")
+    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    opt = _build_optimizer(optimizer, params, lr, weight_decay)
+    sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
+    state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
+    if resume and (resume_dir / "state.json").is_file():
+        state = _load_state(resume_dir, model, opt, sched)
+        log.info(f"{name}: resuming after epoch {len(state.history)} from {resume_dir}")
+    for epoch in range(len(state.history) + 1, epochs + 1):
+        started = time.perf_counter()
+        train_stats = _train_one_epoch(model, method, teacher, data, opt, sched, batch_size,
+                                       _epoch_generator(seed, epoch), name, epoch, epochs, progress)
+        val = _validate(model, data)
+        record = {"epoch": epoch, **train_stats, "val_loss": val["loss"],
+                  **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "confusion_matrix")},
+                  "seconds": round(time.perf_counter() - started, 2)}
+        state.history.append(record)
+        score = val[select_metric]
+        if state.improved_by(score, select_metric):
+            state.best_epoch, state.best_score = epoch, score
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log.info(_epoch_line(name, record, epochs))
+        _save_state(resume_dir, model, opt, sched, state)
+    model.load_state_dict(state.best_weights)
+    best_val = {k[4:]: v for k, v in state.history[state.best_epoch - 1].items() if k.startswith("val_")}
+    meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
+                                            "val": best_val}, "history": state.history}
+    save_checkpoint(checkpoint_dir, model, meta)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return FitResult(state.best_epoch, best_val, state.history)
+
+
+@dataclass
+class _TrainState:
+    history: list[dict]
+    best_epoch: int
+    best_score: float | None
+    best_weights: dict | None
+
+    def improved_by(self, score: float | None, metric: str) -> bool:
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            return self.best_weights is None
+        if self.best_score is None:
+            return True
+        return score < self.best_score if metric in LOWER_IS_BETTER else score > self.best_score
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling and flips of one epoch depend only on (seed, epoch): resumable and replayable."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except BatchNorm layers whose parameters are all frozen (``head`` fine-tuning):
+    they keep their running statistics and stay in eval mode."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, generator, name,
+                     epoch, epochs, progress) -> dict:
+    set_train_mode(model)
+    mean, std = data.normalization
+    batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
+                              shuffle=True, augment=True, generator=generator)
+    total = math.ceil(len(data.train) / batch_size)
+    bar = tqdm(batches, total=total, desc=f"{name} {epoch}/{epochs}", leave=False, disable=None if progress else True)  # None: off when not a terminal
+    seen, loss_sum, correct = 0, 0.0, 0
+    for step, batch in enumerate(bar, start=1):
+        out = method(batch, model, teacher)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise KdistillError(f"{name}: loss is {loss.item()} at epoch {epoch}, step {step}; "
+                                f"lower the learning rate (the last good epoch's state is kept)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        count = len(batch.labels)
+        seen += count
+        loss_sum += loss.item() * count
+        correct += int((out["logits"].argmax(1) == batch.labels).sum())
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": sched.get_last_lr()[0]}
+
+
+def _validate(model: nn.Module, data: DatasetBundle) -> dict:
+    mean, std = data.normalization
+    logits = predict_logits(model, data.val, channels=data.channels, mean=mean, std=std)
+    labels = data.val.labels
+    loss = float(F.cross_entropy(logits, labels))
+    probs = torch.softmax(logits, 1).numpy()
+    threshold = 0.5 if data.positive_index is not None else None
+    metrics = classification_metrics(probs, labels.numpy(), data.positive_index, threshold)
+    return {"loss": loss, **metrics}
+
+
+def _epoch_line(name: str, record: dict, epochs: int) -> str:
+    auc = record.get("val_auc")
+    auc_text = f" auc {auc:.4f}" if auc is not None else ""
+    return (f"{name} epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} "
+            f"acc {record['val_accuracy']:.4f} bal_acc {record['val_balanced_accuracy']:.4f}{auc_text}"
+            f" | {record['seconds']:.1f}s")
+
+
+def _build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _build_schedule(name: str, opt, total_steps: int):
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def _save_state(resume_dir: Path, model, opt, sched, state: _TrainState) -> None:
+    """Weights, optimizer and best weights as safetensors; the rest as JSON. No pickle."""
+    opt_tensors, opt_skeleton = state_to_tensors("optimizer", opt.state_dict())
+    with atomic_directory(resume_dir) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "last.safetensors"))
+        save_file(state.best_weights, str(tmp / "best.safetensors"))
+        save_file(opt_tensors or {"__empty__": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+        sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+        (tmp / "state.json").write_text(json.dumps({
+            "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
+            "optimizer": opt_skeleton, "scheduler": sched_state}, indent=1))
+
+
+def _load_state(resume_dir: Path, model, opt, sched) -> _TrainState:
+    try:
+        saved = json.loads((resume_dir / "state.json").read_text())
+        model.load_state_dict(load_file(str(resume_dir / "last.safetensors")))
+        opt.load_state_dict(tensors_to_state(load_file(str(resume_dir / "optimizer.safetensors")), saved["optimizer"]))
+        sched.load_state_dict({**sched.state_dict(), **saved["scheduler"]})
+        best = load_file(str(resume_dir / "best.safetensors"))
+    except Exception as exc:  # a torn or foreign resume state must not be half-used
+        raise CheckpointError(f"{resume_dir}: cannot resume from this state ({exc}); "
+                              f"delete it to start over") from None
+    return _TrainState(saved["history"], saved["best_epoch"], saved["best_score"], best)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """'balanced' cross-entropy weights, N / (K * count_k), from the training labels."""
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels.numpy())
+    return torch.tensor(weights, dtype=torch.float32)
