@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="FOLDER/<class>/ images, or a root with test/")
     evaluate.add_argument("--out", help="write results.json here")
     evaluate.add_argument("--threads", type=int, default=2, help="CPU threads for the speed figures")
+    evaluate.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
+                          help="unreadable images: skip and list them (default), or stop")
     return parser
 
 
@@ -44,8 +46,21 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in the output folder")
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting KEY=VALUE overrides come after options too (``--role teacher a.b=1``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from kdistill.log import configure
 
     configure(args.verbose)
@@ -67,7 +82,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kdistill.report import comparison_table
 
         out = Path(args.out) if args.out else None
-        results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, speed={"threads": args.threads})
+        results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out,
+                                      speed={"threads": args.threads}, on_bad_image=args.on_bad_image)
         print(comparison_table(results))
         return 0
     if args.command == "demo":

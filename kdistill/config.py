@@ -95,6 +95,9 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     seed: int = 0
     deterministic: bool = False
+    # CPU threads for training; None = PyTorch's default (one per core). Fewer threads than
+    # cores avoids oversubscription when other jobs share the machine.
+    threads: Optional[int] = None
     out: str = "runs/run"
     progress: bool = True
 
@@ -139,15 +142,26 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+class _OverrideText(str):
+    """The raw text of a ``key=value`` override; it is parsed once the key's type is known, so
+    ``out=2024`` stays a string while ``student.train.epochs=5`` becomes an int."""
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value, e.g. student.train.epochs=5")
     key, text = item.split("=", 1)
+    return key.strip(), _OverrideText(text)
+
+
+def _parse_text(value: _OverrideText, hint: Any) -> Any:
+    if hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                       and str in typing.get_args(hint) and value not in ("null", "~", "")):
+        return str(value)
     try:
-        value = yaml.safe_load(text) if text != "" else ""
+        return yaml.safe_load(value) if value != "" else ""
     except yaml.YAMLError:
-        value = text
-    return key.strip(), value
+        return str(value)
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -184,6 +198,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    if isinstance(value, _OverrideText):
+        value = _parse_text(value, hint)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -192,11 +208,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
-        if value not in args:
+        if not any(value == a and type(value) is type(a) for a in args):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     expected = origin or hint
     if expected is int and isinstance(value, bool):
         raise ConfigError(f"{key}: expected int, got {value!r}")

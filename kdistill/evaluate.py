@@ -42,12 +42,14 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: d
                         on_bad_image: str = "skip") -> dict:
     """``kdistill evaluate``: one checkpoint on one folder; writes ``out`` (results.json)."""
     model, meta = load_checkpoint(checkpoint)
-    split = load_eval_folder(data, meta["classes"], meta["input_size"], meta["channels"], on_bad_image)
+    split, skipped = load_eval_folder(data, meta["classes"], meta["input_size"], meta["channels"],
+                                      on_bad_image)
     row = evaluate_model(model, meta, split, name=meta["architecture"]["name"],
                          role=meta.get("role", "model"), checkpoint=str(checkpoint), speed=speed)
     results = {"kdistill_version": __version__,
                "dataset": {"root": str(data), "evaluated_on": str(data), "classes": meta["classes"],
-                           "positive_class": meta.get("positive_class"), "images": len(split)},
+                           "positive_class": meta.get("positive_class"), "images": len(split),
+                           "skipped_files": skipped},
                "models": [row]}
     if out is not None:
         write_json_atomic(out, results)

@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from kdistill import __version__
 from kdistill.checkpoint import architecture, load_checkpoint
-from kdistill.config import Config, dump_yaml
+from kdistill.config import Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.distill import CachedTeacher, LiveTeacher, build_method, freeze
-from kdistill.errors import CheckpointError
+from kdistill.errors import CheckpointError, ConfigError
 from kdistill.evaluate import add_speedups, evaluate_model
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
@@ -35,12 +36,19 @@ from kdistill.report import comparison_table, markdown_report
 from kdistill.train import class_weights, fit
 
 
+RESUME_IGNORED = {"progress", "profile", "out"}  # settings that do not change what is trained
+
+
 def run(config: Config, resume: bool = False) -> dict:
     """Run the whole pipeline; return the ``results.json`` content (also written to disk)."""
     started = time.perf_counter()
-    _seed_everything(config.seed, config.deterministic)
+    if resume:
+        check_resume_config(Path(config.out), config)
+    _seed_everything(config.seed, config.deterministic, config.threads)
     data = load_dataset(**dataclasses.asdict(config.data))
+    _log_data(data)
     out = Path(config.out)
+    _check_student_builds(config, data)  # fail now, not after the teacher has trained
     _write_run_files(out, config, data)
     teacher, teacher_meta = train_teacher(config, data, out, resume)
     students = {}
@@ -54,6 +62,7 @@ def run(config: Config, resume: bool = False) -> dict:
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "report.md", markdown_report(results))
+    _remove_if_empty(out / "resume")
     log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md)")
     return results
 
@@ -172,6 +181,19 @@ def _dataset_summary(data: DatasetBundle) -> dict:
             "evaluated_on": "test"}
 
 
+def check_resume_config(out: Path, config: Config) -> None:
+    """Resuming with a different config would mix two experiments in one folder: refuse it."""
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = to_dict(from_dict(yaml.safe_load(saved_path.read_text())))
+    current = to_dict(config)
+    for section in saved:
+        if section not in RESUME_IGNORED and saved[section] != current[section]:
+            raise ConfigError(f"{section}: differs from {saved_path}; resume with the same config "
+                              f"or choose another --out")
+
+
 def _write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", dump_yaml(config))
@@ -180,7 +202,29 @@ def _write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
     write_json_atomic(out / "splits.json", splits)
 
 
-def _seed_everything(seed: int, deterministic: bool) -> None:
+def _check_student_builds(config: Config, data: DatasetBundle) -> None:
+    cfg = config.student
+    build_model(cfg.model, len(data.classes), input_size=data.input_size, in_channels=data.channels,
+                **cfg.model_args)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _log_data(data: DatasetBundle) -> None:
+    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+        counts = " / ".join(f"{c} {n}" for c, n in zip(data.classes, split.class_counts(len(data.classes))))
+        log.info(f"data {name}: {len(split)} images ({counts}); {data.info['sources'].get(name, '')}")
+    skipped = data.info.get("skipped_files", [])
+    if skipped:
+        log.info(f"data: {len(skipped)} unreadable files skipped (listed in results.json)")
+
+
+def _seed_everything(seed: int, deterministic: bool, threads: int | None = None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True)
@@ -190,8 +234,9 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
     """``kdistill train``: train one model of the pipeline and write its checkpoint."""
-    _seed_everything(config.seed, config.deterministic)
+    _seed_everything(config.seed, config.deterministic, config.threads)
     data = load_dataset(**dataclasses.asdict(config.data))
+    _log_data(data)
     out = Path(config.out)
     if role == "distilled":
         teacher_path = Path(teacher_dir or config.teacher.checkpoint or out / "teacher")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,10 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
     batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
                               shuffle=True, augment=True, generator=generator)
     total = math.ceil(len(data.train) / batch_size)
-    bar = tqdm(batches, total=total, desc=f"{name} {epoch}/{epochs}", leave=False, disable=None if progress else True)  # None: off when not a terminal
+    # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(batches, total=total, desc=f"{name} {epoch}/{epochs}", leave=False,
+               disable=not progress, mininterval=0.1 if interactive else 30.0)
     seen, loss_sum, correct = 0, 0.0, 0
     for step, batch in enumerate(bar, start=1):
         out = method(batch, model, teacher)
@@ -153,7 +157,7 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
         seen += count
         loss_sum += loss.item() * count
         correct += int((out["logits"].argmax(1) == batch.labels).sum())
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": sched.get_last_lr()[0]}
 
 

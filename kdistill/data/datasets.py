@@ -201,8 +201,9 @@ def _check_positive_class(classes: list[str], positive_class: str | None) -> str
 
 
 def load_eval_folder(folder: Path, classes: list[str], input_size: int, channels: int,
-                     on_bad_image: str = "skip") -> ImageSplit:
-    """Load a folder for evaluation: ``FOLDER/<class>/`` or a dataset root with ``test/``."""
+                     on_bad_image: str = "skip") -> tuple[ImageSplit, list[str]]:
+    """Load a folder for evaluation: ``FOLDER/<class>/`` or a dataset root with ``test/``.
+    Returns the split and the unreadable files that were skipped."""
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found")
     if (folder / "test").is_dir() and not (folder / classes[0]).is_dir():
@@ -212,7 +213,9 @@ def load_eval_folder(folder: Path, classes: list[str], input_size: int, channels
         raise DataError(f"{folder}: classes {found} differ from the checkpoint's classes {classes}")
     split = scan_split(folder, classes)
     raw = _RawSplit(split.paths, split.labels, [p.name for p in split.paths])
-    return _decode(raw, input_size, channels, on_bad_image, {}, str(folder))
+    info: dict = {}
+    loaded = _decode(raw, input_size, channels, on_bad_image, info, str(folder))
+    return loaded, info.get("skipped_files", [])
 
 
 def iterate_batches(

@@ -56,7 +56,8 @@ def scan_split(split_dir: Path, classes: list[str]) -> FolderSplit:
     for index, name in enumerate(classes):
         class_dir = split_dir / name
         files = sorted(p for p in class_dir.iterdir() if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        # Hidden files (.DS_Store, macOS "._IM-0001.jpeg" resource forks) are never images.
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
         for skipped in sorted(set(files) - set(images)):
             log.info(f"skipping {skipped}: not an image file")
         if not images:

@@ -14,7 +14,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     T, so ``alpha`` means the same thing at every temperature. Shapes: ``[B, K]`` each.
     """
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)  # a fixed target
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
@@ -23,7 +23,7 @@ def article_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     """The popular recipe's term as written: ``nn.KLDivLoss()`` (reduction "mean", which divides
     by batch x classes, not by batch) and no ``T**2`` factor. Kept only to compare against."""
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits.detach() / temperature, dim=1)
     return torch.nn.KLDivLoss()(log_p_student, p_teacher)
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdistill.errors import ConfigError
+
 
 class ReferenceStudent(nn.Module):
     def __init__(self, num_classes: int, width: int = 4, input_size: int = 224, in_channels: int = 3):
         super().__init__()
         if input_size % 2:
-            raise ValueError(f"reference_student needs an even input size, got {input_size}")
+            raise ConfigError(f"data.input_size: reference_student needs an even input size, got {input_size}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
             nn.BatchNorm2d(width),

@@ -1,0 +1,162 @@
+"""End to end through the command line: `kdistill run`, `evaluate`, `train` and `demo`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import leftover_temp_files, make_image_folder, tiny_config, write_config
+from kdistill.checkpoint import load_checkpoint
+from kdistill.cli import main
+from kdistill.config import load_config, to_dict
+
+ROW_KEYS = {"name", "role", "params", "macs", "accuracy", "balanced_accuracy", "sensitivity",
+            "specificity", "auc", "ece", "threshold", "latency_ms_batch1", "throughput_img_s",
+            "checkpoint"}
+ROLES = ["teacher", "baseline", "distilled"]
+TABLE_HEADER = "| model | role | accuracy % |"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> dict:
+    """One `kdistill run` on 48 generated 16x16 images: ResNet-18 teacher (from scratch),
+    reference student, 2 epochs each. Shared by the tests of this module (about 8 s)."""
+    base = tmp_path_factory.mktemp("pipeline")
+    root = make_image_folder(base / "data")
+    config = tiny_config(root, base / "unused", teacher={"model": "resnet18", "model_args": {}})
+    config_path = write_config(base / "config.yaml", config)
+    out = base / "out"
+    code = main(["run", str(config_path), "--out", str(out)])
+    return {"code": code, "out": out, "root": root, "config": config_path}
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_run_writes_results_with_every_contract_key(run_dir):
+    """results.json: three models with roles teacher/baseline/distilled and all the contract keys."""
+    assert run_dir["code"] == 0
+    results = read_results(run_dir["out"])
+    assert [row["role"] for row in results["models"]] == ROLES
+    for row in results["models"]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["params"] > 0 and row["macs"] > 0
+        assert row["latency_ms_batch1"] > 0 and row["throughput_img_s"] > 0
+        assert row["threshold"] == 0.5
+    teacher, baseline, distilled = results["models"]
+    assert teacher["name"] == "resnet18" and teacher["params"] > 100 * baseline["params"]
+    assert baseline["params"] == distilled["params"]
+    assert results["dataset"]["positive_class"] == "PNEUMONIA"
+    assert results["dataset"]["skipped_files"] == []
+
+
+def test_report_has_the_comparison_table(run_dir):
+    """report.md holds the table with one row per model, labelled by role."""
+    report = (run_dir["out"] / "report.md").read_text()
+    assert TABLE_HEADER in report
+    for label in ("| teacher |", "| student alone |", "| student distilled |"):
+        assert label in report
+    table_rows = [line for line in report.splitlines() if line.startswith("| resnet18 ")
+                  or line.startswith("| reference_student ")]
+    assert len(table_rows) == 3
+
+
+def test_resolved_config_is_saved(run_dir):
+    """config.yaml in the output folder is the resolved config: it reloads to the same values."""
+    saved = load_config(run_dir["out"] / "config.yaml")
+    given = load_config(run_dir["config"], [f"out={run_dir['out']}"])
+    assert to_dict(saved) == to_dict(given)
+    assert saved.teacher.model == "resnet18" and saved.data.input_size == 16
+
+
+def test_checkpoints_are_self_describing_directories(run_dir):
+    """Each model is a directory of model.safetensors + model.json that loads on its own."""
+    results = read_results(run_dir["out"])
+    for row in results["models"]:
+        folder = Path(row["checkpoint"])
+        assert folder == run_dir["out"] / row["role"]
+        assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+        model, meta = load_checkpoint(folder)
+        assert meta["role"] == row["role"] and meta["architecture"]["name"] == row["name"]
+        assert meta["classes"] == ["NORMAL", "PNEUMONIA"] and meta["input_size"] == 16
+        assert "training" in meta and meta["selected"]["metric"] == "balanced_accuracy"
+
+
+def test_run_leaves_no_temporary_files_or_resume_state(run_dir):
+    """Atomic writes: no .tmp/.old names survive, and finished models leave no resume state."""
+    assert leftover_temp_files(run_dir["out"]) == []
+    assert list((run_dir["out"] / "resume").glob("*")) == []
+
+
+def test_splits_json_groups_are_disjoint(run_dir):
+    """splits.json lets anyone check the patient grouping: no group in two splits."""
+    splits = json.loads((run_dir["out"] / "splits.json").read_text())
+    groups = {name: set(split["groups"]) for name, split in splits.items()}
+    assert groups["train"].isdisjoint(groups["val"] | groups["test"])
+    assert groups["val"].isdisjoint(groups["test"])
+
+
+def test_outputs_follow_the_umask(run_dir):
+    """results.json and checkpoints are as readable as any file the user creates there."""
+    probe = run_dir["out"] / "probe.txt"
+    probe.write_text("x")
+    expected = probe.stat().st_mode & 0o777
+    probe.unlink()
+    assert (run_dir["out"] / "results.json").stat().st_mode & 0o777 == expected
+    assert (run_dir["out"] / "distilled" / "model.safetensors").stat().st_mode & 0o777 == expected
+
+
+def test_evaluate_reproduces_the_pipeline_test_metrics(run_dir, tmp_path, capsys):
+    """`kdistill evaluate` on a folder holding the run's test images writes results.json whose
+    metrics equal the pipeline's row for the same checkpoint."""
+    splits = json.loads((run_dir["out"] / "splits.json").read_text())
+    folder = tmp_path / "test_images"
+    for name in splits["test"]["files"]:
+        target = folder / Path(name).parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(name, target)
+    checkpoint = run_dir["out"] / "distilled"
+    out = tmp_path / "eval" / "results.json"
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(folder), "--out", str(out),
+                 "--threads", "1"])
+    assert code == 0
+    assert TABLE_HEADER in capsys.readouterr().out
+    row = json.loads(out.read_text())["models"][0]
+    assert ROW_KEYS <= set(row)
+    expected = read_results(run_dir["out"])["models"][2]
+    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "ece"):
+        assert row[key] == pytest.approx(expected[key], abs=1e-9), key
+    assert leftover_temp_files(out.parent) == []
+
+
+def test_train_subcommand_builds_one_model_at_a_time(image_root, tmp_path):
+    """`kdistill train --role teacher`, then `--role distilled --teacher DIR` writes a checkpoint
+    distilled from that teacher."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+    assert main(["train", str(config), "--role", "teacher"]) == 0
+    assert (out / "teacher" / "model.safetensors").is_file()
+    assert main(["train", str(config), "--role", "distilled", "--teacher", str(out / "teacher")]) == 0
+    _, meta = load_checkpoint(out / "distilled")
+    assert meta["role"] == "distilled" and meta["training"]["method"] == "kd"
+    assert not (out / "baseline").exists() and not (out / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_demo_reaches_the_table(tmp_path, capsys):
+    """`kdistill demo` (digits, about a minute on 2 cores) prints and writes the comparison table
+    with a distilled row, and the models learn (10 classes: chance is 10%)."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert TABLE_HEADER in capsys.readouterr().err  # the table is logged at the end
+    results = read_results(out)
+    rows = {row["role"]: row for row in results["models"]}
+    assert set(rows) == set(ROLES)
+    assert "| student distilled |" in (out / "report.md").read_text()
+    assert all(row["accuracy"] > 0.5 for row in rows.values()), {r: rows[r]["accuracy"] for r in rows}
+    assert rows["distilled"]["sensitivity"] is None  # multi-class: no positive class
+
