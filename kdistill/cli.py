@@ -36,7 +36,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2, help="CPU threads for the speed figures")
     evaluate.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
                           help="unreadable images: skip and list them (default), or stop")
+    _add_deploy_commands(commands)
     return parser
+
+
+def _add_deploy_commands(commands) -> None:
+    """``export``, ``predict`` and ``bench``: deploying and timing trained models."""
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (optionally int8) or TorchScript")
+    export.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--int8", action="store_true", help="also write an int8 ONNX model (needs --calibration)")
+    export.add_argument("--calibration", help="folder of images to calibrate int8 on (any layout)")
+    export.add_argument("--data", help="FOLDER/<class>/ images for the parity and int8 accuracy checks "
+                                       "(default: the calibration images)")
+    export.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt in the checkpoint)")
+    export.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the checks")
+
+    predict = commands.add_parser("predict", help="classify images with a checkpoint or an exported ONNX file")
+    predict.add_argument("--checkpoint", required=True, help="checkpoint directory or model.onnx")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--threads", type=int, default=1, help="CPU threads")
+
+    bench = commands.add_parser("bench", help="CPU latency/throughput in PyTorch and ONNX Runtime, side by side")
+    bench.add_argument("--checkpoint", nargs="+", action="extend", default=[], metavar="DIR",
+                       help="checkpoint directories")
+    bench.add_argument("--model", action="append", default=[], metavar="NAME",
+                       help="architecture by name, random weights (repeatable)")
+    bench.add_argument("--input-size", type=int, default=224, help="input size for --model (default 224)")
+    bench.add_argument("--num-classes", type=int, default=2, help="classes for --model (default 2)")
+    bench.add_argument("--threads", type=int, default=1, help="threads for both runtimes (default 1)")
+    bench.add_argument("--rounds", type=int, default=15, help="timed rounds at batch 1 (a third at batch 64)")
+    bench.add_argument("--int8", action="store_true", help="also time int8 ONNX Runtime models")
+    bench.add_argument("--calibration", help="images to calibrate int8 checkpoints on (default: random inputs)")
+    bench.add_argument("--json", action="store_true", help="print a JSON list of rows")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from kdistill import config as config_module
 
+    if args.command in ("export", "predict", "bench"):
+        print(_deploy(args))
+        return 0
     if args.command == "evaluate":
         from kdistill.evaluate import evaluate_checkpoint
         from kdistill.report import comparison_table
@@ -102,6 +138,28 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     run(config, resume=args.resume)
     return 0
+
+
+def _deploy(args: argparse.Namespace) -> str:
+    """Run ``export``, ``predict`` or ``bench``; return the text to print."""
+    if args.command == "export":
+        from kdistill.export import export_checkpoint, format_report
+
+        return format_report(export_checkpoint(args.checkpoint, args.format, out=args.out, int8=args.int8,
+                                               calibration=args.calibration, check_images=args.data,
+                                               threads=args.threads))
+    if args.command == "predict":
+        from kdistill.predict import run_predict
+
+        return run_predict(Path(args.checkpoint), [Path(p) for p in args.paths], as_json=args.json,
+                           threads=args.threads)
+    from kdistill.bench import bench_command
+
+    if not args.checkpoint and not args.model:
+        raise KdistillError("bench: give at least one --checkpoint DIR or --model NAME")
+    return bench_command(args.checkpoint, args.model, input_size=args.input_size, num_classes=args.num_classes,
+                         threads=args.threads, int8=args.int8, calibration=args.calibration,
+                         rounds=args.rounds, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     else:
         method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
         teacher_outputs = _teacher_outputs(teacher, data, dcfg.teacher_cache)
-        extra = {"method": dcfg.method, "alpha": dcfg.alpha, "temperature": dcfg.temperature}
+        # Recorded from the method: the article recipe fixes its own alpha and T.
+        extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
     meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)})
     _fit(model, method, data, role, checkpoint_dir, meta, out, teacher_outputs, cfg.train, config, resume)
     return load_checkpoint(checkpoint_dir)
@@ -171,6 +172,7 @@ def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, con
     row = evaluate_model(model, meta, data.test, name=meta["architecture"]["name"], role=role,
                          checkpoint=str(checkpoint), speed=speed)
     row["selected"] = meta.get("selected")
+    row["training"] = meta.get("training")
     return row
 
 

@@ -60,16 +60,33 @@ def markdown_report(results: dict) -> str:
         "",
         comparison_table(results),
         "",
-        f"Decision threshold {_num(first.get('threshold'), 2)} on the positive-class probability"
-        if positive else "Decisions by arg-max.",
-        f"CPU speed: {first['threads']} thread(s), batch 1 latency and batch 64 throughput, "
-        "median of repeated rounds after warm-up. MACs by torch.utils.flop_counter.",
-        "Checkpoints and the epochs were selected on the validation split only; the test split "
-        "was used once, for this table.",
+        "- " + (f"Decision threshold {_num(first.get('threshold'), 2)} on the {positive} probability."
+                if positive else "Decisions by arg-max."),
+        f"- CPU speed: {first['threads']} thread(s); batch-1 latency and batch-64 throughput, "
+        "median of repeated rounds after warm-up. MACs counted by torch.utils.flop_counter.",
+        "- Every epoch was selected on the validation split only; the test split was used once, "
+        "for this table.",
     ]
     for row in results["models"]:
-        if row.get("selected"):
-            sel = row["selected"]
-            lines.append(f"- {ROLE_LABELS.get(row['role'], row['role'])}: epoch {sel['epoch']} chosen by "
-                         f"validation {sel['metric']} = {_num(sel['val'].get(sel['metric']), 4)}")
+        lines.append(f"- {ROLE_LABELS.get(row['role'], row['role'])}: {_training_summary(row)}")
+    if dataset.get("unused"):
+        lines.append(f"- Not used: {dataset['unused']} (too small to select on).")
+    if dataset.get("skipped_files"):
+        lines.append(f"- {len(dataset['skipped_files'])} unreadable files skipped (see results.json).")
     return "\n".join(lines) + "\n"
+
+
+def _training_summary(row: dict) -> str:
+    """How a model was trained and which epoch was kept, from its checkpoint metadata."""
+    training, selected = row.get("training") or {}, row.get("selected")
+    parts = []
+    if training.get("method") in ("kd", "article"):
+        parts.append(f"{training['method']} (alpha {training['alpha']}, T {training['temperature']})")
+    if "epochs" in training:
+        parts.append(f"{training['epochs']} epochs, batch {training['batch_size']}, "
+                     f"{training['optimizer']} lr {training['lr']}, class weighting "
+                     f"{training.get('class_weighting', 'none')}")
+    if selected:
+        value = selected["val"].get(selected["metric"])
+        parts.append(f"epoch {selected['epoch']} kept (validation {selected['metric']} {_num(value, 4)})")
+    return "; ".join(parts) or "loaded from a checkpoint"

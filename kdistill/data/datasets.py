@@ -92,7 +92,8 @@ def load_dataset(
         raise DataError("no data: set data.root to a folder or data.dataset to digits")
     positive_class = _check_positive_class(classes, positive_class)
     loaded = {}
-    for name, part in splits.items():
+    for name in ("train", "val", "test"):
+        part = splits[name]
         part = _limit_per_class(part, max_images_per_class, split_seed)
         loaded[name] = _decode(part, input_size, channels, on_bad_image, info, name)
     info["sizes"] = {name: len(s) for name, s in loaded.items()}

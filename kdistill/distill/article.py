@@ -23,12 +23,13 @@ class ArticleRecipe:
     def __init__(self, alpha: float = ARTICLE_ALPHA, temperature: float = ARTICLE_TEMPERATURE,
                  class_weights=None):
         del alpha, temperature  # the recipe fixes both
+        self.alpha, self.temperature = ARTICLE_ALPHA, ARTICLE_TEMPERATURE
         self.class_weights = class_weights
 
     def __call__(self, batch, student, teacher) -> dict:
         logits = student(batch.images)
         teacher_logits = teacher(batch)
         ce = F.cross_entropy(logits, batch.labels, weight=self.class_weights)
-        kd = article_kd_loss(logits, teacher_logits, ARTICLE_TEMPERATURE)
-        loss = distillation_objective(ce, kd, ARTICLE_ALPHA)
+        kd = article_kd_loss(logits, teacher_logits, self.temperature)
+        loss = distillation_objective(ce, kd, self.alpha)
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "logits": logits.detach()}

@@ -1,0 +1,186 @@
+"""``kdistill bench``: CPU latency (batch 1) and throughput (batch 64) of several models in several
+runtimes (PyTorch eager, PyTorch channels-last, ONNX Runtime fp32, optionally int8), measured side
+by side in one process: same thread count for both runtimes, warm-up first, every variant timed
+once per round in rotating order, median of the rounds with the spread (max - min) shown."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdistill.checkpoint import architecture, load_checkpoint
+from kdistill.data import ImageSplit
+from kdistill.data.transforms import normalization
+from kdistill.export import model_batches, quantize_int8, torch_to_onnx
+from kdistill.imagefiles import load_images
+from kdistill.models import build_model
+from kdistill.onnxmodel import INPUT_NAME, open_session
+from kdistill.profile import count_macs, count_parameters, time_interleaved, torch_threads
+
+RANDOM_CALIBRATION = "random N(0,1) inputs (latency only: says nothing about int8 accuracy)"
+
+
+@dataclass
+class BenchModel:
+    """One model to time: its label, eager module, preprocessing metadata and calibration images."""
+
+    label: str
+    model: nn.Module
+    meta: dict
+    calibration: ImageSplit | None = None
+    calibration_source: str = RANDOM_CALIBRATION
+
+
+def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: int, num_classes: int,
+                      channels: int = 3, calibration: str | None = None) -> list[BenchModel]:
+    """Checkpoint directories (calibrated on ``calibration`` if given) and freshly built architectures."""
+    models = []
+    for directory in checkpoints:
+        model, meta = load_checkpoint(directory)
+        bench_model = BenchModel(f"{meta['architecture']['name']} ({Path(directory).name})", model, meta)
+        if calibration:
+            bench_model.calibration, _ = load_images(Path(calibration), meta, 64)
+            bench_model.calibration_source = f"{len(bench_model.calibration)} images from {calibration}"
+        models.append(bench_model)
+    for name in names:
+        torch.manual_seed(0)  # random weights: speed does not depend on their values
+        model = build_model(name, num_classes, input_size=input_size, in_channels=channels).eval()
+        mean, std = normalization(channels)
+        meta = {"architecture": architecture(name, num_classes, input_size, channels, {}),
+                "input_size": input_size, "channels": channels, "mean": list(mean), "std": list(std)}
+        models.append(BenchModel(name, model, meta))
+    return models
+
+
+def runtimes(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -> dict[str, Callable]:
+    """For each runtime, a factory ``batch -> callable`` that runs one forward pass on a fixed input."""
+    model, meta = bench_model.model.eval(), bench_model.meta
+    shape = (meta["channels"], meta["input_size"], meta["input_size"])
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    onnx_path = scratch / f"{id(bench_model)}.onnx"
+    torch_to_onnx(model, *shape[:2], onnx_path)
+    sessions = {"onnxruntime fp32": open_session(onnx_path, threads)}
+    if int8:
+        int8_path = scratch / f"{id(bench_model)}.int8.onnx"
+        quantize_int8(onnx_path, int8_path, _calibration_batches(bench_model))
+        sessions["onnxruntime int8"] = open_session(int8_path, threads)
+
+    def inputs(batch: int) -> torch.Tensor:
+        return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+
+    made = {"torch eager": lambda b: _torch_call(model, inputs(b)),
+            # Input converted once, outside the timing, as a channels-last pipeline would deliver it.
+            "torch channels-last": lambda b: _torch_call(
+                channels_last, inputs(b).contiguous(memory_format=torch.channels_last))}
+    for name, session in sessions.items():
+        made[name] = lambda b, s=session: _session_call(s, inputs(b).numpy())
+    return made
+
+
+def _torch_call(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    return lambda: model(x)
+
+
+def _session_call(session, x: np.ndarray) -> Callable[[], object]:
+    feed = {INPUT_NAME: np.ascontiguousarray(x)}
+    return lambda: session.run(None, feed)
+
+
+def _calibration_batches(bench_model: BenchModel) -> list[np.ndarray]:
+    """Real images preprocessed as in training when given, else 4 batches of 8 random inputs."""
+    if bench_model.calibration is not None:
+        return [x.numpy() for x in model_batches(bench_model.calibration, bench_model.meta)]
+    meta = bench_model.meta
+    generator = torch.Generator().manual_seed(0)
+    shape = (8, meta["channels"], meta["input_size"], meta["input_size"])
+    return [torch.randn(shape, generator=generator).numpy() for _ in range(4)]
+
+
+def run_bench(models: list[BenchModel], *, threads: int = 1, int8: bool = False, rounds: int = 15,
+              throughput_batch: int = 64) -> list[dict]:
+    """Time every model in every runtime, interleaved; one row per (model, runtime, batch)."""
+    with tempfile.TemporaryDirectory() as scratch, torch_threads(threads), torch.inference_mode():
+        made = {m.label: runtimes(m, Path(scratch), threads, int8) for m in models}
+        sizes = {m.label: {"macs": count_macs(m.model, m.meta["input_size"], m.meta["channels"]),
+                           "params": count_parameters(m.model)} for m in models}
+        rows = []
+        # Batch-64 calls last seconds for a large model: fewer rounds and one warm-up call suffice.
+        for batch, batch_rounds, warmup in ((1, rounds, 3), (throughput_batch, max(3, rounds // 3), 1)):
+            calls = {(label, runtime): make(batch) for label, per_model in made.items()
+                     for runtime, make in per_model.items()}
+            timed = time_interleaved({f"{k[0]}|{k[1]}": v for k, v in calls.items()}, batch_rounds,
+                                     warmup=warmup)
+            rows += [_row(m, runtime, batch, timed[f"{m.label}|{runtime}"], threads, batch_rounds,
+                          sizes[m.label]) for m in models for runtime in made[m.label]]
+    add_ratios(rows, models)
+    return rows
+
+
+def _row(bench_model: BenchModel, runtime: str, batch: int, timing: tuple[float, float], threads: int,
+         rounds: int, sizes: dict) -> dict:
+    median, spread = timing
+    row = {"model": bench_model.label, "runtime": runtime, "batch": batch,
+           "latency_ms": median * 1e3, "spread_ms": spread * 1e3, "throughput_img_s": batch / median,
+           **sizes, "input_size": bench_model.meta["input_size"], "threads": threads, "rounds": rounds}
+    if runtime.endswith("int8"):
+        row["calibration"] = bench_model.calibration_source
+    return row
+
+
+def add_ratios(rows: list[dict], models: list[BenchModel]) -> None:
+    """MAC ratio and batch-1 latency ratio (fastest runtime of each) against the largest model."""
+    fastest = {m.label: min((r for r in rows if r["model"] == m.label and r["batch"] == 1),
+                            key=lambda r: r["latency_ms"]) for m in models}
+    reference = max(fastest.values(), key=lambda r: r["macs"])
+    for row in rows:
+        best = fastest[row["model"]]
+        row.update(reference_model=reference["model"], fastest_runtime=best["runtime"],
+                   macs_ratio=reference["macs"] / max(row["macs"], 1),
+                   latency_ratio=reference["latency_ms"] / best["latency_ms"])
+
+
+def format_bench(rows: list[dict]) -> str:
+    """The per-runtime table, then the models side by side (ratios against the largest model)."""
+    threads, batch = rows[0]["threads"], max(r["batch"] for r in rows)
+    lines = [f"threads: {threads} (torch.set_num_threads({threads}); ONNX Runtime intra_op={threads}, "
+             f"inter_op=1); median of rounds (batch 1: {rows[0]['rounds']}, batch {batch}: "
+             f"{rows[-1]['rounds']}), variants interleaved round by round; spread = max - min", ""]
+    table = [["model", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s", "MACs"]]
+    for r in (r for r in rows if r["batch"] == 1):
+        many = next(o for o in rows if o["model"] == r["model"] and o["runtime"] == r["runtime"] and o["batch"] == batch)
+        table.append([r["model"], r["runtime"], f"{r['latency_ms']:.3f}", f"{r['spread_ms']:.3f}",
+                      f"{many['throughput_img_s']:.1f}", f"{r['macs'] / 1e6:.2f} M"])
+    lines += _align(table)
+    calibrations = sorted({f"{r['model']}: {r['calibration']}" for r in rows if "calibration" in r})
+    if calibrations:
+        lines += ["", "int8 calibration:"] + [f"  {c}" for c in calibrations]
+    reference = rows[0]["reference_model"]
+    side = [["model", "params", "MACs", "MAC ratio", "fastest runtime", "batch-1 ms", "latency ratio"]]
+    for r in rows:
+        if r["batch"] == 1 and r["runtime"] == r["fastest_runtime"]:
+            side.append([r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:.2f} M", f"{r['macs_ratio']:.1f}x",
+                         r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
+    lines += ["", f"side by side (ratios: {reference} / model):"] + _align(side)
+    return "\n".join(lines)
+
+
+def _align(table: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+
+
+def bench_command(checkpoints: list[str], names: list[str], *, input_size: int, num_classes: int,
+                  threads: int, int8: bool, calibration: str | None, rounds: int, as_json: bool) -> str:
+    """``kdistill bench``: the text to print (tables, or a JSON list of rows)."""
+    models = load_bench_models(checkpoints, names, input_size=input_size, num_classes=num_classes,
+                               calibration=calibration)
+    rows = run_bench(models, threads=threads, int8=int8, rounds=rounds)
+    return json.dumps(rows, indent=2) if as_json else format_bench(rows)

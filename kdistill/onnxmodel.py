@@ -1,0 +1,111 @@
+"""ONNX files as kdistill writes and reads them: the preprocessing contract stored in the model's
+``metadata_props`` (one key per field, JSON values) and ONNX Runtime sessions with a fixed thread
+count. ``export.py`` writes these files; ``predict.py`` and ``bench.py`` read them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kdistill import __version__
+from kdistill.errors import KdistillError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# The fields a caller needs to feed the model exactly as it was trained (and to read its output).
+CONTRACT_KEYS = ("input_size", "channels", "mean", "std", "classes", "positive_class", "threshold")
+PREPROCESSING = ("RGB (or grayscale when channels=1) image resized bilinearly to input_size x "
+                 "input_size, float32 pixel/255, then (x - mean) / std per channel, NCHW")
+
+
+class ExportError(KdistillError):
+    """An exported model is unreadable, foreign, or disagrees with the PyTorch model."""
+
+
+def require_onnxruntime():
+    """Import onnxruntime, or say which extra installs it (it is an optional dependency)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("onnxruntime is not installed (pip install 'kdistill[export]')") from None
+    return onnxruntime
+
+
+def require_onnx():
+    """Import onnx, or say which extra installs it."""
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("onnx is not installed (pip install 'kdistill[export]')") from None
+    return onnx
+
+
+def contract_from_meta(meta: dict) -> dict:
+    """The preprocessing contract of a checkpoint's ``model.json``, plus provenance fields."""
+    contract = {key: meta.get(key) for key in CONTRACT_KEYS}
+    contract["architecture"] = meta["architecture"]["name"]
+    contract["preprocessing"] = PREPROCESSING
+    contract["output"] = f"{OUTPUT_NAME} [batch, classes]; softmax gives class probabilities"
+    contract["kdistill_version"] = meta.get("kdistill_version", __version__)
+    return contract
+
+
+def write_contract(model_proto, contract: dict) -> None:
+    """Store every contract field as a ``metadata_props`` entry with a JSON value."""
+    del model_proto.metadata_props[:]
+    for key, value in contract.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+
+
+def read_contract(path: Path) -> dict:
+    """Read the contract of an ONNX file kdistill exported; a corrupt or foreign file is an error."""
+    onnx = require_onnx()
+    if not path.is_file():
+        raise ExportError(f"{path}: ONNX file not found")
+    try:
+        model_proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError/RuntimeError variants for torn files
+        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+    props = {entry.key: entry.value for entry in model_proto.metadata_props}
+    missing = [key for key in CONTRACT_KEYS if key not in props]
+    if missing:
+        raise ExportError(f"{path}: not exported by kdistill (no preprocessing metadata: "
+                          f"missing {', '.join(missing)})")
+    try:
+        return {key: json.loads(value) for key, value in props.items() if key in (*CONTRACT_KEYS, "architecture")}
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: unreadable kdistill metadata ({exc})") from None
+
+
+def open_session(path: Path, threads: int = 1):
+    """An ONNX Runtime CPU session using ``threads`` intra-op threads and one inter-op thread."""
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
+        raise ExportError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+
+
+def session_probs(session, images: np.ndarray) -> np.ndarray:
+    """Softmax probabilities ``[B, K]`` of a session for a normalized float32 batch ``[B, C, S, S]``."""
+    logits = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, np.float32)})[0]
+    return softmax(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)  # no overflow for large logits
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

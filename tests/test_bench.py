@@ -1,0 +1,53 @@
+"""``kdistill bench`` rows and the interleaved timer behind them."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from kdistill.cli import main
+from kdistill.models import build_model
+from kdistill.profile import count_macs, time_interleaved
+
+pytest.importorskip("onnxruntime")
+
+KEYS = {"model", "runtime", "batch", "latency_ms", "throughput_img_s", "macs", "spread_ms", "threads"}
+
+
+def test_bench_json_rows(capsys):
+    """Every runtime at batch 1 and 64, with the keys, MACs from count_macs and random int8 calibration stated."""
+    code = main(["bench", "--model", "reference_student", "--input-size", "32", "--json", "--rounds", "3", "--int8"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(KEYS <= set(row) for row in rows)
+    runtimes = {"torch eager", "torch channels-last", "onnxruntime fp32", "onnxruntime int8"}
+    assert {(r["runtime"], r["batch"]) for r in rows} == {(rt, b) for rt in runtimes for b in (1, 64)}
+    macs = count_macs(build_model("reference_student", 2, input_size=32), 32, 3)
+    assert all(r["macs"] == macs and r["threads"] == 1 and r["latency_ms"] > 0 for r in rows)
+    assert all(r["throughput_img_s"] == pytest.approx(r["batch"] / r["latency_ms"] * 1e3) for r in rows)
+    assert "random" in next(r for r in rows if r["runtime"] == "onnxruntime int8")["calibration"]
+
+
+def test_bench_without_models_is_an_error(capsys):
+    assert main(["bench"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_time_interleaved_rotates_and_separates():
+    """Rounds alternate between callables (rotating order) and the slower one measures slower."""
+    calls = []
+
+    def fast():
+        calls.append("fast")
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.002)
+
+    timed = time_interleaved({"fast": fast, "slow": slow}, rounds=4, min_round_s=0.0, warmup=1)
+    timed_part = calls[4:]  # after 2 warm-up + 2 sizing calls
+    assert timed_part == ["fast", "slow", "slow", "fast", "fast", "slow", "slow", "fast"]
+    assert timed["slow"][0] > timed["fast"][0] + 0.001
+    assert all(spread >= 0 for _, spread in timed.values())

@@ -1,0 +1,154 @@
+"""``kdistill export``: ONNX Runtime agrees with PyTorch, the preprocessing contract round-trips,
+the batch dimension is dynamic, int8 export reports its accuracy change, TorchScript matches eager,
+and bad ONNX files get one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+
+from conftest import leftover_temp_files, make_image_folder  # noqa: E402
+from deploy_helpers import CLASSES, make_checkpoint, write_foreign_onnx  # noqa: E402
+from kdistill.checkpoint import load_checkpoint  # noqa: E402
+from kdistill.cli import main  # noqa: E402
+from kdistill.data import load_eval_folder  # noqa: E402
+from kdistill.data.transforms import to_model_input  # noqa: E402
+from kdistill.export import export_checkpoint  # noqa: E402
+from kdistill.onnxmodel import CONTRACT_KEYS, ExportError, open_session, read_contract, session_probs  # noqa: E402
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("kdistill: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """FOLDER/<class>/ with 2 x 8 generated 20x20 images (resized to 32 at load time)."""
+    return make_image_folder(tmp_path / "data", per_class=8, size=20) / "train"
+
+
+@pytest.mark.parametrize("name", ["reference_student", "tiny_cnn_d2"])
+def test_onnx_matches_pytorch_on_images_at_batch_1_and_5(name, tmp_path, images, capsys):
+    """Exported through the CLI, ONNX Runtime's probabilities equal PyTorch's within 1e-4."""
+    checkpoint = make_checkpoint(tmp_path / name, name)
+    assert main(["export", "--checkpoint", str(checkpoint), "--data", str(images)]) == 0
+    assert "max |prob diff|" in capsys.readouterr().out
+    model, meta = load_checkpoint(checkpoint)
+    session = open_session(checkpoint / "model.onnx")
+    split, _ = load_eval_folder(images, CLASSES, 32, 3)
+    x = to_model_input(split.images, 3, meta["mean"], meta["std"])
+    for batch in (1, 5):
+        with torch.no_grad():
+            expected = torch.softmax(model(x[:batch]), 1).numpy()
+        got = session_probs(session, x[:batch].numpy())
+        assert got.shape == (batch, 2)
+        assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_batch_dimension_is_symbolic(tmp_path, images):
+    """The graph input declares a named batch dimension, not a fixed 1 or 2."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    export_checkpoint(checkpoint, check_images=images)
+    shape = onnx.load(str(checkpoint / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert shape[0].dim_param and not shape[0].dim_value
+    assert [d.dim_value for d in shape[1:]] == [3, 32, 32]
+
+
+def test_metadata_round_trips(tmp_path, images):
+    """Every contract field is stored as JSON in metadata_props and reads back equal to model.json."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt", threshold=0.3)
+    export_checkpoint(checkpoint, check_images=images)
+    _, meta = load_checkpoint(checkpoint)
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(checkpoint / "model.onnx")).metadata_props}
+    contract = read_contract(checkpoint / "model.onnx")
+    for key in CONTRACT_KEYS:
+        assert props[key] == meta[key] == contract[key], key
+    assert contract["threshold"] == 0.3 and contract["architecture"] == "reference_student"
+
+
+@pytest.mark.parametrize("content", [b"not an onnx model at all \x00\xff" * 10, "truncated"])
+def test_corrupt_onnx_is_one_line_error(content, tmp_path, images, capsys):
+    """Garbage bytes or a truncated export: exit 2, one line naming the file."""
+    bad = tmp_path / "bad.onnx"
+    if content == "truncated":
+        checkpoint = make_checkpoint(tmp_path / "ckpt")
+        export_checkpoint(checkpoint, check_images=images)
+        content = (checkpoint / "model.onnx").read_bytes()[:300]
+    bad.write_bytes(content)
+    code = main(["predict", "--checkpoint", str(bad), str(images)])
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(bad) in line and ("not a readable ONNX model" in line or "cannot load" in line)
+
+
+def test_foreign_onnx_is_one_line_error(tmp_path, images, capsys):
+    """A valid ONNX model without kdistill's metadata is refused: its preprocessing is unknown."""
+    foreign = write_foreign_onnx(tmp_path / "foreign.onnx")
+    assert main(["predict", "--checkpoint", str(foreign), str(images)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(foreign) in line and "not exported by kdistill" in line and "input_size" in line
+
+
+def test_int8_export_reports_accuracy_delta(tmp_path, images, capsys):
+    """--int8 writes a QDQ model carrying the same contract and reports the accuracy change."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt", "tiny_cnn_d2")
+    code = main(["export", "--checkpoint", str(checkpoint), "--int8", "--calibration", str(images)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "accuracy fp32" in out and "points)" in out
+    int8 = onnx.load(str(checkpoint / "model.int8.onnx"))
+    assert "QuantizeLinear" in {node.op_type for node in int8.graph.node}
+    assert read_contract(checkpoint / "model.int8.onnx") == read_contract(checkpoint / "model.onnx")
+    report = export_checkpoint(checkpoint, int8=True, calibration=images)["int8"]
+    assert report["accuracy_delta"] == pytest.approx(report["accuracy_int8"] - report["accuracy_fp32"])
+    assert report["images"] == 16 and 0.0 <= report["agreement"] <= 1.0
+
+
+def test_int8_needs_calibration(tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    assert main(["export", "--checkpoint", str(checkpoint), "--int8"]) == 2
+    assert "--calibration" in one_error_line(capsys.readouterr().err)
+    assert not (checkpoint / "model.onnx").exists()
+
+
+def test_failed_parity_check_writes_nothing(tmp_path, images):
+    """A parity check that fails raises and leaves neither model.onnx nor a temporary file."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(ExportError, match="disagree"):
+        export_checkpoint(checkpoint, check_images=images, tolerance=-1.0)
+    assert not (checkpoint / "model.onnx").exists()
+    assert leftover_temp_files(checkpoint) == []
+
+
+def test_torchscript_matches_eager_and_carries_contract(tmp_path, images):
+    """The traced model gives eager's outputs at another batch size and embeds kdistill.json."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt", "tiny_cnn_d2")
+    report = export_checkpoint(checkpoint, "torchscript", check_images=images)
+    assert report["max_prob_diff"] <= 1e-4
+    extra = {"kdistill.json": ""}
+    traced = torch.jit.load(str(checkpoint / "model.torchscript.pt"), _extra_files=extra)
+    model, _ = load_checkpoint(checkpoint)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), model(x), atol=1e-5)
+    assert json.loads(extra["kdistill.json"])["classes"] == CLASSES
+
+
+def test_in_memory_splits_as_the_pipeline_passes_them(tmp_path, images):
+    """The pipeline's call: calibration and check images given as loaded splits, not folders."""
+    checkpoint = make_checkpoint(tmp_path / "distilled")
+    split, _ = load_eval_folder(images, CLASSES, 32, 3)
+    report = export_checkpoint(checkpoint, "onnx", int8=True, calibration=split, check_images=split)
+    assert report["images"] == len(split) == 16 and report["max_prob_diff"] <= 1e-4
+    assert "accuracy_delta" in report["int8"]
+    assert (checkpoint / "model.onnx").is_file() and (checkpoint / "model.int8.onnx").is_file()

@@ -1,0 +1,73 @@
+"""``kdistill predict``: tables and JSON, the threshold rule, and unreadable files listed, not fatal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from conftest import make_image_folder  # noqa: E402
+from deploy_helpers import make_checkpoint  # noqa: E402
+from kdistill.cli import main  # noqa: E402
+from kdistill.export import export_checkpoint  # noqa: E402
+
+
+@pytest.fixture
+def folder_with_corrupt(tmp_path):
+    """2 x 4 readable images in nested class folders plus one corrupt .png."""
+    root = make_image_folder(tmp_path / "data", per_class=4, size=20) / "train"
+    corrupt = root / "NORMAL" / "broken.png"
+    corrupt.write_bytes(b"this is not a png")
+    return root, corrupt
+
+
+def test_corrupt_image_is_listed_and_the_rest_predicted(tmp_path, folder_with_corrupt, capsys):
+    root, corrupt = folder_with_corrupt
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root)]) == 0
+    out = capsys.readouterr().out
+    table, _, listed = out.partition("unreadable file(s):")
+    assert len([line for line in table.splitlines() if line.endswith(".png  ") or ".png " in line]) == 8
+    assert str(corrupt) in listed and "cannot read image" in listed
+    assert "p(PNEUMONIA)" in table and "threshold" in table
+
+
+def test_json_output_from_onnx(tmp_path, folder_with_corrupt, capsys):
+    """--json from model.onnx: 8 predictions matching the checkpoint's, 1 unreadable with a reason."""
+    root, corrupt = folder_with_corrupt
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    export_checkpoint(checkpoint, check_images=root)
+    results = {}
+    for model in (checkpoint, checkpoint / "model.onnx"):
+        assert main(["predict", "--checkpoint", str(model), str(root), "--json"]) == 0
+        results[model.name] = json.loads(capsys.readouterr().out)
+    onnx_result, torch_result = results["model.onnx"], results["ckpt"]
+    assert [u["file"] for u in onnx_result["unreadable"]] == [str(corrupt)]
+    assert onnx_result["unreadable"][0]["reason"]
+    assert len(onnx_result["predictions"]) == 8
+    for a, b in zip(onnx_result["predictions"], torch_result["predictions"]):
+        assert a["file"] == b["file"] and a["class"] == b["class"]
+        assert abs(a["positive_probability"] - b["positive_probability"]) <= 1e-4
+        assert a["threshold"] == 0.5 and set(a) >= {"class", "probability", "positive_probability"}
+
+
+def test_threshold_from_checkpoint_decides(tmp_path, folder_with_corrupt, capsys):
+    """Threshold 0: every image is the positive class, with the probability of that class."""
+    root, _ = folder_with_corrupt
+    checkpoint = make_checkpoint(tmp_path / "ckpt", threshold=0.0)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert {r["class"] for r in rows} == {"PNEUMONIA"}
+    assert all(r["probability"] == r["positive_probability"] and r["threshold"] == 0.0 for r in rows)
+
+
+def test_missing_path_is_listed_not_fatal(tmp_path, folder_with_corrupt, capsys):
+    root, _ = folder_with_corrupt
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    image = next((root / "PNEUMONIA").iterdir())
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), str(tmp_path / "nope.png"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [p["file"] for p in result["predictions"]] == [str(image)]
+    assert result["unreadable"] == [{"file": str(tmp_path / "nope.png"), "reason": "not found"}]
