@@ -19,6 +19,7 @@ from torch import nn
 from kdistill.checkpoint import architecture, load_checkpoint
 from kdistill.data import ImageSplit
 from kdistill.data.transforms import normalization
+from kdistill.errors import KdistillError
 from kdistill.export import model_batches, quantize_int8, torch_to_onnx
 from kdistill.imagefiles import load_images
 from kdistill.models import build_model
@@ -154,10 +155,11 @@ def format_bench(rows: list[dict]) -> str:
              f"inter_op=1); median of rounds (batch 1: {rows[0]['rounds']}, batch {batch}: "
              f"{rows[-1]['rounds']}), variants interleaved round by round; spread = max - min", ""]
     table = [["model", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s", "MACs"]]
+    big = {(r["model"], r["runtime"]): r for r in rows if r["batch"] == batch}
     for r in (r for r in rows if r["batch"] == 1):
-        many = next(o for o in rows if o["model"] == r["model"] and o["runtime"] == r["runtime"] and o["batch"] == batch)
+        many = big[(r["model"], r["runtime"])]
         table.append([r["model"], r["runtime"], f"{r['latency_ms']:.3f}", f"{r['spread_ms']:.3f}",
-                      f"{many['throughput_img_s']:.1f}", f"{r['macs'] / 1e6:.2f} M"])
+                      f"{many['throughput_img_s']:.1f}", _macs(r["macs"])])
     lines += _align(table)
     calibrations = sorted({f"{r['model']}: {r['calibration']}" for r in rows if "calibration" in r})
     if calibrations:
@@ -166,10 +168,14 @@ def format_bench(rows: list[dict]) -> str:
     side = [["model", "params", "MACs", "MAC ratio", "fastest runtime", "batch-1 ms", "latency ratio"]]
     for r in rows:
         if r["batch"] == 1 and r["runtime"] == r["fastest_runtime"]:
-            side.append([r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:.2f} M", f"{r['macs_ratio']:.1f}x",
+            side.append([r["model"], f"{r['params']:,}", _macs(r["macs"]), f"{r['macs_ratio']:.1f}x",
                          r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
     lines += ["", f"side by side (ratios: {reference} / model):"] + _align(side)
     return "\n".join(lines)
+
+
+def _macs(macs: int) -> str:
+    return f"{macs / 1e9:.2f} G" if macs >= 1e9 else f"{macs / 1e6:.2f} M"
 
 
 def _align(table: list[list[str]]) -> list[str]:
@@ -180,6 +186,8 @@ def _align(table: list[list[str]]) -> list[str]:
 def bench_command(checkpoints: list[str], names: list[str], *, input_size: int, num_classes: int,
                   threads: int, int8: bool, calibration: str | None, rounds: int, as_json: bool) -> str:
     """``kdistill bench``: the text to print (tables, or a JSON list of rows)."""
+    if not checkpoints and not names:
+        raise KdistillError("bench: give at least one --checkpoint DIR or --model NAME")
     models = load_bench_models(checkpoints, names, input_size=input_size, num_classes=num_classes,
                                calibration=calibration)
     rows = run_bench(models, threads=threads, int8=int8, rounds=rounds)

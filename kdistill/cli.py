@@ -50,13 +50,13 @@ def _add_deploy_commands(commands) -> None:
     export.add_argument("--data", help="FOLDER/<class>/ images for the parity and int8 accuracy checks "
                                        "(default: the calibration images)")
     export.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt in the checkpoint)")
-    export.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the checks")
+    export.add_argument("--threads", type=_positive_int, default=1, help="ONNX Runtime threads for the checks")
 
     predict = commands.add_parser("predict", help="classify images with a checkpoint or an exported ONNX file")
     predict.add_argument("--checkpoint", required=True, help="checkpoint directory or model.onnx")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    predict.add_argument("--threads", type=int, default=1, help="CPU threads")
+    predict.add_argument("--threads", type=_positive_int, default=1, help="CPU threads")
 
     bench = commands.add_parser("bench", help="CPU latency/throughput in PyTorch and ONNX Runtime, side by side")
     bench.add_argument("--checkpoint", nargs="+", action="extend", default=[], metavar="DIR",
@@ -65,11 +65,19 @@ def _add_deploy_commands(commands) -> None:
                        help="architecture by name, random weights (repeatable)")
     bench.add_argument("--input-size", type=int, default=224, help="input size for --model (default 224)")
     bench.add_argument("--num-classes", type=int, default=2, help="classes for --model (default 2)")
-    bench.add_argument("--threads", type=int, default=1, help="threads for both runtimes (default 1)")
-    bench.add_argument("--rounds", type=int, default=15, help="timed rounds at batch 1 (a third at batch 64)")
+    bench.add_argument("--threads", type=_positive_int, default=1, help="threads for both runtimes (default 1)")
+    bench.add_argument("--rounds", type=_positive_int, default=15,
+                       help="timed rounds at batch 1 (a third of them at batch 64)")
     bench.add_argument("--int8", action="store_true", help="also time int8 ONNX Runtime models")
     bench.add_argument("--calibration", help="images to calibrate int8 checkpoints on (default: random inputs)")
     bench.add_argument("--json", action="store_true", help="print a JSON list of rows")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -155,8 +163,6 @@ def _deploy(args: argparse.Namespace) -> str:
                            threads=args.threads)
     from kdistill.bench import bench_command
 
-    if not args.checkpoint and not args.model:
-        raise KdistillError("bench: give at least one --checkpoint DIR or --model NAME")
     return bench_command(args.checkpoint, args.model, input_size=args.input_size, num_classes=args.num_classes,
                          threads=args.threads, int8=args.int8, calibration=args.calibration,
                          rounds=args.rounds, as_json=args.json)

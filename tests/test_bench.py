@@ -17,8 +17,9 @@ KEYS = {"model", "runtime", "batch", "latency_ms", "throughput_img_s", "macs", "
 
 
 def test_bench_json_rows(capsys):
-    """Every runtime at batch 1 and 64, with the keys, MACs from count_macs and random int8 calibration stated."""
-    code = main(["bench", "--model", "reference_student", "--input-size", "32", "--json", "--rounds", "3", "--int8"])
+    """Every runtime at batch 1 and 64 with the keys; MACs from count_macs; random int8 calibration stated."""
+    code = main(["bench", "--model", "reference_student", "--input-size", "32", "--json", "--rounds", "3",
+                 "--int8"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(KEYS <= set(row) for row in rows)

@@ -21,7 +21,8 @@ from kdistill.cli import main  # noqa: E402
 from kdistill.data import load_eval_folder  # noqa: E402
 from kdistill.data.transforms import to_model_input  # noqa: E402
 from kdistill.export import export_checkpoint  # noqa: E402
-from kdistill.onnxmodel import CONTRACT_KEYS, ExportError, open_session, read_contract, session_probs  # noqa: E402
+from kdistill.onnxmodel import (CONTRACT_KEYS, ExportError, open_session, read_contract,  # noqa: E402
+                                session_probs)
 
 
 def one_error_line(err: str) -> str:
@@ -130,6 +131,7 @@ def test_failed_parity_check_writes_nothing(tmp_path, images):
     assert leftover_temp_files(checkpoint) == []
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_matches_eager_and_carries_contract(tmp_path, images):
     """The traced model gives eager's outputs at another batch size and embeds kdistill.json."""
     checkpoint = make_checkpoint(tmp_path / "ckpt", "tiny_cnn_d2")

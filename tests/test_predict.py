@@ -29,7 +29,9 @@ def test_corrupt_image_is_listed_and_the_rest_predicted(tmp_path, folder_with_co
     assert main(["predict", "--checkpoint", str(checkpoint), str(root)]) == 0
     out = capsys.readouterr().out
     table, _, listed = out.partition("unreadable file(s):")
-    assert len([line for line in table.splitlines() if line.endswith(".png  ") or ".png " in line]) == 8
+    predicted = [line.split() for line in table.splitlines() if line.startswith(str(root))]
+    assert len(predicted) == 8 and all(row[1] in ("NORMAL", "PNEUMONIA") for row in predicted)
+    assert str(corrupt) not in table
     assert str(corrupt) in listed and "cannot read image" in listed
     assert "p(PNEUMONIA)" in table and "threshold" in table
 
@@ -67,7 +69,8 @@ def test_missing_path_is_listed_not_fatal(tmp_path, folder_with_corrupt, capsys)
     root, _ = folder_with_corrupt
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     image = next((root / "PNEUMONIA").iterdir())
-    assert main(["predict", "--checkpoint", str(checkpoint), str(image), str(tmp_path / "nope.png"), "--json"]) == 0
+    missing = tmp_path / "nope.png"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(image), str(missing), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [p["file"] for p in result["predictions"]] == [str(image)]
     assert result["unreadable"] == [{"file": str(tmp_path / "nope.png"), "reason": "not found"}]
