@@ -100,6 +100,7 @@ class Config:
     threads: Optional[int] = None
     out: str = "runs/run"
     progress: bool = True
+    export: bool = True  # write the distilled student as ONNX (+ int8) when onnxruntime is installed
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -15,6 +15,7 @@ Output folder (``config.out``)::
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import platform
 import time
 from pathlib import Path
@@ -57,7 +58,9 @@ def run(config: Config, resume: bool = False) -> dict:
     rows = [_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config)]
     rows += [_evaluate(model, meta, data, role, out / role, config) for role, (model, meta) in students.items()]
     add_speedups(rows)
+    deployment = _export_student(out / "distilled", data) if config.export else None
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
+               "export": deployment,
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", results)
@@ -202,6 +205,19 @@ def _write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
     splits = {name: {"files": split.names, "labels": split.labels.tolist(), "groups": split.groups}
               for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
     write_json_atomic(out / "splits.json", splits)
+
+
+def _export_student(checkpoint: Path, data: DatasetBundle) -> dict | None:
+    """ONNX + static int8 copies of the distilled student, calibrated on validation images and
+    checked on the test images (parity with PyTorch; int8 accuracy change)."""
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        log.info("export: skipped (pip install 'kdistill[export]' for ONNX and int8 copies)")
+        return None
+    from kdistill.export import export_checkpoint
+
+    result = export_checkpoint(checkpoint, "onnx", int8=True, calibration=data.val, check_images=data.test)
+    log.info(f"export: distilled student written as ONNX and int8 ONNX in {checkpoint}")
+    return result
 
 
 def _check_student_builds(config: Config, data: DatasetBundle) -> None:

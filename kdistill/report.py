@@ -69,6 +69,14 @@ def markdown_report(results: dict) -> str:
     ]
     for row in results["models"]:
         lines.append(f"- {ROLE_LABELS.get(row['role'], row['role'])}: {_training_summary(row)}")
+    export = results.get("export")
+    if export:
+        lines.append(f"- Deployable student: {export['path']} (ONNX; max probability difference vs "
+                     f"PyTorch {export['max_prob_diff']:.1e} on {export['checked_on']}).")
+        int8 = export.get("int8")
+        if int8 and int8.get("accuracy_delta") is not None:
+            lines.append(f"- Int8 copy: {int8['path']}; accuracy {_pct(int8['accuracy_int8'])}% vs fp32 "
+                         f"{_pct(int8['accuracy_fp32'])}% on {int8['checked_on']}.")
     if dataset.get("unused"):
         lines.append(f"- Not used: {dataset['unused']} (too small to select on).")
     if dataset.get("skipped_files"):

@@ -79,11 +79,21 @@ def test_checkpoints_are_self_describing_directories(run_dir):
     for row in results["models"]:
         folder = Path(row["checkpoint"])
         assert folder == run_dir["out"] / row["role"]
-        assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+        # The distilled student also gets its deployable ONNX copies (export: true by default).
+        exported = ["model.int8.onnx", "model.onnx"] if row["role"] == "distilled" else []
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["model.json", "model.safetensors", *exported])
         model, meta = load_checkpoint(folder)
         assert meta["role"] == row["role"] and meta["architecture"]["name"] == row["name"]
         assert meta["classes"] == ["NORMAL", "PNEUMONIA"] and meta["input_size"] == 16
         assert "training" in meta and meta["selected"]["metric"] == "balanced_accuracy"
+
+
+def test_run_exports_the_distilled_student_with_parity_checked(run_dir):
+    """`kdistill run` writes ONNX + int8 copies of the distilled student and records the checks."""
+    export = read_results(run_dir["out"])["export"]
+    assert Path(export["path"]) == run_dir["out"] / "distilled" / "model.onnx"
+    assert export["max_prob_diff"] <= 1e-4
+    assert export["int8"]["accuracy_delta"] == export["int8"]["accuracy_int8"] - export["int8"]["accuracy_fp32"]
 
 
 def test_run_leaves_no_temporary_files_or_resume_state(run_dir):
