@@ -42,6 +42,7 @@ class DataConfig:
     root: Optional[str] = None  # a folder with train/ [val/] [test/], one sub-folder per class
     dataset: Optional[Literal["digits"]] = None  # or a built-in dataset instead of root
     input_size: int = 224
+    hflip: bool = True  # random horizontal flip in training (off for data where mirroring misleads)
     channels: Literal[1, 3] = 3
     positive_class: Optional[str] = None  # binary data: the class that sensitivity refers to
     patient_regex: str = DEFAULT_PATIENT_REGEX

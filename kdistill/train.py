@@ -136,7 +136,7 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
     set_train_mode(model)
     mean, std = data.normalization
     batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
-                              shuffle=True, augment=True, generator=generator)
+                              shuffle=True, augment=data.hflip, generator=generator)
     total = math.ceil(len(data.train) / batch_size)
     # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
     interactive = sys.stderr.isatty()

@@ -167,3 +167,13 @@ def test_supplied_splits_that_share_patients_are_flagged(tmp_path, capsys):
     assert "patient keys appear in more than one split" in err
     dataset = json.loads((out / "results.json").read_text())["dataset"]
     assert dataset["patients_in_several_splits"] > 0
+
+
+def test_resume_with_a_different_config_is_refused(image_root, tmp_path, capsys):
+    """--resume into a folder made with other distillation settings would mix two experiments."""
+    code, err, out = run_on(image_root, tmp_path, capsys)
+    assert code == 0, err
+    before = (out / "results.json").read_text()
+    code, err, _ = run_on(image_root, tmp_path, capsys, "distill.alpha=0.9", "--resume")
+    assert_one_line_error(code, err, "distill", "differs")
+    assert (out / "results.json").read_text() == before

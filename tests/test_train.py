@@ -145,3 +145,26 @@ def test_pipeline_resume_through_the_cli(image_root, tmp_path, monkeypatch):
     b, _ = load_checkpoint(resumed_out / "distilled")
     for key, value in a.state_dict().items():
         assert torch.equal(b.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("hflip", [True, False])
+def test_hflip_setting_controls_the_training_views(image_root, tmp_path, hflip):
+    """data.hflip=false trains on unflipped images only; true mirrors about half of them."""
+    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                        hflip=hflip)
+    seen = []
+
+    def recording_method(batch, student, teacher):
+        seen.append(batch.flipped)
+        return build_method("ce")(batch, student, teacher)
+
+    model = build_model("reference_student", 2, input_size=16)
+    meta = {"architecture": architecture("reference_student", 2, 16, 3, {})}
+    fit(model, recording_method, data, name="student", checkpoint_dir=tmp_path / "ckpt",
+        checkpoint_meta=meta, resume_dir=tmp_path / "resume", epochs=2, batch_size=8, progress=False)
+    flipped = torch.cat(seen)
+    assert len(flipped) == 2 * len(data.train)
+    if hflip:
+        assert 0 < int(flipped.sum()) < len(flipped)
+    else:
+        assert not bool(flipped.any())

@@ -46,6 +46,7 @@ class DatasetBundle:
     input_size: int
     channels: int
     info: dict = field(default_factory=dict)
+    hflip: bool = True  # training augmentation: random horizontal flip
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -71,6 +72,7 @@ def load_dataset(
     root: str | None = None,
     dataset: str | None = None,
     input_size: int = 224,
+    hflip: bool = True,
     channels: int = 3,
     positive_class: str | None = None,
     patient_regex: str = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)",
@@ -99,7 +101,7 @@ def load_dataset(
     info["sizes"] = {name: len(s) for name, s in loaded.items()}
     info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
     return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
-                         input_size, channels, info)
+                         input_size, channels, info, hflip)
 
 
 @dataclass
