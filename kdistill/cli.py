@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2, help="CPU threads for the speed figures")
     evaluate.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
                           help="unreadable images: skip and list them (default), or stop")
+    doctor = commands.add_parser("doctor", help="check an image folder: counts, unreadable files, "
+                                                 "duplicates, patients leaking across splits")
+    doctor.add_argument("--data", required=True, help="dataset root with train/ [val/] [test/]")
+    doctor.add_argument("--patient-regex", default=None, help="patient key regex (default: chest X-ray names)")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.add_argument("--strict", action="store_true", help="exit 1 on unreadable images or leakage")
     _add_deploy_commands(commands)
     return parser
 
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from kdistill import config as config_module
 
+    if args.command == "doctor":
+        return _doctor(args)
     if args.command in ("export", "predict", "bench"):
         print(_deploy(args))
         return 0
@@ -145,6 +153,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     from kdistill.pipeline import run
 
     run(config, resume=args.resume)
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from kdistill.config import DEFAULT_PATIENT_REGEX
+    from kdistill.doctor import examine, format_summary, has_blocking_problems
+
+    findings = examine(Path(args.data), args.patient_regex or DEFAULT_PATIENT_REGEX)
+    print(json.dumps(findings, indent=2) if args.json else format_summary(findings))
+    if args.strict and has_blocking_problems(findings):
+        print(f"kdistill: doctor: {len(findings['unreadable'])} unreadable images, "
+              f"{len(findings['leaking_groups'])} patients in more than one split", file=sys.stderr)
+        return 1
     return 0
 
 

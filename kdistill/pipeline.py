@@ -28,6 +28,7 @@ from kdistill.checkpoint import architecture, load_checkpoint
 from kdistill.config import Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.distill import CachedTeacher, LiveTeacher, build_method, freeze
+from kdistill.doctor import examine
 from kdistill.errors import CheckpointError, ConfigError
 from kdistill.evaluate import add_speedups, evaluate_model
 from kdistill.fileio import write_json_atomic, write_text_atomic
@@ -48,6 +49,7 @@ def run(config: Config, resume: bool = False) -> dict:
     _seed_everything(config.seed, config.deterministic, config.threads)
     data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
+    findings = _run_doctor(config)
     out = Path(config.out)
     _check_student_builds(config, data)  # fail now, not after the teacher has trained
     _write_run_files(out, config, data)
@@ -60,7 +62,7 @@ def run(config: Config, resume: bool = False) -> dict:
     add_speedups(rows)
     deployment = _export_student(out / "distilled", data) if config.export else None
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
-               "export": deployment,
+               "export": deployment, "doctor": findings,
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", results)
@@ -205,6 +207,17 @@ def _write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
     splits = {name: {"files": split.names, "labels": split.labels.tolist(), "groups": split.groups}
               for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
     write_json_atomic(out / "splits.json", splits)
+
+
+def _run_doctor(config: Config) -> dict | None:
+    """The data doctor's findings for a folder dataset, summarized in the log."""
+    if config.data.root is None:
+        return None
+    found = examine(Path(config.data.root), config.data.patient_regex)
+    log.info(f"doctor: {len(found['unreadable'])} unreadable images, {len(found['duplicate_groups'])} "
+             f"byte-identical duplicate groups ({len(found['duplicate_groups_across_splits'])} across "
+             f"splits), {len(found['leaking_groups'])} patients in more than one supplied split")
+    return found
 
 
 def _export_student(checkpoint: Path, data: DatasetBundle) -> dict | None:

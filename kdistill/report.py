@@ -69,6 +69,12 @@ def markdown_report(results: dict) -> str:
     ]
     for row in results["models"]:
         lines.append(f"- {ROLE_LABELS.get(row['role'], row['role'])}: {_training_summary(row)}")
+    doctor = results.get("doctor")
+    if doctor:
+        lines.append(f"- Data doctor: {len(doctor['unreadable'])} unreadable images, "
+                     f"{len(doctor['duplicate_groups'])} byte-identical duplicate groups "
+                     f"({len(doctor['duplicate_groups_across_splits'])} across supplied splits), "
+                     f"{len(doctor['leaking_groups'])} patients in more than one supplied split.")
     export = results.get("export")
     if export:
         lines.append(f"- Deployable student: {export['path']} (ONNX; max probability difference vs "

@@ -52,6 +52,7 @@ def test_run_writes_results_with_every_contract_key(run_dir):
     assert baseline["params"] == distilled["params"]
     assert results["dataset"]["positive_class"] == "PNEUMONIA"
     assert results["dataset"]["skipped_files"] == []
+    assert results["doctor"]["duplicate_groups"] == [] and results["doctor"]["leaking_groups"] == {}
 
 
 def test_report_has_the_comparison_table(run_dir):

@@ -1,0 +1,133 @@
+"""``kdistill doctor``: check an image folder before training on it.
+
+Counts images per class and split; finds unreadable, truncated, zero-byte and non-image files,
+byte-identical duplicates (within and across splits) and patient keys present in more than one
+split (leakage); summarizes image sizes and modes. It reads every file once and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from kdistill.data.folder import IMAGE_SUFFIXES, SPLIT_NAMES
+from kdistill.data.split import patient_keys
+from kdistill.errors import DataError
+
+
+def examine(root: Path, patient_regex: str) -> dict:
+    """The doctor's findings as plain data (what ``--json`` prints)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    split_dirs = [root / name for name in SPLIT_NAMES if (root / name).is_dir()]
+    if not split_dirs:
+        raise DataError(f"{root}: no train/, val/ or test/ folder")
+    found = _Findings()
+    for split_dir in split_dirs:
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for path in sorted(p for p in class_dir.iterdir() if p.is_file()):
+                found.add(split_dir.name, class_dir.name, path, patient_regex)
+    return found.summary(str(root))
+
+
+class _Findings:
+    """Accumulates what one pass over the files shows."""
+
+    def __init__(self):
+        self.splits: dict[str, Counter] = defaultdict(Counter)
+        self.unreadable: list[dict] = []
+        self.non_images: list[str] = []
+        self.by_hash: dict[str, list[str]] = defaultdict(list)
+        self.split_of: dict[str, str] = {}
+        self.patients: dict[str, set[str]] = defaultdict(set)
+        self.sizes: Counter = Counter()
+        self.modes: Counter = Counter()
+
+    def add(self, split: str, label: str, path: Path, patient_regex: str) -> None:
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            self.non_images.append(str(path))
+            return
+        data = path.read_bytes()
+        problem = _decode_problem(data)
+        if problem:
+            self.unreadable.append({"path": str(path), "reason": problem})
+            return
+        with Image.open(io.BytesIO(data)) as image:
+            self.sizes[f"{image.width}x{image.height}"] += 1
+            self.modes[image.mode] += 1
+        self.splits[split][label] += 1
+        self.by_hash[hashlib.sha256(data).hexdigest()].append(str(path))
+        self.split_of[str(path)] = split
+        self.patients[patient_keys([path], patient_regex)[0]].add(split)
+
+    def summary(self, root: str) -> dict:
+        duplicates = [sorted(paths) for paths in self.by_hash.values() if len(paths) > 1]
+        across = [group for group in duplicates if len({self.split_of[p] for p in group}) > 1]
+        leaking = {key: sorted(splits) for key, splits in sorted(self.patients.items()) if len(splits) > 1}
+        return {
+            "root": root,
+            "splits": {split: dict(sorted(counts.items())) for split, counts in self.splits.items()},
+            "unreadable": self.unreadable,
+            "non_images": self.non_images,
+            "duplicate_groups": sorted(duplicates),
+            "duplicate_groups_across_splits": sorted(across),
+            "leaking_groups": leaking,
+            "patients": len(self.patients),
+            "image_sizes": dict(self.sizes.most_common()),
+            "image_modes": dict(self.modes.most_common()),
+        }
+
+
+def _decode_problem(data: bytes) -> str | None:
+    """Why these bytes are not a usable image, or None. Decoding fully catches truncation."""
+    if not data:
+        return "zero-byte file"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        return f"cannot decode ({exc})"
+    return None
+
+
+def has_blocking_problems(findings: dict) -> bool:
+    """What ``--strict`` fails on: unreadable images or patients leaking across splits."""
+    return bool(findings["unreadable"] or findings["leaking_groups"])
+
+
+def format_summary(findings: dict) -> str:
+    """A readable report of the findings."""
+    lines = [f"kdistill doctor: {findings['root']}", ""]
+    for split, counts in findings["splits"].items():
+        total = sum(counts.values())
+        shares = ", ".join(f"{label} {n} ({n / total:.1%})" for label, n in counts.items())
+        lines.append(f"  {split:5s} {total:6d} images: {shares}")
+    lines.append(f"  patients (by data.patient_regex): {findings['patients']}")
+    lines.append(f"  sizes: {_top(findings['image_sizes'])}; modes: {_top(findings['image_modes'])}")
+    lines += ["", *_problem_lines(findings)]
+    return "\n".join(lines)
+
+
+def _problem_lines(findings: dict) -> list[str]:
+    lines = [f"unreadable images: {len(findings['unreadable'])}"]
+    lines += [f"  {item['path']}: {item['reason']}" for item in findings["unreadable"][:20]]
+    lines.append(f"non-image files (skipped in training): {len(findings['non_images'])}")
+    lines += [f"  {path}" for path in findings["non_images"][:10]]
+    groups = findings["duplicate_groups"]
+    lines.append(f"byte-identical duplicate groups: {len(groups)} "
+                 f"({len(findings['duplicate_groups_across_splits'])} across splits)")
+    lines += [f"  {' = '.join(Path(p).name for p in group)}" for group in groups[:10]]
+    leaking = findings["leaking_groups"]
+    lines.append(f"patients in more than one split (leakage): {len(leaking)}")
+    lines += [f"  {key}: {', '.join(splits)}" for key, splits in list(leaking.items())[:20]]
+    return lines
+
+
+def _top(counts: dict, limit: int = 3) -> str:
+    items = list(counts.items())
+    text = ", ".join(f"{key} x{n}" for key, n in items[:limit])
+    return text + (f", ... ({len(items)} kinds)" if len(items) > limit else "")
