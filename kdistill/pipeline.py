@@ -38,7 +38,7 @@ from kdistill.report import comparison_table, markdown_report
 from kdistill.train import class_weights, fit
 
 
-RESUME_IGNORED = {"progress", "profile", "out"}  # settings that do not change what is trained
+RESUME_IGNORED = {"progress", "profile", "out", "export", "threads"}  # do not change what is trained
 
 
 def run(config: Config, resume: bool = False) -> dict:
