@@ -12,8 +12,9 @@ import io
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from kdistill.data.decode import UNREADABLE_ERRORS
 from kdistill.data.folder import IMAGE_SUFFIXES, SPLIT_NAMES
 from kdistill.data.split import patient_keys
 from kdistill.errors import DataError
@@ -89,7 +90,7 @@ def _decode_problem(data: bytes) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+    except UNREADABLE_ERRORS as exc:
         return f"cannot decode ({exc})"
     return None
 

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from kdistill.data import ImageSplit, load_eval_folder
-from kdistill.data.decode import read_image, to_storage_tensor
+from kdistill.data.datasets import eval_class_folder
+from kdistill.data.decode import decode_files, to_storage_tensor
 from kdistill.data.folder import IMAGE_SUFFIXES
 from kdistill.errors import DataError
-
-# The errors read_image raises for files that are not (complete) images.
-_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
 
 def find_images(inputs: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -41,21 +38,17 @@ def _is_image_name(path: Path, root: Path) -> bool:
 def decode_images(paths: list[Path], input_size: int, channels: int
                   ) -> tuple[torch.Tensor, list[Path], list[tuple[str, str]]]:
     """uint8 ``[N, 1|3, S, S]`` for the readable files, those files, and ``(path, reason)`` for the rest."""
-    arrays, kept, bad = [], [], []
-    for path in paths:
-        try:
-            arrays.append(read_image(path, input_size))
-            kept.append(path)
-        except _UNREADABLE as exc:
-            bad.append((str(path), f"cannot read image ({exc})"))
-    if not arrays:
+    arrays, kept_index, failed = decode_files(paths, input_size, "skip")
+    kept = [paths[i] for i in kept_index]
+    bad = [(str(path), reason) for path, reason in failed]
+    if not kept:
         return torch.zeros(0, channels, input_size, input_size, dtype=torch.uint8), kept, bad
-    return to_storage_tensor(np.stack(arrays), channels), kept, bad
+    return to_storage_tensor(arrays, channels), kept, bad
 
 
 def is_labelled(folder: Path, classes: list[str]) -> bool:
     """True when ``folder`` (or its ``test/``) has one sub-folder per checkpoint class."""
-    base = folder / "test" if (folder / "test").is_dir() and not (folder / classes[0]).is_dir() else folder
+    base = eval_class_folder(folder, classes)
     return all((base / name).is_dir() for name in classes)
 
 

@@ -186,8 +186,9 @@ def _decode(raw: _RawSplit, size: int, channels: int, on_bad_image: str, info: d
     if raw.images is not None:  # built-in data is already decoded
         return ImageSplit(raw.images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups)
     arrays, kept, bad = decode_files(raw.paths, size, on_bad_image)
-    if bad:
-        info.setdefault("skipped_files", []).extend(str(p) for p in bad)
+    for path, reason in bad:
+        log.info(f"skipping {path}: {reason}")
+        info.setdefault("skipped_files", []).append(str(path))
     raw = raw.subset(kept)
     if not raw.labels:
         raise DataError(f"{split_name} split: no readable images")
@@ -209,8 +210,7 @@ def load_eval_folder(folder: Path, classes: list[str], input_size: int, channels
     Returns the split and the unreadable files that were skipped."""
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found")
-    if (folder / "test").is_dir() and not (folder / classes[0]).is_dir():
-        folder = folder / "test"
+    folder = eval_class_folder(folder, classes)
     found = class_names(folder)
     if found != classes:
         raise DataError(f"{folder}: classes {found} differ from the checkpoint's classes {classes}")
@@ -219,6 +219,13 @@ def load_eval_folder(folder: Path, classes: list[str], input_size: int, channels
     info: dict = {}
     loaded = _decode(raw, input_size, channels, on_bad_image, info, str(folder))
     return loaded, info.get("skipped_files", [])
+
+
+def eval_class_folder(folder: Path, classes: list[str]) -> Path:
+    """The folder holding the class sub-folders: ``folder`` itself, or a dataset root's ``test/``."""
+    if (folder / "test").is_dir() and not (folder / classes[0]).is_dir():
+        return folder / "test"
+    return folder
 
 
 def iterate_batches(

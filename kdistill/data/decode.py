@@ -14,7 +14,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from kdistill.errors import DataError
-from kdistill.log import log
+
+# What PIL raises for files that are not (complete, sane) images.
+UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
@@ -38,16 +40,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def decode_files(
     paths: list[Path], size: int, on_bad_image: str, threads: int = 2
-) -> tuple[np.ndarray, list[int], list[Path]]:
-    """Decode ``paths``; return ``([N, S, S, 3] uint8, kept indices, bad paths)``.
+) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
+    """Decode ``paths``; return ``([N, S, S, 3] uint8, kept indices, [(bad path, reason)])``.
 
-    With ``on_bad_image="skip"`` unreadable files are logged and left out; with ``"error"`` the
-    first one raises a :class:`DataError` naming the file.
+    With ``on_bad_image="skip"`` unreadable files are left out and returned with the reason; with
+    ``"error"`` the first one raises a :class:`DataError` naming the file.
     """
     def attempt(path: Path) -> np.ndarray | Exception:
         try:
             return read_image(path, size)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        except UNREADABLE_ERRORS as exc:
             return exc
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -57,8 +59,7 @@ def decode_files(
         if isinstance(result, Exception):
             if on_bad_image == "error":
                 raise DataError(f"{path}: cannot read image ({result})")
-            log.info(f"skipping {path}: cannot read image ({result})")
-            bad.append(path)
+            bad.append((path, f"cannot read image ({result})"))
             continue
         kept.append(index)
         arrays.append(result)
