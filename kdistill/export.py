@@ -5,12 +5,9 @@ calibrated on real images, and TorchScript. Nothing is written unless it passed 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from torch import nn
 
 from kdistill.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, iterate_batches
+from kdistill.fileio import atomic_file
 from kdistill.imagefiles import evenly_spaced, load_images
 from kdistill.metrics import predict as decide
 from kdistill.onnxmodel import (INPUT_NAME, OUTPUT_NAME, ExportError, contract_from_meta,
@@ -94,18 +92,6 @@ def model_batches(split: ImageSplit, meta: dict) -> Iterator[torch.Tensor]:
         yield batch.images
 
 
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def torch_to_onnx(model: nn.Module, channels: int, input_size: int, path: Path) -> None:
     """``torch.onnx.export`` (the torch.export-based exporter) with a dynamic batch dimension."""
     example = torch.zeros(2, channels, input_size, input_size)  # batch 2: 1 would be specialized
@@ -125,7 +111,7 @@ def export_onnx(model: nn.Module, meta: dict, path: Path, checks: CheckImages,
     """Write ``path`` with the contract in its metadata if ONNX Runtime matches PyTorch within ``tolerance``."""
     onnx = require_onnx()
 
-    with atomic_output(path) as tmp:
+    with atomic_file(path) as tmp:
         torch_to_onnx(model, meta["channels"], meta["input_size"], tmp)
         proto = onnx.load(str(tmp))
         write_contract(proto, contract_from_meta(meta))
@@ -152,7 +138,7 @@ def onnx_parity(model: nn.Module, session, split: ImageSplit, meta: dict) -> flo
 def export_int8(fp32_path: Path, int8_path: Path, meta: dict, calibration: CheckImages,
                 checks: CheckImages, threads: int = 1) -> dict:
     """Statically quantize the fp32 ONNX model and report its accuracy change on ``checks``."""
-    with atomic_output(int8_path) as tmp:
+    with atomic_file(int8_path) as tmp:
         quantize_int8(fp32_path, tmp, _calibration_batches(calibration.split, meta))
         comparison = compare_sessions(open_session(fp32_path, threads), open_session(tmp, threads), checks, meta)
     return {"path": str(int8_path), "bytes": int8_path.stat().st_size,
@@ -226,7 +212,7 @@ def export_torchscript(model: nn.Module, meta: dict, path: Path, checks: CheckIm
                        tolerance: float = FP32_TOLERANCE) -> dict:
     """``torch.jit.trace`` the model (contract stored as ``kdistill.json`` inside) if it matches eager."""
     example = torch.zeros(2, meta["channels"], meta["input_size"], meta["input_size"])
-    with atomic_output(path) as tmp, warnings.catch_warnings():
+    with atomic_file(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.14 marks torch.jit as deprecated; it still works
         with torch.no_grad():
             traced = torch.jit.trace(model, example)

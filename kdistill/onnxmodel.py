@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kdistill import __version__
 from kdistill.errors import KdistillError
@@ -97,13 +98,7 @@ def open_session(path: Path, threads: int = 1):
 def session_probs(session, images: np.ndarray) -> np.ndarray:
     """Softmax probabilities ``[B, K]`` of a session for a normalized float32 batch ``[B, C, S, S]``."""
     logits = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, np.float32)})[0]
-    return softmax(logits)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)  # no overflow for large logits
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
 
 
 def _first_line(exc: Exception) -> str:

@@ -44,19 +44,7 @@ def torch_threads(threads: int):
 
 def median_seconds(run, repeats: int, min_round_s: float = 0.005) -> tuple[float, float]:
     """Median and spread (max - min) of the per-call time of ``run()``, after warm-up."""
-    for _ in range(3):
-        run()
-    started = time.perf_counter()
-    run()
-    single = max(time.perf_counter() - started, 1e-6)
-    calls = max(1, int(min_round_s / single))
-    rounds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(calls):
-            run()
-        rounds.append((time.perf_counter() - started) / calls)
-    return statistics.median(rounds), max(rounds) - min(rounds)
+    return time_interleaved({"run": run}, repeats, min_round_s=min_round_s, warmup=3)["run"]
 
 
 def measure_speed(model: nn.Module, input_size: int, channels: int, *, threads: int = 2,
