@@ -10,8 +10,10 @@ schedule, history) is saved atomically under ``resume_dir``, so an interrupted r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -73,9 +75,8 @@ def fit(
     opt = _build_optimizer(optimizer, params, lr, weight_decay)
     sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
     state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
-    if resume and (resume_dir / "state.json").is_file():
-        state = _load_state(resume_dir, model, opt, sched)
-        log.info(f"{name}: resuming after epoch {len(state.history)} from {resume_dir}")
+    if resume:
+        state = _load_newest_state(resume_dir, name, model, opt, sched) or state
     for epoch in range(len(state.history) + 1, epochs + 1):
         started = time.perf_counter()
         train_stats = _train_one_epoch(model, method, teacher, data, opt, sched, batch_size,
@@ -96,7 +97,7 @@ def fit(
     meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
                                             "val": best_val}, "history": state.history}
     save_checkpoint(checkpoint_dir, model, meta)
-    shutil.rmtree(resume_dir, ignore_errors=True)
+    remove_resume_state(resume_dir)
     return FitResult(state.best_epoch, best_val, state.history)
 
 
@@ -193,22 +194,84 @@ def _build_schedule(name: str, opt, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
+def _previous_dir(resume_dir: Path) -> Path:
+    """The state of the epoch before the newest one: the fallback when the newest is torn."""
+    return resume_dir.with_name(resume_dir.name + ".previous")
+
+
+def remove_resume_state(resume_dir: Path) -> None:
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    shutil.rmtree(_previous_dir(resume_dir), ignore_errors=True)
+
+
 def _save_state(resume_dir: Path, model, opt, sched, state: _TrainState) -> None:
-    """Weights, optimizer and best weights as safetensors; the rest as JSON. No pickle."""
+    """Weights, optimizer and best weights as safetensors; the rest as JSON. No pickle.
+
+    The two newest states are kept: the newest moves to ``<role>.previous`` before the next one is
+    written. ``state.json`` is written last and records each file's size and SHA-256, so a state
+    torn by a crash or a full disk is recognised on resume and the previous one is used instead.
+    """
     opt_tensors, opt_skeleton = state_to_tensors("optimizer", opt.state_dict())
+    if (resume_dir / "state.json").is_file():
+        previous = _previous_dir(resume_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(resume_dir, previous)
     with atomic_directory(resume_dir) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "last.safetensors"))
-        save_file(state.best_weights, str(tmp / "best.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "last.safetensors"))
+        save_file({k: v.cpu() for k, v in state.best_weights.items()}, str(tmp / "best.safetensors"))
         save_file(opt_tensors or {"__empty__": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
         sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
         (tmp / "state.json").write_text(json.dumps({
             "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
-            "optimizer": opt_skeleton, "scheduler": sched_state}, indent=1))
+            "optimizer": opt_skeleton, "scheduler": sched_state,
+            "files": {name: _file_digest(tmp / name) for name in STATE_FILES}}, indent=1))
+
+
+STATE_FILES = ("last.safetensors", "best.safetensors", "optimizer.safetensors")
+
+
+def _file_digest(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _verify_state(resume_dir: Path) -> dict:
+    """The parsed ``state.json`` of a complete state; a :class:`CheckpointError` says what is torn."""
+    try:
+        saved = json.loads((resume_dir / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{resume_dir / 'state.json'}: unreadable ({exc})") from None
+    for name, expected in saved.get("files", {}).items():  # states from before 'files': unchecked
+        path = resume_dir / name
+        if not path.is_file() or _file_digest(path) != expected:
+            raise CheckpointError(f"{path}: torn or changed (size or checksum differs from state.json)")
+    return saved
+
+
+def _load_newest_state(resume_dir: Path, name: str, model, opt, sched) -> _TrainState | None:
+    """Resume from the newest complete state; fall back to the previous epoch's if it is torn."""
+    candidates = [d for d in (resume_dir, _previous_dir(resume_dir)) if (d / "state.json").exists()]
+    for index, directory in enumerate(candidates):
+        try:
+            state = _load_state(directory, model, opt, sched)
+        except CheckpointError as exc:
+            if index + 1 == len(candidates):
+                raise
+            log.info(f"{name}: resume state {directory} is incomplete ({exc}); falling back to "
+                     f"the previous epoch's state in {candidates[index + 1]}")
+            continue
+        log.info(f"{name}: resuming after epoch {len(state.history)} from {directory}")
+        return state
+    return None
 
 
 def _load_state(resume_dir: Path, model, opt, sched) -> _TrainState:
+    saved = _verify_state(resume_dir)
     try:
-        saved = json.loads((resume_dir / "state.json").read_text())
         model.load_state_dict(load_file(str(resume_dir / "last.safetensors")))
         opt.load_state_dict(tensors_to_state(load_file(str(resume_dir / "optimizer.safetensors")), saved["optimizer"]))
         sched.load_state_dict({**sched.state_dict(), **saved["scheduler"]})
