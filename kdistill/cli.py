@@ -18,6 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="teacher, student alone, student distilled, evaluation, report")
     _add_config_args(run)
+    run.add_argument("--tuned", metavar="FILE", help="best.yaml from kdistill tune: use its alpha, T and lr")
+
+    tune = commands.add_parser("tune", help="search alpha, temperature and lr with Optuna on the validation split")
+    tune.add_argument("config", help="YAML config file")
+    tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. tune.trials=10")
+    tune.add_argument("--trials", type=_positive_int, help="number of trials (default: tune.trials)")
+    tune.add_argument("--out", help="output folder for trials.csv and best.yaml (default: <out>/tune)")
 
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in digits data (no download)")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
@@ -126,6 +133,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "tune":
+        return _tune(args)
     if args.command in ("export", "predict", "bench"):
         print(_deploy(args))
         return 0
@@ -144,6 +153,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             config = config_module.load_config(path, [*args.overrides, f"out={args.out}"])
     else:
         overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+        overrides += [f"tuned={args.tuned}"] if getattr(args, "tuned", None) else []
         config = config_module.load_config(args.config, overrides)
     if args.command == "train":
         from kdistill.pipeline import train_one
@@ -153,6 +163,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     from kdistill.pipeline import run
 
     run(config, resume=args.resume)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from kdistill.config import load_config
+    from kdistill.tune import tune
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(config.out) / "tune"
+    best = tune(config, out, trials=args.trials)
+    values = " ".join(f"{name}={value:.4g}" for name, value in best["params"].items())
+    print(f"best trial {best['number']}: validation {best['metric']} {best['value']:.4f} ({values}); "
+          f"{out}/trials.csv, {out}/best.yaml")
     return 0
 
 

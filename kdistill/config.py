@@ -81,6 +81,21 @@ class DistillConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``kdistill tune`` search ranges, ``[low, high]``; temperature and lr on a log scale, since
+    their effect is multiplicative (T divides the logits, lr scales every step)."""
+
+    alpha: list[float] = field(default_factory=lambda: [0.1, 0.9])
+    temperature: list[float] = field(default_factory=lambda: [1.0, 8.0])
+    lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])
+    trials: int = 20
+
+
+# The values ``kdistill tune`` searches, as config keys; a ``tuned`` file may set only these.
+TUNED_KEYS = ("distill.alpha", "distill.temperature", "student.train.lr")
+
+
+@dataclass
 class ProfileConfig:
     threads: int = 2
     repeats: int = 20
@@ -94,6 +109,10 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    # A best.yaml written by ``kdistill tune``: its values replace the config file's (key=value
+    # overrides still win), and the path stays in the resolved config as the record.
+    tuned: Optional[str] = None
     seed: int = 0
     deterministic: bool = False
     # CPU threads for training; None = PyTorch's default (one per core). Fewer threads than
@@ -109,10 +128,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict = {}
     if path is not None:
         raw = _read_yaml(Path(path))
-    for item in overrides:
-        key, value = _parse_override(item)
+    parsed = [_parse_override(item) for item in overrides]
+    for key, value in parsed:
         _set_dotted(raw, key, value)
+    if raw.get("tuned"):
+        for key, value in read_tuned(Path(str(raw["tuned"]))).items():
+            _set_dotted(raw, key, value)
+        for key, value in parsed:  # the command line has the last word
+            _set_dotted(raw, key, value)
     return from_dict(raw)
+
+
+def read_tuned(path: Path) -> dict[str, Any]:
+    """The values of a ``kdistill tune`` best.yaml as ``{dotted key: value}``; only TUNED_KEYS."""
+    flat = _flatten(_read_yaml(path))
+    for key in flat:
+        if key not in TUNED_KEYS:
+            raise ConfigError(f"{path}: {key} is not a tuned value (allowed: {', '.join(TUNED_KEYS)})")
+    return flat
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def from_dict(raw: dict) -> Config:
@@ -246,3 +289,18 @@ def _check_consistency(config: Config) -> None:
     for role, train in (("teacher", config.teacher.train), ("student", config.student.train)):
         if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
             raise ConfigError(f"{role}.train: epochs, batch_size and lr must be positive")
+    _check_tune_ranges(config.tune)
+
+
+def _check_tune_ranges(tune: TuneConfig) -> None:
+    for name in ("alpha", "temperature", "lr"):
+        bounds = getattr(tune, name)
+        if len(bounds) != 2 or bounds[0] > bounds[1]:
+            raise ConfigError(f"tune.{name}: {bounds} must be [low, high] with low <= high")
+    if tune.alpha[0] < 0 or tune.alpha[1] > 1:
+        raise ConfigError(f"tune.alpha: {tune.alpha} must lie within [0, 1]")
+    for name in ("temperature", "lr"):
+        if getattr(tune, name)[0] <= 0:
+            raise ConfigError(f"tune.{name}: {getattr(tune, name)} must be positive (searched on a log scale)")
+    if tune.trials < 1:
+        raise ConfigError(f"tune.trials: {tune.trials} must be at least 1")

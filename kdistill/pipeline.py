@@ -15,6 +15,7 @@ Output folder (``config.out``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import platform
 import time
@@ -25,7 +26,7 @@ import yaml
 
 from kdistill import __version__
 from kdistill.checkpoint import architecture, load_checkpoint
-from kdistill.config import Config, dump_yaml, from_dict, to_dict
+from kdistill.config import Config, dump_yaml, from_dict, read_tuned, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.distill import CachedTeacher, LiveTeacher, build_method, freeze
 from kdistill.doctor import examine
@@ -38,7 +39,7 @@ from kdistill.report import comparison_table, markdown_report
 from kdistill.train import class_weights, fit
 
 
-RESUME_IGNORED = {"progress", "profile", "out", "export", "threads"}  # do not change what is trained
+RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune"}  # do not change what is trained
 
 
 def run(config: Config, resume: bool = False) -> dict:
@@ -62,11 +63,11 @@ def run(config: Config, resume: bool = False) -> dict:
     add_speedups(rows)
     deployment = _export_student(out / "distilled", data) if config.export else None
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
-               "export": deployment, "doctor": findings,
+               "export": deployment, "doctor": findings, "tuned": _tuned(config),
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", markdown_report(results))
+    write_text_atomic(out / "report.md", markdown_report(results) + _tuned_note(results["tuned"]))
     _remove_if_empty(out / "resume")
     log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md)")
     return results
@@ -97,11 +98,13 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     return freeze(model), meta
 
 
-def train_student(config: Config, data: DatasetBundle, out: Path, role: str, teacher, resume: bool):
+def train_student(config: Config, data: DatasetBundle, out: Path, role: str, teacher, resume: bool,
+                  teacher_outputs=None):
     """Train the student alone (``baseline``) or distilled from the teacher (``distilled``).
 
     Both start from the same initialization (same seed) and use the same recipe, so the only
-    difference between them is the loss.
+    difference between them is the loss. ``teacher_outputs`` (a CachedTeacher) lets a caller that
+    trains many students (``kdistill tune``) compute the teacher's outputs once.
     """
     cfg, dcfg = config.student, config.distill
     checkpoint_dir = out / role
@@ -116,7 +119,8 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
         method, teacher_outputs, extra = build_method("ce", class_weights=weights), None, {"method": "ce"}
     else:
         method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
-        teacher_outputs = _teacher_outputs(teacher, data, dcfg.teacher_cache)
+        if teacher_outputs is None:
+            teacher_outputs = _teacher_outputs(teacher, data, dcfg.teacher_cache)
         # Recorded from the method: the article recipe fixes its own alpha and T.
         extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
     meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)})
@@ -231,6 +235,22 @@ def _export_student(checkpoint: Path, data: DatasetBundle) -> dict | None:
     result = export_checkpoint(checkpoint, "onnx", int8=True, calibration=data.val, check_images=data.test)
     log.info(f"export: distilled student written as ONNX and int8 ONNX in {checkpoint}")
     return result
+
+
+def _tuned(config: Config) -> dict | None:
+    """The tuned file (``--tuned``) and the values in effect for its keys (an override may win)."""
+    if config.tuned is None:
+        return None
+    keys = read_tuned(Path(config.tuned))
+    return {"file": config.tuned, "values": {key: functools.reduce(getattr, key.split("."), config)
+                                             for key in keys}}
+
+
+def _tuned_note(tuned: dict | None) -> str:
+    if tuned is None:
+        return ""
+    values = ", ".join(f"{key} {value:.4g}" for key, value in tuned["values"].items())
+    return f"- Tuned on the validation split (kdistill tune, {tuned['file']}): {values}.\n"
 
 
 def _check_student_builds(config: Config, data: DatasetBundle) -> None:
