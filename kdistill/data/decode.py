@@ -6,6 +6,7 @@ is stored (a third of the memory) and it is expanded to the model's channels at 
 
 from __future__ import annotations
 
+import errno
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,11 +18,27 @@ from kdistill.errors import DataError
 
 # What PIL raises for files that are not (complete, sane) images.
 UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+# ValueError covers ImageTooLarge (below).
+
+
+# Largest image decoded, in pixels (width x height): 8192 x 8192. A chest X-ray is about 3000 x
+# 2500; a file claiming more is far more likely a decompression bomb (a few KB that would expand to
+# gigabytes) than a radiograph. Checked from the header, before any pixel is decoded. PIL's own
+# guard (Image.MAX_IMAGE_PIXELS, ~89 M warning / ~179 M error) is left as it is.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class ImageTooLarge(ValueError):
+    """The header announces more pixels than MAX_IMAGE_PIXELS."""
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """Read one file as ``[S, S, 3]`` uint8 (RGB), resized to ``size`` x ``size``."""
     with Image.open(path) as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(f"{width} x {height} = {width * height} pixels exceeds the limit of "
+                                f"{MAX_IMAGE_PIXELS} (possible decompression bomb)")
         image.load()
         image = _to_rgb(image)
         if image.size != (size, size):
@@ -31,11 +48,33 @@ def read_image(path: Path, size: int) -> np.ndarray:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale (common for medical images): scale to 8 bits instead of clipping.
-        array = np.asarray(image, dtype=np.float32)
-        peak = max(float(array.max()), 1.0)
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), mode="L")
+        # 16-bit grayscale (common for medical images): map 0..65535 onto 0..255 (divide by 257,
+        # rounded), the same scale for every image, instead of PIL's clipping at 255.
+        array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+        image = Image.fromarray(np.rint(array / 257.0).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent pixels carry no image: composite onto black (what "no signal" is in an
+        # X-ray), instead of convert("RGB"), which would expose whatever colour hides under alpha 0.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def unreadable_reason(path: Path, error: Exception) -> str:
+    """A short reason for the log and the report: what is wrong with the file, in words."""
+    if isinstance(error, FileNotFoundError):
+        return "file vanished before it could be read"
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if isinstance(error, (ImageTooLarge, Image.DecompressionBombError)):
+        return f"image too large ({error})"
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    return f"cannot read image ({error})"
 
 
 def decode_files(
@@ -57,9 +96,10 @@ def decode_files(
     kept, bad, arrays = [], [], []
     for index, (path, result) in enumerate(zip(paths, results)):
         if isinstance(result, Exception):
+            reason = unreadable_reason(path, result)
             if on_bad_image == "error":
-                raise DataError(f"{path}: cannot read image ({result})")
-            bad.append((path, f"cannot read image ({result})"))
+                raise DataError(f"{path}: {reason}")
+            bad.append((path, reason))
             continue
         kept.append(index)
         arrays.append(result)
