@@ -52,6 +52,9 @@ class DataConfig:
     split_seed: int = 0  # fixed apart from the training seed so every run sees the same split
     max_images_per_class: Optional[int] = None  # per split; for quick trials and tests
     on_bad_image: Literal["skip", "error"] = "skip"
+    # Decoded images (and teacher outputs) cached on disk and reused across runs. auto:
+    # $KDISTILL_CACHE_DIR or ~/.cache/kdistill; null or off: decode into memory every run.
+    cache_dir: Optional[str] = "auto"
 
 
 @dataclass
@@ -78,6 +81,9 @@ class DistillConfig:
     alpha: float = 0.5
     temperature: float = 4.0
     teacher_cache: bool = True  # teacher logits computed once per (image, flip) instead of per step
+    # dtype of the stored teacher logits (on disk under data.cache_dir and in memory); float16
+    # halves the table at ~1e-3 relative error, float32 replays the live teacher exactly.
+    cache_dtype: Literal["float32", "float16"] = "float32"
 
 
 @dataclass

@@ -28,7 +28,8 @@ from kdistill import __version__
 from kdistill.checkpoint import architecture, load_checkpoint
 from kdistill.config import Config, dump_yaml, from_dict, read_tuned, to_dict
 from kdistill.data import DatasetBundle, load_dataset
-from kdistill.distill import CachedTeacher, LiveTeacher, build_method, freeze
+from kdistill.data.cache import resolve_cache_dir
+from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
 from kdistill.doctor import examine
 from kdistill.errors import CheckpointError, ConfigError
 from kdistill.evaluate import add_speedups, evaluate_model
@@ -88,12 +89,13 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     torch.manual_seed(config.seed)
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
     model = build_model(**{"name": cfg.model, **arch["args"]}, pretrained=cfg.pretrained, weights=cfg.weights)
+    method = build_method("ce", class_weights=_weights(cfg.train, data))
     if cfg.mode == "head":
         freeze_all_but_head(model)
+        method = _head_on_features(method, model, data, config)
     meta = _meta(arch, data, "teacher", {"mode": cfg.mode, "pretrained": cfg.pretrained,
                                          "weights": cfg.weights, **dataclasses.asdict(cfg.train)})
-    _fit(model, build_method("ce", class_weights=_weights(cfg.train, data)), data, "teacher",
-         checkpoint_dir, meta, out, None, cfg.train, config, resume)
+    _fit(model, method, data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
     model, meta = load_checkpoint(checkpoint_dir)
     return freeze(model), meta
 
@@ -120,7 +122,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     else:
         method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
         if teacher_outputs is None:
-            teacher_outputs = _teacher_outputs(teacher, data, dcfg.teacher_cache)
+            teacher_outputs = _teacher_outputs(teacher, data, config)
         # Recorded from the method: the article recipe fixes its own alpha and T.
         extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
     meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)})
@@ -135,14 +137,27 @@ def freeze_all_but_head(model: torch.nn.Module) -> None:
     find_head(model)[1].requires_grad_(True)
 
 
-def _teacher_outputs(teacher, data: DatasetBundle, cached: bool):
+def _head_on_features(method, model, data: DatasetBundle, config: Config) -> HeadOnStoredFeatures:
+    """``head`` mode: the frozen backbone runs once per (image, view); training runs the head only."""
     mean, std = data.normalization
-    if not cached:
+    started = time.perf_counter()
+    wrapped = HeadOnStoredFeatures(method, model, data.train, channels=data.channels, mean=mean,
+                                   std=std, cache_dir=resolve_cache_dir(config.data.cache_dir))
+    log.info(f"teacher backbone features for {len(data.train)} images x 2 views ready in "
+             f"{time.perf_counter() - started:.1f}s")
+    return wrapped
+
+
+def _teacher_outputs(teacher, data: DatasetBundle, config: Config):
+    mean, std = data.normalization
+    if not config.distill.teacher_cache:
         return LiveTeacher(teacher)
     started = time.perf_counter()
-    outputs = CachedTeacher(teacher, data.train, channels=data.channels, mean=mean, std=std)
-    log.info(f"teacher outputs for {len(data.train)} images x 2 views computed in "
-             f"{time.perf_counter() - started:.1f}s")
+    outputs = CachedTeacher(teacher, data.train, channels=data.channels, mean=mean, std=std,
+                            cache_dir=resolve_cache_dir(config.data.cache_dir),
+                            dtype=config.distill.cache_dtype)
+    log.info(f"teacher outputs for {len(data.train)} images x 2 views ready in "
+             f"{time.perf_counter() - started:.1f}s (computed or read from the cache)")
     return outputs
 
 

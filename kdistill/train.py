@@ -136,8 +136,9 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
                      epoch, epochs, progress) -> dict:
     set_train_mode(model)
     mean, std = data.normalization
+    # channels_last: the reference student's step measured 1.4-2x faster on 2 CPU cores (issue 3).
     batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
-                              shuffle=True, augment=data.hflip, generator=generator)
+                              shuffle=True, augment=data.hflip, generator=generator, channels_last=True)
     total = math.ceil(len(data.train) / batch_size)
     # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
     interactive = sys.stderr.isatty()

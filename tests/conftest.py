@@ -91,6 +91,14 @@ def one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Disk caches (decoded images, teacher outputs) go to a per-test folder, never to ~/.cache."""
+    folder = tmp_path_factory.mktemp("kdistill_cache")
+    monkeypatch.setenv("KDISTILL_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def fresh_kdistill_logger():
     """The CLI configures the ``kdistill`` logger once, binding it to the sys.stderr of that
     moment; reset it around every test so each test's ``capsys`` sees its own log lines."""

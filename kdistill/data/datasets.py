@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdistill.data.decode import decode_files, to_storage_tensor
+from kdistill.data.cache import cached_decode, resolve_cache_dir
 from kdistill.data.digits import digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
 from kdistill.data.split import grouped_holdout, patient_keys, shared_groups
@@ -26,6 +26,7 @@ class ImageSplit:
     labels: torch.Tensor
     names: list[str]
     groups: list[str]
+    cache_key: str | None = None  # the decoded-image cache entry the images come from, if any
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,8 +83,11 @@ def load_dataset(
     split_seed: int = 0,
     max_images_per_class: int | None = None,
     on_bad_image: str = "skip",
+    cache_dir: str | None = "auto",
 ) -> DatasetBundle:
-    """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits."""
+    """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits.
+
+    Decoded images are cached on disk under ``cache_dir`` (see ``kdistill.data.cache``)."""
     split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction,
                       min_val_images=min_val_images, split_seed=split_seed)
     if dataset == "digits":
@@ -93,11 +97,11 @@ def load_dataset(
     else:
         raise DataError("no data: set data.root to a folder or data.dataset to digits")
     positive_class = _check_positive_class(classes, positive_class)
-    loaded = {}
+    loaded, cache = {}, resolve_cache_dir(cache_dir)
     for name in ("train", "val", "test"):
         part = splits[name]
         part = _limit_per_class(part, max_images_per_class, split_seed)
-        loaded[name] = _decode(part, input_size, channels, on_bad_image, info, name)
+        loaded[name] = _decode(part, input_size, channels, on_bad_image, info, name, cache)
     info["sizes"] = {name: len(s) for name, s in loaded.items()}
     info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
     return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
@@ -182,18 +186,17 @@ def _limit_per_class(raw: _RawSplit, limit: int | None, seed: int) -> _RawSplit:
 
 
 def _decode(raw: _RawSplit, size: int, channels: int, on_bad_image: str, info: dict,
-            split_name: str) -> ImageSplit:
+            split_name: str, cache_dir: Path | None = None) -> ImageSplit:
     if raw.images is not None:  # built-in data is already decoded
         return ImageSplit(raw.images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups)
-    arrays, kept, bad = decode_files(raw.paths, size, on_bad_image)
+    images, kept, bad, key = cached_decode(raw.paths, size, channels, on_bad_image, cache_dir)
     for path, reason in bad:
         log.info(f"skipping {path}: {reason}")
         info.setdefault("skipped_files", []).append(str(path))
     raw = raw.subset(kept)
     if not raw.labels:
         raise DataError(f"{split_name} split: no readable images")
-    return ImageSplit(to_storage_tensor(arrays, channels), torch.tensor(raw.labels),
-                      [str(p) for p in raw.paths], raw.groups)
+    return ImageSplit(images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups, key)
 
 
 def _check_positive_class(classes: list[str], positive_class: str | None) -> str | None:
@@ -238,8 +241,10 @@ def iterate_batches(
     shuffle: bool = False,
     augment: bool = False,
     generator: torch.Generator | None = None,
+    channels_last: bool = False,
 ) -> Iterator[Batch]:
-    """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly."""
+    """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
+    ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU)."""
     count = len(split)
     if (shuffle or augment) and generator is None:
         raise ValueError("shuffle/augment need a seeded generator")
@@ -249,4 +254,7 @@ def iterate_batches(
         index = order[start:start + batch_size]
         flipped = flips[index]
         images = apply_flips(split.images[index], flipped)
-        yield Batch(to_model_input(images, channels, mean, std), split.labels[index], index, flipped)
+        images = to_model_input(images, channels, mean, std)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield Batch(images, split.labels[index], index, flipped)

@@ -3,6 +3,7 @@
 from kdistill.distill import article, ce, kd  # noqa: F401  (registers the methods)
 from kdistill.distill.losses import kd_loss
 from kdistill.distill.registry import METHODS, build_method
-from kdistill.distill.teacher import CachedTeacher, LiveTeacher, freeze
+from kdistill.distill.teacher import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, freeze
 
-__all__ = ["METHODS", "CachedTeacher", "LiveTeacher", "build_method", "freeze", "kd_loss"]
+__all__ = ["METHODS", "CachedTeacher", "HeadOnStoredFeatures", "LiveTeacher", "build_method", "freeze",
+           "kd_loss"]

@@ -1,17 +1,44 @@
 """Teacher outputs for a batch: from a live frozen teacher, or replayed from a table computed once.
 
-Training augmentation is a horizontal flip only, so every image has exactly two views (plain and
-mirrored). ``CachedTeacher`` runs the frozen teacher once on both views of every training image and
-then returns, for each batch, the logits of the very view the student sees; the outputs are the
-same as the live teacher's (it is in eval mode, so its output depends on the view alone).
+Each training image has a fixed bank of views; with the reference augmentation (horizontal flip
+only) the bank is exact: K=2 views, plain and mirrored. ``CachedTeacher`` runs the frozen teacher
+once per (image, view), batched under ``no_grad``, and each step returns the logits of the very
+view the student sees (``Batch.index``, ``Batch.flipped``): the same numbers a live teacher gives,
+since in eval mode its output depends on the view alone. A cache keyed by image alone would pair
+the student's view with the teacher's output on another view.
+
+The table is stored on disk (safetensors, with the view bank) and reused by later runs; its key
+hashes the teacher's weights, the decoded-image cache entry, the input size, the normalization, the
+view bank and the stored dtype, so a change to any of them computes a new table. The file's header
+holds the SHA-256 of the table, so a torn or altered file is detected and recomputed.
+
+``head`` fine-tuning uses the same machinery for the head's input: the frozen backbone's features
+are computed once per view and only the head runs in training (``HeadOnStoredFeatures``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdistill.data import Batch, ImageSplit, iterate_batches
+from kdistill.errors import ConfigError
+from kdistill.fileio import atomic_file
+from kdistill.log import log
+from kdistill.models import find_head
+
+FORMAT_VERSION = 1
+# One row per view: crop box (x0, y0, x1, y1) as fractions of the image, then flip (0/1).
+FLIP_VIEWS = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0, 1.0]])
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -33,22 +60,173 @@ class LiveTeacher:
 
 
 class CachedTeacher:
-    """Teacher logits for every (training image, flip) pair, computed once: ``[N, 2, K]``."""
+    """Teacher logits for every (training image, view): ``table`` is ``[N, K=2, classes]``."""
 
     def __init__(self, model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
-                 batch_size: int = 64):
+                 batch_size: int = 64, cache_dir: Path | None = None, dtype: str = "float32",
+                 views: torch.Tensor = FLIP_VIEWS):
         model = freeze(model)
-        count = len(split)
-        table = None
-        for flip in (False, True):
-            for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std):
-                images = batch.images.flip(-1) if flip else batch.images
-                with torch.no_grad():
-                    logits = model(images).float()
-                if table is None:
-                    table = torch.empty(count, 2, logits.shape[1])
-                table[batch.index, int(flip)] = logits
-        self.table = table
+        key = {"what": "logits", "weights": state_dict_sha256(model.state_dict())}
+        self.view_of_flip = flip_view_index(views)
+
+        def compute() -> torch.Tensor:
+            return view_table(model, split, channels=channels, mean=mean, std=std,
+                              batch_size=batch_size, views=views)
+
+        self.table = stored_view_table(compute, split, key, channels=channels, mean=mean, std=std,
+                                       cache_dir=cache_dir, dtype=dtype, views=views)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        return self.table[batch.index, batch.flipped.long()]
+        return self.table[batch.index, self.view_of_flip[batch.flipped.long()]].float()
+
+
+def flip_view_index(views: torch.Tensor) -> torch.Tensor:
+    """``[2]``: the bank's row of the plain view, then of the mirrored one (what ``Batch.flipped``
+    selects)."""
+    rows = [[i for i, v in enumerate(views) if int(v[4]) == flip] for flip in (0, 1)]
+    if any(len(r) != 1 for r in rows):
+        raise ValueError(f"the view bank must hold one plain and one mirrored view, got {views.tolist()}")
+    return torch.tensor([rows[0][0], rows[1][0]])
+
+
+def view_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, *, channels: int,
+               mean, std, batch_size: int = 64, views: torch.Tensor = FLIP_VIEWS) -> torch.Tensor:
+    """``fn`` on every (image, view), batched under ``no_grad``: ``[N, K, D]`` float32."""
+    table = None
+    for view_index, view in enumerate(views):
+        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std):
+            with torch.no_grad():
+                out = fn(apply_view(batch.images, view)).float()
+            if table is None:
+                table = torch.empty(len(split), len(views), *out.shape[1:])
+            table[batch.index, view_index] = out
+    return table
+
+
+def apply_view(images: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    """One view of a batch ``[B, C, S, S]``; the flip bank's views cover the whole image."""
+    if view[:4].tolist() != [0.0, 0.0, 1.0, 1.0]:
+        raise NotImplementedError("crop views are not implemented; the view bank is flips only")
+    return images.flip(-1) if bool(view[4]) else images
+
+
+def stored_view_table(compute: Callable[[], torch.Tensor], split: ImageSplit, key: dict, *,
+                      channels: int, mean, std, cache_dir: Path | None, dtype: str = "float32",
+                      views: torch.Tensor = FLIP_VIEWS) -> torch.Tensor:
+    """The table from ``cache_dir`` when an intact one with this key exists, else ``compute()``d
+    (and stored). Without a cache folder, or for images not from the decoded-image cache (whose
+    key identifies the data), the table lives in memory only."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"distill.cache_dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    if cache_dir is None or split.cache_key is None:
+        return compute().to(DTYPES[dtype])
+    full_key = {**key, "format": FORMAT_VERSION, "data": split.cache_key,
+                "input_size": split.images.shape[-1], "channels": channels, "mean": list(mean),
+                "std": list(std), "views": views.tolist(), "dtype": dtype}
+    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:32]
+    path = Path(cache_dir) / "teacher" / f"{key['what']}-{digest}.safetensors"
+    table = _read_table(path, digest, views)
+    if table is None:
+        table = compute().to(DTYPES[dtype]).contiguous()
+        _write_table(path, digest, table, views)
+    return table
+
+
+def _write_table(path: Path, digest: str, table: torch.Tensor, views: torch.Tensor) -> None:
+    metadata = {"key": digest, "sha256": _tables_sha256(table, views), "format": str(FORMAT_VERSION)}
+    with atomic_file(path) as tmp:
+        save_file({"table": table, "views": views.contiguous()}, str(tmp), metadata=metadata)
+    log.info(f"teacher cache: wrote {tuple(table.shape)} {table.dtype} to {path}")
+
+
+def _read_table(path: Path, digest: str, views: torch.Tensor) -> torch.Tensor | None:
+    """The stored table if the file is complete, has this key and view bank, and matches its
+    checksum (over the table and the views)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        log.info(f"teacher cache: {path} is unreadable ({exc}); recomputing it")
+        return None
+    table, stored_views = tensors.get("table"), tensors.get("views")
+    if (metadata.get("key") != digest or table is None or stored_views is None
+            or metadata.get("sha256") != _tables_sha256(table, stored_views)
+            or not torch.equal(stored_views, views)):
+        log.info(f"teacher cache: {path} does not match its key or checksum; recomputing it")
+        return None
+    return table
+
+
+def _tables_sha256(table: torch.Tensor, views: torch.Tensor) -> str:
+    return hashlib.sha256((tensor_sha256(table) + tensor_sha256(views)).encode()).hexdigest()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor], skip_prefix: str | None = None) -> str:
+    """Identity of a model's weights (names, dtypes, shapes, values); ``skip_prefix`` leaves a
+    sub-module out (the head, whose weights the backbone features do not depend on)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        if skip_prefix and name.startswith(skip_prefix):
+            continue
+        tensor = state[name]
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
+        digest.update(tensor_sha256(tensor).encode())
+    return digest.hexdigest()
+
+
+class HeadOnStoredFeatures:
+    """``head`` fine-tuning on stored features: wraps a method so that the head alone runs on the
+    backbone's output for the very view of each batch (computed once per view, ``[N, K, F]``).
+
+    Exact when the backbone is frozen in eval mode and the head is the model's last operation
+    (checked when the features are computed). Dropout in the backbone stays off (eval mode)."""
+
+    def __init__(self, method, model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
+                 batch_size: int = 64, cache_dir: Path | None = None):
+        self.method = method
+        self.view_of_flip = flip_view_index(FLIP_VIEWS)
+        head_path, self.head = find_head(model)
+        key = {"what": "head-input",
+               "weights": state_dict_sha256(model.state_dict(), skip_prefix=head_path + ".")}
+
+        def compute() -> torch.Tensor:
+            return head_inputs(model, self.head, split, channels=channels, mean=mean, std=std,
+                               batch_size=batch_size)
+
+        self.table = stored_view_table(compute, split, key, channels=channels, mean=mean, std=std,
+                                       cache_dir=cache_dir)
+
+    def __call__(self, batch: Batch, model: nn.Module, teacher=None) -> dict:
+        features = self.table[batch.index, self.view_of_flip[batch.flipped.long()]]
+        return self.method(dataclasses.replace(batch, images=features), self.head, teacher)
+
+
+def head_inputs(model: nn.Module, head: nn.Module, split: ImageSplit, *, channels: int, mean, std,
+                batch_size: int = 64) -> torch.Tensor:
+    """The head's input for every (image, view), captured by a forward pre-hook; raises if the
+    head's output on it is not the model's output (the head is not the last operation)."""
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        captured.clear()
+        logits = model(images)
+        if not torch.allclose(head(captured[0]), logits, atol=1e-4, rtol=1e-4):
+            raise ConfigError(f"teacher.mode=head: {type(model).__name__}'s classifier head is not its last operation; "
+                              f"use teacher.mode=full")
+        return captured[0]
+
+    try:
+        return view_table(features, split, channels=channels, mean=mean, std=std, batch_size=batch_size)
+    finally:
+        hook.remove()
+        model.train(was_training)

@@ -1,0 +1,166 @@
+"""Decoded-image cache on disk: decode and resize a file list once, read it back memory-mapped.
+
+Decoding 5,000 JPEGs takes longer than an epoch of the reference student, so the decoded uint8
+images of a split are stored as one ``.npy`` file ``[N, C, S, S]`` (C=1 when every image is
+grayscale; expanded to the model's channels at batch time) and reused by every later epoch and run.
+
+Layout of ``CACHE_DIR/images/``: ``<key>.npy`` and ``<key>.json``. The key hashes the absolute file
+paths, their sizes and modification times, the input size, the requested channels and
+``FORMAT_VERSION``, so changing any of them selects another entry. Both files are written under a
+temporary name and renamed; the JSON manifest comes last and records the array's shape, dtype, byte
+size and SHA-256, so an entry whose array was torn, truncated or altered is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdistill.data import decode as decode_module
+from kdistill.data.decode import decode_files, to_storage_tensor
+from kdistill.errors import DataError
+from kdistill.fileio import atomic_file, write_json_atomic
+from kdistill.log import log
+
+FORMAT_VERSION = 1
+# Entries also depend on how files are decoded: any change to decode.py selects new entries.
+DECODER_SHA256 = hashlib.sha256(Path(decode_module.__file__).read_bytes()).hexdigest()[:16]
+ENV_VAR = "KDISTILL_CACHE_DIR"
+DISABLED = ("off", "none", "false", "")
+CHUNK = 256  # images decoded at a time: bounds the [chunk, S, S, 3] RGB buffer
+
+
+def resolve_cache_dir(setting: str | None = "auto") -> Path | None:
+    """``data.cache_dir``: ``auto`` -> ``$KDISTILL_CACHE_DIR`` or ``~/.cache/kdistill``;
+    ``None``/``off`` -> no disk cache; anything else is the folder itself."""
+    if setting is None or str(setting).strip().lower() in DISABLED:
+        return None
+    if setting == "auto":
+        setting = os.environ.get(ENV_VAR) or str(Path.home() / ".cache" / "kdistill")
+        if setting.strip().lower() in DISABLED:
+            return None
+    return Path(setting).expanduser()
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decoded_images_key(paths: list[Path], size: int, channels: int) -> str:
+    """What the decoded array depends on: the files (path, size, mtime), the size and channels."""
+    files = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        except OSError:  # vanished or unreadable: decoding will report it
+            files.append([str(path), -1, -1])
+    text = json.dumps({"format": FORMAT_VERSION, "decoder": DECODER_SHA256, "size": size,
+                       "channels": channels, "files": files})
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def decode_to_storage(paths: list[Path], size: int, channels: int, on_bad_image: str
+                      ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+    """Decode in chunks straight to the storage format (``to_storage_tensor``): the 3-channel RGB
+    buffer of the whole list never exists, only one chunk of it. Returns (images, kept, bad)."""
+    parts, kept, bad = [], [], []
+    for start in range(0, len(paths), CHUNK):
+        arrays, chunk_kept, chunk_bad = decode_files(paths[start:start + CHUNK], size, on_bad_image)
+        kept += [start + i for i in chunk_kept]
+        bad += chunk_bad
+        if len(arrays):
+            parts.append(to_storage_tensor(arrays, channels))
+    if not parts:
+        return torch.zeros(0, 1, size, size, dtype=torch.uint8), kept, bad
+    stored = max(part.shape[1] for part in parts)  # one colour chunk makes the whole split colour
+    images = torch.cat([part.expand(-1, stored, -1, -1) for part in parts])
+    return images.contiguous(), kept, bad
+
+
+def cached_decode(paths: list[Path], size: int, channels: int, on_bad_image: str,
+                  cache_dir: Path | None) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]], str | None]:
+    """Decoded images of ``paths`` (memory-mapped from the cache when possible).
+
+    Returns (images ``[N, C, S, S]`` uint8, kept indices, [(bad path, reason)], cache key or None).
+    """
+    if cache_dir is None:
+        return (*decode_to_storage(paths, size, channels, on_bad_image), None)
+    key = decoded_images_key(paths, size, channels)
+    entry = cache_dir / "images" / key
+    loaded = _load_entry(entry)
+    if loaded is None:
+        images, kept, bad = decode_to_storage(paths, size, channels, on_bad_image)
+        _write_entry(entry, images, kept, bad)
+        loaded = _load_entry(entry)
+        if loaded is None:  # e.g. the disk filled up between writing and reading back
+            log.info(f"{entry}.npy: cannot read the decoded images back; using them from memory")
+            return images, kept, bad, None
+    images, kept, bad = loaded
+    if bad and on_bad_image == "error":
+        path, reason = bad[0]
+        raise DataError(f"{path}: {reason}")
+    return images, kept, bad, key
+
+
+def _write_entry(entry: Path, images: torch.Tensor, kept: list[int], bad: list[tuple[Path, str]]) -> None:
+    manifest_path = entry.with_suffix(".json")
+    manifest_path.unlink(missing_ok=True)  # no manifest may ever describe a half-rewritten array
+    array_path = entry.with_suffix(".npy")
+    with atomic_file(array_path) as tmp, open(tmp, "wb") as handle:  # a handle: np.save adds no suffix
+        np.save(handle, images.numpy(), allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    manifest = {"format": FORMAT_VERSION, "shape": list(images.shape), "dtype": "uint8",
+                "bytes": array_path.stat().st_size, "sha256": sha256_file(array_path),
+                "kept": kept, "bad": [[str(p), reason] for p, reason in bad]}
+    write_json_atomic(manifest_path, manifest)
+    log.info(f"decoded-image cache: wrote {len(kept)} images {tuple(images.shape[1:])} to {array_path}")
+
+
+def _load_entry(entry: Path):
+    """The cached (images, kept, bad) if the entry is complete and intact, else None."""
+    manifest_path, array_path = entry.with_suffix(".json"), entry.with_suffix(".npy")
+    if not manifest_path.is_file() or not array_path.is_file():
+        return None
+    problem = _check_entry(manifest_path, array_path)
+    if problem:
+        log.info(f"decoded-image cache: {array_path} {problem}; rebuilding it")
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    # Copy-on-write mapping: pages are shared with the page cache and nothing is ever written back.
+    array = np.load(array_path, mmap_mode="c", allow_pickle=False)
+    images = torch.from_numpy(array)
+    bad = [(Path(p), reason) for p, reason in manifest["bad"]]
+    return images, manifest["kept"], bad
+
+
+def _check_entry(manifest_path: Path, array_path: Path) -> str | None:
+    """Why the entry cannot be used (None when it can)."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = (manifest["format"], manifest["bytes"], manifest["sha256"], manifest["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has an unreadable manifest"
+    if expected[0] != FORMAT_VERSION:
+        return f"has format {expected[0]}, not {FORMAT_VERSION}"
+    if array_path.stat().st_size != expected[1]:
+        return f"is {array_path.stat().st_size} bytes, the manifest says {expected[1]} (truncated?)"
+    try:
+        header = np.load(array_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return f"is not a readable .npy file ({exc})"
+    if list(header.shape) != expected[3] or header.dtype != np.uint8:
+        return f"holds {header.dtype} {list(header.shape)}, the manifest says uint8 {expected[3]}"
+    if sha256_file(array_path) != expected[2]:
+        return "does not match its checksum (torn or altered)"
+    return None
