@@ -1,6 +1,6 @@
 """Checkpoints as directories: ``model.safetensors`` (weights, no pickle) and ``model.json``
-(architecture, classes, preprocessing, decision threshold, training config). Loading needs
-nothing else."""
+(architecture, classes, preprocessing, decision threshold and temperature fitted on validation,
+training config). Loading needs nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdistill.errors import CheckpointError
-from kdistill.fileio import atomic_directory
+from kdistill.fileio import atomic_directory, write_text_atomic
 from kdistill.models import build_model
 
 WEIGHTS = "model.safetensors"
@@ -27,6 +27,14 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: dict) -> None:
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def update_meta(directory: Path, updates: dict) -> dict:
+    """Merge ``updates`` into an existing checkpoint's ``model.json`` (atomic rewrite; the weights
+    are untouched), e.g. the threshold and temperature fitted after training. Returns the new meta."""
+    meta = {**read_meta(directory), **updates}
+    write_text_atomic(directory / META, json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def read_meta(directory: Path) -> dict:

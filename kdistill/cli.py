@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=_positive_int, help="number of trials (default: tune.trials)")
     tune.add_argument("--out", help="output folder for trials.csv and best.yaml (default: <out>/tune)")
 
+    report = commands.add_parser("report", help="rewrite report.md and report.html from a run's results.json")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a kdistill run")
+
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in digits data (no download)")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -133,6 +136,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "report":
+        from kdistill.pipeline import regenerate_reports
+
+        regenerate_reports(Path(args.run_dir))
+        return 0
     if args.command == "tune":
         return _tune(args)
     if args.command in ("export", "predict", "bench"):

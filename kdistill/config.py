@@ -102,6 +102,16 @@ TUNED_KEYS = ("distill.alpha", "distill.temperature", "student.train.lr")
 
 
 @dataclass
+class CalibrationConfig:
+    """Fitted on the validation split after training and stored in each checkpoint's model.json."""
+
+    # Binary data: the decision threshold maximizes balanced accuracy (= Youden's J); the rules
+    # differ only in where inside the best interval it sits (see kdistill/calibration.py).
+    threshold_rule: Literal["balanced_accuracy", "youden"] = "balanced_accuracy"
+    temperature: bool = True  # temperature scaling of the logits (false: T = 1)
+
+
+@dataclass
 class ProfileConfig:
     threads: int = 2
     repeats: int = 20
@@ -115,11 +125,15 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     # A best.yaml written by ``kdistill tune``: its values replace the config file's (key=value
     # overrides still win), and the path stays in the resolved config as the record.
     tuned: Optional[str] = None
-    seed: int = 0
+    seed: int = 0  # the teacher's seed, and the students' when ``seeds`` is null
+    # Students (baseline and distilled) trained once per seed, e.g. [0, 1, 2], for mean +- std and
+    # paired tests; checkpoints then go to <out>/seed<k>/<role>/. null: one seed (``seed``).
+    seeds: Optional[list[int]] = None
     deterministic: bool = False
     # CPU threads for training; None = PyTorch's default (one per core). Fewer threads than
     # cores avoids oversubscription when other jobs share the machine.
@@ -295,6 +309,8 @@ def _check_consistency(config: Config) -> None:
     for role, train in (("teacher", config.teacher.train), ("student", config.student.train)):
         if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
             raise ConfigError(f"{role}.train: epochs, batch_size and lr must be positive")
+    if config.seeds is not None and (not config.seeds or len(set(config.seeds)) != len(config.seeds)):
+        raise ConfigError(f"seeds: {config.seeds} must be a non-empty list of different seeds (or null)")
     _check_tune_ranges(config.tune)
 
 

@@ -1,33 +1,105 @@
 """Evaluate a model (or a checkpoint directory) on a split: metrics plus size and CPU speed, as
-one ``results.json`` model row."""
+one ``results.json`` model row. The decision threshold and the temperature come from the
+checkpoint (fitted on validation when it was trained); nothing is chosen here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import nn
 
 from kdistill import __version__
+from kdistill.calibration import scaled_probs
+from kdistill.bench import size_and_speed
 from kdistill.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
 from kdistill.fileio import write_json_atomic
-from kdistill.inference import predict_probs
-from kdistill.metrics import classification_metrics
-from kdistill.profile import profile_model
+from kdistill.inference import predict_logits
+from kdistill.metrics import (bootstrap_ci, bootstrap_indices, classification_metrics,
+                              expected_calibration_error, mcnemar_exact, mean_std,
+                              paired_auc_difference, predict)
+
+DECISION_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "confusion_matrix")
 
 
 def evaluate_model(model: nn.Module, meta: dict, split: ImageSplit, *, name: str, role: str,
-                   checkpoint: str | None, speed: dict | None = None) -> dict:
-    """Metrics at the checkpoint's decision threshold, plus params, MACs and CPU speed."""
-    classes = meta["classes"]
-    positive = meta.get("positive_class")
+                   checkpoint: str | None, speed: dict | None = None) -> tuple[dict, np.ndarray]:
+    """One ``results.json`` row (metrics at the checkpoint's threshold and at 0.5, calibration,
+    bootstrap intervals, params, MACs, CPU speed) and the temperature-scaled test probabilities."""
+    logits = predict_logits(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
+    metrics, probs = score_logits(logits, split.labels.numpy(), meta)
+    profile = size_and_speed(model, meta, **(speed or {}))  # the `kdistill bench` code
+    seed = meta.get("seed")
+    row = {"id": role if role == "teacher" or seed is None else f"{role}-seed{seed}", "seed": seed,
+           "name": name, "role": role, **profile, **metrics, "positive_class": meta.get("positive_class"),
+           "images": len(split), "checkpoint": checkpoint, "history": meta.get("history")}
+    return row, probs
+
+
+def score_logits(logits: torch.Tensor, labels: np.ndarray, meta: dict) -> tuple[dict, np.ndarray]:
+    """Metrics of one model's test logits, using only what its checkpoint fixed on validation:
+    decisions at ``meta["threshold"]`` (and at 0.5 for comparison) on ``softmax(logits / T)``;
+    ECE with and without ``T``; bootstrap 95% intervals of accuracy and AUC."""
+    classes, positive = meta["classes"], meta.get("positive_class")
     positive_index = classes.index(positive) if positive is not None else None
-    threshold = meta.get("threshold")
-    probs = predict_probs(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
-    metrics = classification_metrics(probs, split.labels.numpy(), positive_index, threshold)
-    profile = profile_model(model, meta["input_size"], meta["channels"], **(speed or {}))
-    return {"name": name, "role": role, **profile, **metrics, "threshold": threshold,
-            "positive_class": positive, "images": len(split), "checkpoint": checkpoint}
+    threshold, temperature = meta.get("threshold"), meta.get("temperature") or 1.0
+    probs = scaled_probs(logits, temperature)
+    metrics = classification_metrics(probs, labels, positive_index, threshold)
+    at_half = classification_metrics(probs, labels, positive_index, 0.5 if positive_index is not None else None)
+    indices = bootstrap_indices(len(labels))
+    return {**metrics, "threshold": threshold, "threshold_rule": meta.get("threshold_rule"),
+            "temperature": temperature,
+            "ece_uncalibrated": expected_calibration_error(scaled_probs(logits), labels),
+            "at_0.5": {key: at_half[key] for key in DECISION_KEYS},
+            "ci": bootstrap_ci(probs, labels, positive_index, threshold, indices)}, probs
+
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "ece")
+
+
+def run_statistics(rows: list[dict], probs: dict[str, np.ndarray], labels: np.ndarray,
+                   positive_index: int | None) -> dict:
+    """The ``results.json`` entries that look across models: ``summary`` (mean, std and n of every
+    role over its seeds), ``paired_tests`` (distilled vs baseline of the same seed on the same test
+    images) and ``predictions`` (labels and every model's probabilities, for plots)."""
+    return {"summary": summarize(rows),
+            "paired_tests": paired_tests(rows, probs, labels, positive_index),
+            "predictions": {"labels": labels.tolist(),
+                            "probabilities": {key: np.round(p, 6).tolist() for key, p in probs.items()}}}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """``{role: {metric: {"mean", "std", "n"}}}`` over the rows of each role (one per seed)."""
+    roles = list(dict.fromkeys(row["role"] for row in rows))
+    return {role: {metric: mean_std([r.get(metric) for r in rows if r["role"] == role])
+                   for metric in SUMMARY_METRICS} for role in roles}
+
+
+def paired_tests(rows: list[dict], probs: dict[str, np.ndarray], labels: np.ndarray,
+                 positive_index: int | None) -> list[dict]:
+    """Per seed: McNemar's exact test on the two students' test decisions (each at its own
+    validation threshold) and a paired bootstrap interval of their AUC difference."""
+    by_key = {(r["role"], r.get("seed")): r for r in rows}
+    indices = bootstrap_indices(len(labels))
+    tests = []
+    for (role, seed), distilled in by_key.items():
+        baseline = by_key.get(("baseline", seed))
+        if role != "distilled" or baseline is None:
+            continue
+        correct = {r["id"]: predict(probs[r["id"]], positive_index, r["threshold"]) == labels
+                   for r in (baseline, distilled)}
+        mcnemar = mcnemar_exact(correct[baseline["id"]], correct[distilled["id"]])
+        auc_diff = (None if distilled["auc"] is None or baseline["auc"] is None
+                    else distilled["auc"] - baseline["auc"])
+        tests.append({"seed": seed, "baseline": baseline["id"], "distilled": distilled["id"],
+                      "test": "mcnemar", "baseline_only_correct": mcnemar["a_only_correct"],
+                      "distilled_only_correct": mcnemar["b_only_correct"], "p_value": mcnemar["p_value"],
+                      "accuracy_diff": distilled["accuracy"] - baseline["accuracy"], "auc_diff": auc_diff,
+                      "auc_diff_ci": paired_auc_difference(probs[baseline["id"]], probs[distilled["id"]],
+                                                           labels, positive_index, indices)})
+    return tests
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -44,8 +116,8 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: d
     model, meta = load_checkpoint(checkpoint)
     split, skipped = load_eval_folder(data, meta["classes"], meta["input_size"], meta["channels"],
                                       on_bad_image)
-    row = evaluate_model(model, meta, split, name=meta["architecture"]["name"],
-                         role=meta.get("role", "model"), checkpoint=str(checkpoint), speed=speed)
+    row, _ = evaluate_model(model, meta, split, name=meta["architecture"]["name"],
+                            role=meta.get("role", "model"), checkpoint=str(checkpoint), speed=speed)
     results = {"kdistill_version": __version__,
                "dataset": {"root": str(data), "evaluated_on": str(data), "classes": meta["classes"],
                            "positive_class": meta.get("positive_class"), "images": len(split),

@@ -42,14 +42,15 @@ class CheckImages:
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", *, out: str | Path | None = None,
-                      int8: bool = False, calibration: str | Path | ImageSplit | None = None,
-                      check_images: str | Path | ImageSplit | None = None,
+                      int8: bool = False, calibration: str | Path | ImageSplit | tuple | None = None,
+                      check_images: str | Path | ImageSplit | tuple | None = None,
                       tolerance: float = FP32_TOLERANCE, threads: int = 1) -> dict:
     """Export ``checkpoint`` (a directory) to ``fmt``; return what was written and checked.
 
     Outputs default to the checkpoint directory (``model.onnx``, ``model.int8.onnx``,
     ``model.torchscript.pt``). The parity and int8 accuracy checks run on ``check_images``
-    (a labelled folder or split), else on the calibration images, else on random images."""
+    (a labelled folder or split; a ``(split, name)`` pair names it in the report), else on the
+    calibration images, else on random images."""
     checkpoint = Path(checkpoint)
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
@@ -71,10 +72,13 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", *, out: str | P
 
 
 def _check_images(source, meta: dict, limit: int = MAX_CHECK_IMAGES) -> CheckImages:
-    """A folder, an in-memory split, or (when nothing is given) 16 seeded random images."""
+    """A folder, an in-memory split (named or not), or (when nothing is given) 16 seeded random images."""
+    name = None
+    if isinstance(source, tuple):  # (split, what it is), e.g. (data.val, "validation split")
+        source, name = source
     if isinstance(source, ImageSplit):
         source = evenly_spaced(source, limit)
-        return CheckImages(source, bool((source.labels >= 0).all()), f"{len(source)} given images")
+        return CheckImages(source, bool((source.labels >= 0).all()), f"the {name or 'given split'}")
     if source is not None:
         split, labelled = load_images(Path(source), meta, limit)
         return CheckImages(split, labelled, str(source))
@@ -189,9 +193,10 @@ def _reader(batches: list[np.ndarray]):
 def compare_sessions(fp32, int8, checks: CheckImages, meta: dict) -> dict:
     """Decisions and probabilities of the int8 model vs the fp32 one (accuracy when labelled)."""
     probs = {name: [] for name in ("fp32", "int8")}
+    temperature = meta.get("temperature") or 1.0  # the threshold was chosen on scaled probabilities
     for images in model_batches(checks.split, meta):
-        probs["fp32"].append(session_probs(fp32, images.numpy()))
-        probs["int8"].append(session_probs(int8, images.numpy()))
+        probs["fp32"].append(session_probs(fp32, images.numpy(), temperature))
+        probs["int8"].append(session_probs(int8, images.numpy(), temperature))
     fp32_probs, int8_probs = np.concatenate(probs["fp32"]), np.concatenate(probs["int8"])
     positive = meta.get("positive_class")
     positive_index = meta["classes"].index(positive) if positive is not None else None

@@ -1,4 +1,5 @@
-"""Run a model over a split and return class probabilities (eval mode, no_grad, fixed order)."""
+"""Run a model over a split and return logits or class probabilities (eval mode, no_grad, fixed
+order); a checkpoint's probabilities include its temperature scaling."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, 
 
 
 def predict_probs(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
-                  batch_size: int = 128) -> np.ndarray:
+                  batch_size: int = 128, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` ``[N, K]`` in the split's order."""
     logits = predict_logits(model, split, channels=channels, mean=mean, std=std, batch_size=batch_size)
-    return torch.softmax(logits, dim=1).numpy()
+    return torch.softmax(logits / temperature, dim=1).numpy()
+
+
+def checkpoint_probs(model: nn.Module, meta: dict, split: ImageSplit) -> np.ndarray:
+    """Probabilities as the checkpoint defines them: its preprocessing and its fitted temperature
+    (``model.json`` ``temperature``; 1 for checkpoints written before calibration existed)."""
+    return predict_probs(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"],
+                         temperature=meta.get("temperature") or 1.0)

@@ -3,11 +3,16 @@
 For binary data the positive class is named (for chest X-rays, PNEUMONIA): sensitivity is its
 recall, specificity the other class's recall, and a prediction is positive when the positive
 class's probability reaches the decision threshold. Multi-class data uses the arg-max.
+
+Uncertainty over the test images: percentile bootstrap intervals (1000 seeded resamples, scored
+all at once as ``[resamples, images]`` arrays), McNemar's exact test for two models' paired
+decisions, and a paired bootstrap interval of their AUC difference.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest, rankdata
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 
@@ -63,3 +68,85 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if members.any():
             ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
     return float(ece)
+
+
+# --- Uncertainty: bootstrap confidence intervals and paired tests over the test images ---------
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """``[resamples, n]`` image indices drawn with replacement. The same seed gives the same
+    resamples, so every model of a run is scored on the same bootstrap sets (a paired design)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def auc_per_row(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """Binary ROC AUC of every row of ``scores`` ``[B, n]`` against ``positives`` ``[B, n]`` (bool),
+    by the Mann-Whitney rank formula (ties count half, as in sklearn). A row without both
+    classes has no AUC: NaN."""
+    ranks = rankdata(scores, axis=1)  # average ranks for ties
+    n_pos = positives.sum(1)
+    n_neg = positives.shape[1] - n_pos
+    rank_sum = (ranks * positives).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, positive_index: int | None,
+                  indices: np.ndarray) -> np.ndarray:
+    """AUC of each bootstrap resample: the positive class's AUC for binary data, else the
+    macro one-vs-rest AUC (sklearn's ``multi_class="ovr"``); NaN where a class is missing."""
+    sampled_labels = labels[indices]
+    if positive_index is not None:
+        return auc_per_row(probs[indices, positive_index], sampled_labels == positive_index)
+    per_class = [auc_per_row(probs[indices, k], sampled_labels == k) for k in range(probs.shape[1])]
+    return np.mean(per_class, axis=0)  # NaN if any class is absent, as sklearn refuses it
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """The percentile bootstrap interval, ignoring resamples where the statistic is undefined."""
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return None
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, positive_index: int | None,
+                 threshold: float | None, indices: np.ndarray) -> dict:
+    """95% percentile bootstrap intervals of accuracy and AUC over the test images."""
+    correct = (predict(probs, positive_index, threshold) == labels).astype(float)
+    return {"accuracy": percentile_interval(correct[indices].mean(1)),
+            "auc": percentile_interval(bootstrap_auc(probs, labels, positive_index, indices))}
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's exact test on paired decisions: only images where exactly one model is right
+    count; under "equally good" each such image favours either model with probability 1/2, so
+    the two-sided p-value is a binomial test of ``b_only`` out of ``a_only + b_only``."""
+    a_only = int((correct_a & ~correct_b).sum())
+    b_only = int((~correct_a & correct_b).sum())
+    discordant = a_only + b_only
+    p_value = 1.0 if discordant == 0 else float(binomtest(b_only, discordant, 0.5).pvalue)
+    return {"a_only_correct": a_only, "b_only_correct": b_only, "p_value": p_value}
+
+
+def paired_auc_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
+                          positive_index: int | None, indices: np.ndarray) -> list[float] | None:
+    """95% paired bootstrap interval of AUC(b) - AUC(a): both models scored on the same resamples."""
+    diff = (bootstrap_auc(probs_b, labels, positive_index, indices)
+            - bootstrap_auc(probs_a, labels, positive_index, indices))
+    return percentile_interval(diff)
+
+
+def mean_std(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) of the defined values."""
+    defined = [float(v) for v in values if v is not None]
+    if not defined:
+        return {"mean": None, "std": None, "n": 0}
+    std = float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0
+    return {"mean": float(np.mean(defined)), "std": std, "n": len(defined)}

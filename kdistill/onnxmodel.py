@@ -17,6 +17,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 # The fields a caller needs to feed the model exactly as it was trained (and to read its output).
 CONTRACT_KEYS = ("input_size", "channels", "mean", "std", "classes", "positive_class", "threshold")
+# Written since calibration exists; files exported before it lack them (temperature 1 then).
+OPTIONAL_KEYS = ("temperature", "threshold_rule")
 PREPROCESSING = ("RGB (or grayscale when channels=1) image resized bilinearly to input_size x "
                  "input_size, float32 pixel/255, then (x - mean) / std per channel, NCHW")
 
@@ -46,9 +48,12 @@ def require_onnx():
 def contract_from_meta(meta: dict) -> dict:
     """The preprocessing contract of a checkpoint's ``model.json``, plus provenance fields."""
     contract = {key: meta.get(key) for key in CONTRACT_KEYS}
+    contract["temperature"] = meta.get("temperature") or 1.0
+    contract["threshold_rule"] = meta.get("threshold_rule")
     contract["architecture"] = meta["architecture"]["name"]
     contract["preprocessing"] = PREPROCESSING
-    contract["output"] = f"{OUTPUT_NAME} [batch, classes]; softmax gives class probabilities"
+    contract["output"] = (f"{OUTPUT_NAME} [batch, classes]; softmax({OUTPUT_NAME} / temperature) gives "
+                          f"class probabilities")
     contract["kdistill_version"] = meta.get("kdistill_version", __version__)
     return contract
 
@@ -76,7 +81,8 @@ def read_contract(path: Path) -> dict:
         raise ExportError(f"{path}: not exported by kdistill (no preprocessing metadata: "
                           f"missing {', '.join(missing)})")
     try:
-        return {key: json.loads(value) for key, value in props.items() if key in (*CONTRACT_KEYS, "architecture")}
+        return {key: json.loads(value) for key, value in props.items()
+                if key in (*CONTRACT_KEYS, *OPTIONAL_KEYS, "architecture")}
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: unreadable kdistill metadata ({exc})") from None
 
@@ -95,10 +101,11 @@ def open_session(path: Path, threads: int = 1):
         raise ExportError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
 
 
-def session_probs(session, images: np.ndarray) -> np.ndarray:
-    """Softmax probabilities ``[B, K]`` of a session for a normalized float32 batch ``[B, C, S, S]``."""
+def session_probs(session, images: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` ``[B, K]`` of a session for a normalized float32 batch
+    ``[B, C, S, S]`` (the temperature is the contract's; 1 gives the raw softmax)."""
     logits = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(images, np.float32)})[0]
-    return torch.softmax(torch.from_numpy(logits).float(), dim=1).numpy()
+    return torch.softmax(torch.from_numpy(logits).float() / temperature, dim=1).numpy()
 
 
 def _first_line(exc: Exception) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import json
 import platform
 import time
 from pathlib import Path
@@ -24,23 +25,26 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdistill import __version__
-from kdistill.checkpoint import architecture, load_checkpoint
+from kdistill import __version__, distributed
+from kdistill.calibration import calibrate
+from kdistill.checkpoint import architecture, load_checkpoint, update_meta
 from kdistill.config import Config, dump_yaml, from_dict, read_tuned, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
 from kdistill.doctor import examine
-from kdistill.errors import CheckpointError, ConfigError
-from kdistill.evaluate import add_speedups, evaluate_model
+from kdistill.errors import CheckpointError, ConfigError, DataError
+from kdistill.evaluate import add_speedups, evaluate_model, run_statistics
+from kdistill.inference import predict_logits
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
 from kdistill.report import comparison_table, markdown_report
+from kdistill.report_html import html_report
 from kdistill.train import class_weights, fit
 
 
-RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune"}  # do not change what is trained
+RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "calibration"}  # do not change what is trained
 
 
 def run(config: Config, resume: bool = False) -> dict:
@@ -51,27 +55,86 @@ def run(config: Config, resume: bool = False) -> dict:
     _seed_everything(config.seed, config.deterministic, config.threads)
     data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
-    findings = _run_doctor(config)
+    world = distributed.current()  # under torchrun: rank 0 checks, evaluates and writes
+    findings = _run_doctor(config) if world.is_main else None
     out = Path(config.out)
     _check_student_builds(config, data)  # fail now, not after the teacher has trained
-    _write_run_files(out, config, data)
+    if world.is_main:
+        _write_run_files(out, config, data)
     teacher, teacher_meta = train_teacher(config, data, out, resume)
-    students = {}
-    for role in ("baseline", "distilled"):
-        students[role] = train_student(config, data, out, role, teacher, resume)
-    rows = [_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config)]
-    rows += [_evaluate(model, meta, data, role, out / role, config) for role, (model, meta) in students.items()]
+    if not world.is_main:
+        train_and_evaluate_students(config, data, out, teacher, resume)  # trains only, on these ranks
+        return {}
+    evaluated = [_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config)]
+    evaluated += train_and_evaluate_students(config, data, out, teacher, resume)
+    rows = [row for row, _ in evaluated]
     add_speedups(rows)
-    deployment = _export_student(out / "distilled", data) if config.export else None
+    first_seed = student_folders(config, out)[0][1]
+    deployment = _export_student(first_seed / "distilled", data) if config.export else None
+    statistics = run_statistics(rows, {row["id"]: probs for row, probs in evaluated},
+                                data.test.labels.numpy(), data.positive_index)
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
+               **statistics,
                "export": deployment, "doctor": findings, "tuned": _tuned(config),
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", markdown_report(results) + _tuned_note(results["tuned"]))
+    write_reports(out, results)
+    for _, folder in student_folders(config, out):
+        _remove_if_empty(folder / "resume")
     _remove_if_empty(out / "resume")
-    log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md)")
+    log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md, report.html)")
     return results
+
+
+def write_reports(out: Path, results: dict) -> None:
+    """``report.md`` and the self-contained ``report.html`` (with the run's resolved config)."""
+    write_text_atomic(out / "report.md", markdown_report(results) + _tuned_note(results.get("tuned")))
+    config_path = out / "config.yaml"
+    config_yaml = config_path.read_text() if config_path.is_file() else "(config.yaml not found)"
+    write_text_atomic(out / "report.html", html_report(results, config_yaml))
+
+
+def regenerate_reports(run_dir: Path) -> None:
+    """``kdistill report RUN_DIR``: rewrite both reports from the folder's ``results.json``."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; give the output folder of a kdistill run")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    write_reports(run_dir, results)
+    log.info(f"written to {run_dir}/ (report.md, report.html)")
+
+
+def student_folders(config: Config, out: Path) -> list[tuple[int, Path]]:
+    """``(seed, folder)`` of every student pair: ``out`` itself for a single-seed run
+    (``seeds: null``), ``out/seed<k>`` for each seed of a ``seeds`` list."""
+    if config.seeds is None:
+        return [(config.seed, out)]
+    return [(seed, out / f"seed{seed}") for seed in config.seeds]
+
+
+def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, teacher,
+                                resume: bool) -> list[tuple[dict, object]]:
+    """Baseline and distilled student for every seed (the same initialization per seed for both),
+    each evaluated on the test split as soon as it is trained. The teacher's outputs are
+    computed once, and only if some distilled student still has to train."""
+    needs_teacher = any(not (resume and (folder / "distilled" / "model.json").is_file())
+                        for _, folder in student_folders(config, out))
+    outputs = _teacher_outputs(teacher, data, config) if needs_teacher else None
+    evaluated = []
+    for seed, folder in student_folders(config, out):
+        seeded = dataclasses.replace(config, seed=seed)
+        for role in ("baseline", "distilled"):
+            model, meta = train_student(seeded, data, folder, role, teacher, resume, outputs)
+            if not distributed.current().is_main:
+                continue
+            row, probs = _evaluate(model, meta, data, role, folder / role, config)
+            row["id"], row["seed"] = f"{role}-seed{seed}", seed
+            evaluated.append((row, probs))
+    return evaluated
 
 
 def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
@@ -80,11 +143,12 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     if cfg.checkpoint:
         model, meta = load_checkpoint(cfg.checkpoint)
         _check_same_data(meta, data, cfg.checkpoint)
+        meta = {**meta, **_calibration(model, meta, data, config)}  # in memory: not the user's folder
         return freeze(model), meta
     checkpoint_dir = out / "teacher"
     if resume and (checkpoint_dir / "model.json").is_file():
         log.info(f"teacher: already trained in {checkpoint_dir}, reusing it")
-        model, meta = load_checkpoint(checkpoint_dir)
+        model, meta = _calibrated(checkpoint_dir, data, config)
         return freeze(model), meta
     torch.manual_seed(config.seed)
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
@@ -94,9 +158,9 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
         freeze_all_but_head(model)
         method = _head_on_features(method, model, data, config)
     meta = _meta(arch, data, "teacher", {"mode": cfg.mode, "pretrained": cfg.pretrained,
-                                         "weights": cfg.weights, **dataclasses.asdict(cfg.train)})
+                                         "weights": cfg.weights, **dataclasses.asdict(cfg.train)}, config.seed)
     _fit(model, method, data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
-    model, meta = load_checkpoint(checkpoint_dir)
+    model, meta = _calibrated(checkpoint_dir, data, config)
     return freeze(model), meta
 
 
@@ -112,7 +176,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     checkpoint_dir = out / role
     if resume and (checkpoint_dir / "model.json").is_file():
         log.info(f"{role}: already trained in {checkpoint_dir}, reusing it")
-        return load_checkpoint(checkpoint_dir)
+        return _calibrated(checkpoint_dir, data, config)
     torch.manual_seed(config.seed)
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
     model = build_model(**{"name": cfg.model, **arch["args"]})
@@ -125,9 +189,29 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
             teacher_outputs = _teacher_outputs(teacher, data, config)
         # Recorded from the method: the article recipe fixes its own alpha and T.
         extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
-    meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)})
+    meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)}, config.seed)
     _fit(model, method, data, role, checkpoint_dir, meta, out, teacher_outputs, cfg.train, config, resume)
-    return load_checkpoint(checkpoint_dir)
+    return _calibrated(checkpoint_dir, data, config)
+
+
+def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config):
+    """Load a trained checkpoint and store its validation-fitted temperature and threshold in its
+    model.json. Deterministic, so a resumed run writes the same values again."""
+    model, meta = load_checkpoint(checkpoint_dir)
+    fitted = _calibration(model, meta, data, config)
+    if not distributed.current().is_main:  # only rank 0 writes; the other ranks keep it in memory
+        return model, {**meta, **fitted}
+    return model, update_meta(checkpoint_dir, fitted)
+
+
+def _calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict:
+    """Temperature and threshold fitted on the VALIDATION split (never the test split)."""
+    logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
+    fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index,
+                       rule=config.calibration.threshold_rule, temperature=config.calibration.temperature)
+    log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f}, threshold "
+             f"{fitted['threshold']} ({fitted['threshold_rule']}), fitted on {len(data.val)} validation images")
+    return fitted
 
 
 def freeze_all_but_head(model: torch.nn.Module) -> None:
@@ -174,7 +258,7 @@ def _weights(train_cfg, data: DatasetBundle):
     return None
 
 
-def _meta(arch: dict, data: DatasetBundle, role: str, training: dict) -> dict:
+def _meta(arch: dict, data: DatasetBundle, role: str, training: dict, seed: int) -> dict:
     mean, std = data.normalization
     return {"kdistill_version": __version__, "role": role, "architecture": arch,
             "classes": data.classes, "positive_class": data.positive_class,
@@ -182,7 +266,7 @@ def _meta(arch: dict, data: DatasetBundle, role: str, training: dict) -> dict:
             "mean": list(mean), "std": list(std),
             # Binary data: the positive class wins at probability >= threshold.
             "threshold": 0.5 if data.positive_class is not None else None,
-            "training": training}
+            "seed": seed, "training": training}
 
 
 def _check_same_data(meta: dict, data: DatasetBundle, where: str) -> None:
@@ -191,13 +275,14 @@ def _check_same_data(meta: dict, data: DatasetBundle, where: str) -> None:
             raise CheckpointError(f"teacher.checkpoint {where}: {key} {meta[key]} != this data's {value}")
 
 
-def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, config: Config) -> dict:
+def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, config: Config):
+    """The model's results.json row and its (temperature-scaled) test probabilities."""
     speed = dataclasses.asdict(config.profile)
-    row = evaluate_model(model, meta, data.test, name=meta["architecture"]["name"], role=role,
-                         checkpoint=str(checkpoint), speed=speed)
+    row, probs = evaluate_model(model, meta, data.test, name=meta["architecture"]["name"], role=role,
+                                checkpoint=str(checkpoint), speed=speed)
     row["selected"] = meta.get("selected")
     row["training"] = meta.get("training")
-    return row
+    return row, probs
 
 
 def _dataset_summary(data: DatasetBundle) -> dict:
@@ -240,14 +325,17 @@ def _run_doctor(config: Config) -> dict | None:
 
 
 def _export_student(checkpoint: Path, data: DatasetBundle) -> dict | None:
-    """ONNX + static int8 copies of the distilled student, calibrated on validation images and
-    checked on the test images (parity with PyTorch; int8 accuracy change)."""
+    """ONNX + static int8 copies of the distilled student. Int8 ranges are calibrated on training
+    images; parity with PyTorch and the int8 accuracy change are measured on the validation split,
+    where a user decides whether the int8 copy is good enough (the test split stays for the table)."""
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
         log.info("export: skipped (pip install 'kdistill[export]' for ONNX and int8 copies)")
         return None
     from kdistill.export import export_checkpoint
 
-    result = export_checkpoint(checkpoint, "onnx", int8=True, calibration=data.val, check_images=data.test)
+    result = export_checkpoint(checkpoint, "onnx", int8=True,
+                               calibration=(data.train, "training split"),
+                               check_images=(data.val, "validation split"))
     log.info(f"export: distilled student written as ONNX and int8 ONNX in {checkpoint}")
     return result
 
@@ -311,7 +399,8 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
                                   f"teacher or pass --teacher DIR")
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                           checkpoint=str(teacher_path)))
-    _write_run_files(out, config, data)
+    if distributed.current().is_main:
+        _write_run_files(out, config, data)
     if role == "teacher":
         train_teacher(config, data, out, resume)
     else:

@@ -27,7 +27,7 @@ class Predictor:
     """A model behind one function: normalized float batch -> class probabilities ``[B, K]``."""
 
     source: str
-    contract: dict  # classes, positive_class, threshold, input_size, channels, mean, std
+    contract: dict  # classes, positive_class, threshold, temperature, input_size, channels, mean, std
     probs: Callable[[torch.Tensor], np.ndarray]
 
 
@@ -37,17 +37,19 @@ def load_predictor(path: Path, threads: int = 1) -> Predictor:
         from kdistill.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(path)
+        temperature = meta.get("temperature") or 1.0  # fitted on validation; the threshold assumes it
 
         def torch_probs(images: torch.Tensor) -> np.ndarray:
             with torch.inference_mode():
-                return torch.softmax(model(images).float(), dim=1).numpy()
+                return torch.softmax(model(images).float() / temperature, dim=1).numpy()
 
         return Predictor(str(path), meta, torch_probs)
     if not path.exists():
         raise ExportError(f"{path}: not found (give a checkpoint directory or an exported .onnx file)")
     contract = read_contract(path)
     session = open_session(path, threads)
-    return Predictor(str(path), contract, lambda images: session_probs(session, images.numpy()))
+    temperature = contract.get("temperature") or 1.0
+    return Predictor(str(path), contract, lambda images: session_probs(session, images.numpy(), temperature))
 
 
 def predict_paths(predictor: Predictor, inputs: list[Path]) -> tuple[list[dict], list[dict]]:

@@ -1,8 +1,14 @@
-"""``results.json`` -> ``report.md``: the comparison table and how it was obtained."""
+"""``results.json`` -> ``report.md``: the comparison table, mean +- std over seeds, the paired
+test of distilled vs alone, calibration, and how it was all obtained. Older results files (no
+seeds, no intervals) still render: every added key is optional."""
 
 from __future__ import annotations
 
 ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
+SIGNIFICANCE = 0.05
+SUMMARY_COLUMNS = (("accuracy", "accuracy %", True), ("balanced_accuracy", "balanced acc %", True),
+                   ("sensitivity", "sensitivity %", True), ("specificity", "specificity %", True),
+                   ("auc", "AUC", False), ("ece", "ECE", False))
 
 
 def _pct(value) -> str:
@@ -25,16 +31,125 @@ def comparison_table(results: dict) -> str:
     header = ("| model | role | accuracy % | balanced acc % | sensitivity % | specificity % | AUC | ECE "
               "| params | MACs | latency b1 (ms) | throughput b64 (img/s) | speed-up vs teacher |")
     lines = [header, "|" + "---|" * 13]
+    seeded = len({row.get("seed") for row in results["models"] if row["role"] != "teacher"}) > 1
     for row in results["models"]:
         speedup = row.get("speedup_vs_teacher")
+        ci = row.get("ci") or {}
         lines.append(
-            f"| {row['name']} | {ROLE_LABELS.get(row['role'], row['role'])} | {_pct(row['accuracy'])} "
+            f"| {row['name']} | {_role_label(row, seeded)} | {_pct(row['accuracy'])}{_interval(ci.get('accuracy'), True)} "
             f"| {_pct(row['balanced_accuracy'])} | {_pct(row['sensitivity'])} | {_pct(row['specificity'])} "
-            f"| {_num(row['auc'])} | {_num(row['ece'])} | {_count(row['params'])} | {_count(row['macs'])} "
+            f"| {_num(row['auc'])}{_interval(ci.get('auc'), False)} | {_num(row['ece'])} "
+            f"| {_count(row['params'])} | {_count(row['macs'])} "
             f"| {_num(row['latency_ms_batch1'], 2)} | {row['throughput_img_s']:.0f} "
             f"| {'n/a' if speedup is None else f'{speedup:.1f}x'} |"
         )
     return "\n".join(lines)
+
+
+def _role_label(row: dict, seeded: bool) -> str:
+    label = ROLE_LABELS.get(row["role"], row["role"])
+    return f"{label}, seed {row.get('seed')}" if seeded and row["role"] != "teacher" else label
+
+
+def _interval(bounds, percent: bool) -> str:
+    """`` [lo, hi]`` after a value, in the value's unit; empty when there is no interval."""
+    if not bounds:
+        return ""
+    fmt = _pct if percent else _num
+    return f" [{fmt(bounds[0])}, {fmt(bounds[1])}]"
+
+
+def _mean_std(entry: dict | None, percent: bool) -> str:
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    fmt = _pct if percent else _num
+    return f"{fmt(entry['mean'])} ± {fmt(entry['std'])}"
+
+
+def summary_table(results: dict) -> str:
+    """Mean ± std over seeds per role (sample std; 0 for a single model), with n."""
+    summary = results.get("summary") or {}
+    lines = ["| role | n | " + " | ".join(title for _, title, _ in SUMMARY_COLUMNS) + " |",
+             "|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
+    for role, metrics in summary.items():
+        n = max((m.get("n") or 0 for m in metrics.values()), default=0)
+        cells = [_mean_std(metrics.get(key), percent) for key, _, percent in SUMMARY_COLUMNS]
+        lines.append(f"| {ROLE_LABELS.get(role, role)} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(tests: list[dict]) -> str:
+    """One line per seed: discordant images, McNemar's exact p, accuracy and AUC differences."""
+    lines = ["| seed | right only alone | right only distilled | McNemar p | accuracy diff (points) "
+             "| AUC diff [95% paired bootstrap] |", "|---|---|---|---|---|---|"]
+    for t in tests:
+        auc = "n/a" if t.get("auc_diff") is None else f"{t['auc_diff']:+.3f}{_interval(t.get('auc_diff_ci'), False)}"
+        lines.append(f"| {t['seed']} | {t['baseline_only_correct']} | {t['distilled_only_correct']} "
+                     f"| {_p_value(t['p_value'])} | {100 * t['accuracy_diff']:+.1f} | {auc} |")
+    return "\n".join(lines)
+
+
+def _p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def verdict(tests: list[dict]) -> str:
+    """A plain sentence: did distillation change test accuracy significantly (McNemar, p < 0.05)?"""
+    n = len(tests)
+    significant = [t for t in tests if t["p_value"] < SIGNIFICANCE]
+    better = sum(t["accuracy_diff"] > 0 for t in significant)
+    worse = len(significant) - better
+    p_values = ", ".join(_p_value(t["p_value"]) for t in tests)
+    if not significant:
+        return (f"Distillation did not help significantly: in none of {n} seed(s) did the distilled "
+                f"student's test accuracy differ from the student alone's at the {SIGNIFICANCE} level "
+                f"(McNemar p = {p_values}).")
+    if better == n:
+        return (f"Distillation helped: the distilled student was significantly more accurate than the "
+                f"student alone in {'every one of the ' + str(n) + ' seeds' if n > 1 else 'this seed'} "
+                f"(McNemar p = {p_values}).")
+    if worse == n:
+        return (f"Distillation hurt: the distilled student was significantly less accurate than the "
+                f"student alone in {'every one of the ' + str(n) + ' seeds' if n > 1 else 'this seed'} "
+                f"(McNemar p = {p_values}).")
+    return (f"Mixed: distillation was significantly better in {better} and significantly worse in "
+            f"{worse} of {n} seeds, with no significant difference in the rest (McNemar p = {p_values}); "
+            f"no consistent effect.")
+
+
+def calibration_table(results: dict) -> str:
+    """Per model: the validation-chosen threshold vs 0.5, and ECE before/after temperature scaling."""
+    seeded = len({row.get("seed") for row in results["models"] if row["role"] != "teacher"}) > 1
+    lines = ["| model | threshold (rule) | sens / spec % at threshold | accuracy % at 0.5 "
+             "| sens / spec % at 0.5 | temperature | ECE before -> after |", "|---|---|---|---|---|---|---|"]
+    for row in results["models"]:
+        half = row.get("at_0.5") or {}
+        rule = f" ({row['threshold_rule']})" if row.get("threshold_rule") else ""
+        lines.append(f"| {_role_label(row, seeded)} | {_num(row.get('threshold'))}{rule} "
+                     f"| {_pct(row.get('sensitivity'))} / {_pct(row.get('specificity'))} "
+                     f"| {_pct(half.get('accuracy'))} | {_pct(half.get('sensitivity'))} / "
+                     f"{_pct(half.get('specificity'))} | {_num(row.get('temperature'), 2)} "
+                     f"| {_num(row.get('ece_uncalibrated'))} -> {_num(row.get('ece'))} |")
+    return "\n".join(lines)
+
+
+def _statistics_section(results: dict) -> list[str]:
+    """Mean ± std, the paired test and its verdict, calibration; nothing for older results files."""
+    lines = []
+    if results.get("summary"):
+        lines += ["", "## Mean ± std over seeds", "", summary_table(results)]
+    tests = results.get("paired_tests")
+    if tests:
+        lines += ["", "## Distilled vs alone on the same test images", "", paired_table(tests), "",
+                  verdict(tests),
+                  "", "McNemar's exact test counts the test images exactly one of the two students "
+                  "classifies correctly (each at its own validation threshold); the AUC interval comes "
+                  "from 1000 bootstrap resamples of the test images shared by both models. Seeds are "
+                  "tested one by one, without correction for multiple comparisons."]
+    if any("at_0.5" in row for row in results["models"]):
+        lines += ["", "## Threshold and calibration (fitted on the validation split)", "",
+                  calibration_table(results)]
+    return lines
 
 
 def markdown_report(results: dict) -> str:
@@ -59,16 +174,20 @@ def markdown_report(results: dict) -> str:
         f"## Results on the {dataset.get('evaluated_on', 'test')} split",
         "",
         comparison_table(results),
+        *_statistics_section(results),
         "",
-        "- " + (f"Decision threshold {_num(first.get('threshold'), 2)} on the {positive} probability."
-                if positive else "Decisions by arg-max."),
+        "## How these figures were obtained",
+        "",
+        "- " + (_threshold_note(results["models"], positive) if positive else "Decisions by arg-max."),
+        *(["- Accuracy and AUC in brackets: 95% percentile bootstrap intervals over the test images "
+           "(1000 resamples)."] if any(row.get("ci") for row in results["models"]) else []),
         f"- CPU speed: {first['threads']} thread(s); batch-1 latency and batch-64 throughput, "
         "median of repeated rounds after warm-up. MACs counted by torch.utils.flop_counter.",
-        "- Every epoch was selected on the validation split only; the test split was used once, "
-        "for this table.",
+        "- Every epoch, decision threshold and temperature was selected on the validation split only; "
+        "the test split was used once, for these tables.",
     ]
     for row in results["models"]:
-        lines.append(f"- {ROLE_LABELS.get(row['role'], row['role'])}: {_training_summary(row)}")
+        lines.append(f"- {_role_label(row, True)}: {_training_summary(row)}")
     doctor = results.get("doctor")
     if doctor:
         lines.append(f"- Data doctor: {len(doctor['unreadable'])} unreadable images, "
@@ -88,6 +207,14 @@ def markdown_report(results: dict) -> str:
     if dataset.get("skipped_files"):
         lines.append(f"- {len(dataset['skipped_files'])} unreadable files skipped (see results.json).")
     return "\n".join(lines) + "\n"
+
+
+def _threshold_note(rows: list[dict], positive: str) -> str:
+    thresholds = {row.get("threshold") for row in rows}
+    if any("threshold_rule" in row for row in rows):
+        return (f"Each model calls {positive} when its temperature-scaled {positive} probability reaches "
+                f"its own threshold, chosen on the validation split (table above).")
+    return f"Decision threshold {_num(next(iter(thresholds)), 2)} on the {positive} probability."
 
 
 def _training_summary(row: dict) -> str:

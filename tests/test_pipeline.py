@@ -15,7 +15,8 @@ from kdistill.config import load_config, to_dict
 
 ROW_KEYS = {"name", "role", "params", "macs", "accuracy", "balanced_accuracy", "sensitivity",
             "specificity", "auc", "ece", "threshold", "latency_ms_batch1", "throughput_img_s",
-            "checkpoint"}
+            "checkpoint", "id", "seed", "threshold_rule", "at_0.5", "temperature", "ece_uncalibrated",
+            "ci", "history"}
 ROLES = ["teacher", "baseline", "distilled"]
 TABLE_HEADER = "| model | role | accuracy % |"
 
@@ -46,8 +47,10 @@ def test_run_writes_results_with_every_contract_key(run_dir):
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         assert 0.0 <= row["accuracy"] <= 1.0 and row["params"] > 0 and row["macs"] > 0
         assert row["latency_ms_batch1"] > 0 and row["throughput_img_s"] > 0
-        assert row["threshold"] == 0.5
+        assert 0.0 <= row["threshold"] <= 1.0 and row["threshold_rule"] == "balanced_accuracy"
+        assert row["temperature"] > 0 and len(row["history"]) == 2  # 2 epochs
     teacher, baseline, distilled = results["models"]
+    assert [row["id"] for row in results["models"]] == ["teacher", "baseline-seed0", "distilled-seed0"]
     assert teacher["name"] == "resnet18" and teacher["params"] > 100 * baseline["params"]
     assert baseline["params"] == distilled["params"]
     assert results["dataset"]["positive_class"] == "PNEUMONIA"
@@ -171,3 +174,74 @@ def test_demo_reaches_the_table(tmp_path, capsys):
     assert all(row["accuracy"] > 0.5 for row in rows.values()), {r: rows[r]["accuracy"] for r in rows}
     assert rows["distilled"]["sensitivity"] is None  # multi-class: no positive class
 
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory) -> dict:
+    """`kdistill run` with `seeds: [1, 2]`: one teacher, a baseline and a distilled student per seed."""
+    base = tmp_path_factory.mktemp("seeds")
+    root = make_image_folder(base / "data")
+    config_path = write_config(base / "config.yaml", tiny_config(root, base / "out", seeds=[1, 2]))
+    code = main(["run", str(config_path)])
+    return {"code": code, "out": base / "out", "config": config_path}
+
+
+def test_seeds_train_students_per_seed_in_seed_folders(seeds_run):
+    assert seeds_run["code"] == 0
+    out = seeds_run["out"]
+    results = read_results(out)
+    ids = [row["id"] for row in results["models"]]
+    assert ids == ["teacher", "baseline-seed1", "distilled-seed1", "baseline-seed2", "distilled-seed2"]
+    assert not (out / "baseline").exists() and (out / "teacher" / "model.json").is_file()
+    for row in results["models"][1:]:
+        assert Path(row["checkpoint"]) == out / f"seed{row['seed']}" / row["role"]
+        assert load_checkpoint(row["checkpoint"])[1]["seed"] == row["seed"]
+    rows = {row["id"]: row for row in results["models"]}
+    assert rows["baseline-seed1"]["history"] != rows["baseline-seed2"]["history"]  # really other seeds
+    assert Path(results["export"]["path"]) == out / "seed1" / "distilled" / "model.onnx"  # first seed
+    assert leftover_temp_files(out) == [] and not (out / "resume").exists()
+    assert not (out / "seed1" / "resume").exists()
+
+
+def test_seeds_summary_paired_tests_and_predictions(seeds_run):
+    results = read_results(seeds_run["out"])
+    rows = {row["id"]: row for row in results["models"]}
+    summary = results["summary"]
+    assert summary["teacher"]["accuracy"] == {"mean": rows["teacher"]["accuracy"], "std": 0.0, "n": 1}
+    for role in ("baseline", "distilled"):
+        values = [rows[f"{role}-seed{s}"]["auc"] for s in (1, 2)]
+        assert summary[role]["auc"]["n"] == 2
+        assert summary[role]["auc"]["mean"] == pytest.approx(sum(values) / 2)
+    tests = results["paired_tests"]
+    assert [(t["seed"], t["baseline"], t["distilled"]) for t in tests] == [
+        (1, "baseline-seed1", "distilled-seed1"), (2, "baseline-seed2", "distilled-seed2")]
+    for t in tests:
+        assert 0 < t["p_value"] <= 1 and t["test"] == "mcnemar"
+        assert t["accuracy_diff"] == pytest.approx(rows[t["distilled"]]["accuracy"] - rows[t["baseline"]]["accuracy"])
+    predictions = results["predictions"]
+    assert len(predictions["labels"]) == results["models"][0]["images"]
+    assert set(predictions["probabilities"]) == set(rows)
+    assert all(len(p) == len(predictions["labels"]) for p in predictions["probabilities"].values())
+
+
+def test_seeds_report_shows_mean_std_and_the_paired_test(seeds_run):
+    report = (seeds_run["out"] / "report.md").read_text()
+    assert "## Mean ± std over seeds" in report and "| student distilled | 2 |" in report
+    assert "McNemar p" in report and "| student alone, seed 2 |" in report
+    verdicts = ("Distillation helped", "Distillation did not help significantly", "Distillation hurt", "Mixed")
+    assert sum(v in report for v in verdicts) == 1
+
+
+def test_seeds_resume_reuses_every_model_and_refuses_other_seeds(seeds_run, capsys):
+    """--resume after a finished run retrains nothing and reproduces the metrics; a different
+    seeds list is refused (it would mix two experiments in one folder)."""
+    before = read_results(seeds_run["out"])
+    assert main(["run", str(seeds_run["config"]), "--resume", "export=false"]) == 0
+    log = capsys.readouterr().err
+    assert log.count("already trained") == 5
+    after = read_results(seeds_run["out"])
+    for old, new in zip(before["models"], after["models"]):
+        assert (old["id"], old["accuracy"], old["auc"], old["threshold"]) == (new["id"], new["accuracy"],
+                                                                                new["auc"], new["threshold"])
+    assert main(["run", str(seeds_run["config"]), "--resume", "seeds=[1,2,3]"]) != 0
+    assert "seeds" in capsys.readouterr().err

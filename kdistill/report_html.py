@@ -1,0 +1,361 @@
+"""``results.json`` -> ``report.html``: one self-contained page a user can open, mail or archive.
+
+Plots are embedded as base64 ``data:`` URIs and the CSS is inline; a Content-Security-Policy allows
+nothing else, so the page makes no network request. Every string taken from the results or the
+config is HTML-escaped. Keys added over time (seeds, thresholds, calibration, paired tests,
+predictions) are optional: an older ``results.json`` renders with the sections it can fill.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from html import escape
+
+from kdistill import plots
+from kdistill.report import ROLE_LABELS, _count, _num, _pct
+
+SIGNIFICANCE = 0.05
+TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
+DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1240px; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em;
+       border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 12.5px; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; white-space: normal; vertical-align: bottom; }
+.scroll { overflow-x: auto; } td .muted { display: block; font-size: 11px; } td:first-child, th:first-child { text-align: left; }
+.verdict { background: #f6f8fa; border-left: 4px solid #4c72b0; padding: 0.6em 1em; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+figure { margin: 0; } figcaption { font-size: 12px; color: #555; text-align: center; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 12px; }
+.muted { color: #666; font-size: 12px; }
+"""
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def html_report(results: dict, config_yaml: str) -> str:
+    """The whole report page for one run."""
+    sections = [_heading(results), _verdict(results), _summary_table(results), _models_table(results),
+                _threshold_table(results), _paired_table(results), _plots(results), _doctor(results),
+                _run_info(results), _config(config_yaml)]
+    body = "\n".join(section for section in sections if section)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+            f"<title>kdistill report</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML table; cells are already-escaped HTML."""
+    head = "".join(f"<th>{cell}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>\n" for row in rows)
+    return f'<div class="scroll"><table>\n<tr>{head}</tr>\n{body}</table></div>'
+
+
+def _img(png: bytes | None, caption: str) -> str:
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(caption)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _row_id(row: dict, index: int) -> str:
+    """The contract's row id; older files have none, and there the role is unique."""
+    return str(row.get("id") or row.get("role") or f"model {index}")
+
+
+def _mean_std(entry: dict | None, percent: bool) -> str:
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    show = _pct if percent else _num
+    if (entry.get("n") or 1) > 1:
+        return f"{show(entry['mean'])} ± {show(entry.get('std') or 0.0)}"
+    return show(entry["mean"])
+
+
+def _with_ci(value, interval, percent: bool) -> str:
+    show = _pct if percent else _num
+    if not interval or len(interval) != 2 or None in interval:
+        return show(value)
+    return f'{show(value)} <span class="muted">[{show(interval[0])}, {show(interval[1])}]</span>'
+
+
+def _temperature(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _p(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _signed_points(value) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _heading(results: dict) -> str:
+    dataset = results.get("dataset") or {}
+    classes = ", ".join(dataset.get("classes") or [])
+    positive = dataset.get("positive_class")
+    text = f"Data: {dataset.get('root')}; classes {classes}"
+    if positive:
+        text += f"; positive class (sensitivity) {positive}"
+    rows = [[escape(str(split)), str(size), escape(" / ".join(map(str, dataset.get("class_counts", {}).get(split, [])))),
+             escape(str(dataset.get("sources", {}).get(split, "")))]
+            for split, size in (dataset.get("sizes") or {}).items()]
+    table = _table(["split", "images", "per class", "source"], rows) if rows else ""
+    return f"<h1>kdistill report</h1>\n<p>{escape(text)}.</p>\n{table}"
+
+
+def _verdict(results: dict) -> str:
+    """One paragraph: did distillation help, with the paired test behind the answer."""
+    summary, tests = results.get("summary") or {}, results.get("paired_tests") or []
+    parts = [_accuracy_sentence(results, summary)]
+    if tests:
+        p_values = ", ".join(f"{_p(t.get('p_value'))} (seed {t.get('seed')})" for t in tests)
+        name = TEST_NAMES.get(tests[0].get("test"), str(tests[0].get("test", "")))
+        parts.append(f"Paired {escape(name)} test of distilled vs alone on the same "
+                     f"test images, per seed: p = {escape(p_values)}.")
+        parts.append(f"<strong>{escape(_verdict_sentence(tests))}</strong>")
+    else:
+        parts.append("No paired test in this results file, so no claim about whether distillation helped.")
+    return '<h2>Verdict</h2>\n<p class="verdict">' + " ".join(p for p in parts if p) + "</p>"
+
+
+def _accuracy_sentence(results: dict, summary: dict) -> str:
+    by_role = {role: (summary.get(role) or {}).get("accuracy") for role in ("baseline", "distilled")}
+    if all(by_role.values()):
+        n = by_role["distilled"].get("n") or 1
+        return (f"Test accuracy of the student distilled {_mean_std(by_role['distilled'], True)} % vs "
+                f"the student alone {_mean_std(by_role['baseline'], True)} % "
+                f"({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}).")
+    rows = {row.get("role"): row for row in results.get("models") or []}
+    if "baseline" in rows and "distilled" in rows:
+        return (f"Test accuracy of the student distilled {_pct(rows['distilled'].get('accuracy'))} % vs "
+                f"the student alone {_pct(rows['baseline'].get('accuracy'))} %.")
+    return ""
+
+
+def _verdict_sentence(tests: list[dict]) -> str:
+    """Counts seeds where the difference is significant at the 5% level, in either direction."""
+    significant = [t for t in tests if t.get("p_value") is not None and t["p_value"] < SIGNIFICANCE]
+    better = [t for t in significant if (t.get("accuracy_diff") or 0) > 0]
+    worse = [t for t in significant if (t.get("accuracy_diff") or 0) < 0]
+    n = len(tests)
+    if not significant:
+        return (f"No evidence that distillation helped: no seed of {n} shows a significant difference "
+                f"(p >= {SIGNIFICANCE}); the accuracy difference is within noise.")
+    if len(better) == n:
+        return f"Distillation helped: the distilled student was significantly more accurate in every seed ({n})."
+    if len(worse) == n:
+        return f"Distillation hurt: the distilled student was significantly less accurate in every seed ({n})."
+    return (f"Inconclusive: significantly better in {len(better)} of {n} seeds, significantly worse in "
+            f"{len(worse)}, no significant difference in {n - len(significant)} (p < {SIGNIFICANCE}).")
+
+
+def _summary_table(results: dict) -> str:
+    """Mean ± std per role over the seeds, with size and speed (means of that role's rows)."""
+    summary = results.get("summary")
+    if not summary:
+        return ""
+    metrics = [("accuracy", True), ("balanced_accuracy", True), ("sensitivity", True),
+               ("specificity", True), ("auc", False), ("ece", False)]
+    rows = []
+    for role, entry in summary.items():
+        members = [r for r in results.get("models") or [] if r.get("role") == role]
+        seeds = max(((entry or {}).get(m) or {}).get("n") or 1 for m, _ in metrics)
+        rows.append([escape(ROLE_LABELS.get(role, role)), str(seeds)]
+                    + [_mean_std((entry or {}).get(m), pct) for m, pct in metrics]
+                    + _size_speed(members))
+    header = ["role", "seeds", "accuracy %", "balanced acc %", "sensitivity %", "specificity %", "AUC",
+              "ECE", "params", "MACs", "latency b1 (ms)", "speed-up vs teacher"]
+    return ("<h2>Comparison (mean ± std over seeds, test split)</h2>\n" + _table(header, rows))
+
+
+def _size_speed(rows: list[dict]) -> list[str]:
+    def mean(key):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    params, macs, latency, speedup = (mean(k) for k in ("params", "macs", "latency_ms_batch1", "speedup_vs_teacher"))
+    return ["n/a" if params is None else _count(round(params)), "n/a" if macs is None else _count(round(macs)),
+            _num(latency, 2), "n/a" if speedup is None else f"{speedup:.1f}x"]
+
+
+def _models_table(results: dict) -> str:
+    """Every model: metrics at its decision threshold with 95% bootstrap CIs, calibration, size, speed."""
+    rows = []
+    for index, row in enumerate(results.get("models") or []):
+        ci = row.get("ci") or {}
+        ece = _num(row.get("ece"))
+        if row.get("ece_uncalibrated") is not None:
+            ece = f"{_num(row['ece_uncalibrated'])} → {ece}"
+        rows.append([f'{escape(_row_id(row, index))}<span class="muted">{escape(str(row.get("name", "")))}</span>',
+                     "" if row.get("seed") is None else str(row["seed"]),
+                     _with_ci(row.get("accuracy"), ci.get("accuracy"), True),
+                     _pct(row.get("balanced_accuracy")), _pct(row.get("sensitivity")), _pct(row.get("specificity")),
+                     _with_ci(row.get("auc"), ci.get("auc"), False), _num(row.get("threshold"), 3),
+                     _temperature(row.get("temperature")), ece] + _size_speed([row]))
+    models = results.get("models") or []
+    ci = " [95% CI]" if any(r.get("ci") for r in models) else ""
+    ece = "ECE (raw → scaled)" if any(r.get("ece_uncalibrated") is not None for r in models) else "ECE"
+    header = ["model", "seed", f"accuracy %{ci}", "balanced acc %", "sensitivity %",
+              "specificity %", f"AUC{ci}", "threshold", "temperature", ece, "params",
+              "MACs", "latency b1 (ms)", "speed-up vs teacher"]
+    return "<h2>Every model (test split)</h2>\n" + _table(header, rows) + _models_note(results)
+
+
+def _models_note(results: dict) -> str:
+    models = results.get("models") or [{}]
+    first, notes = models[0], []
+    rule = first.get("threshold_rule")
+    if any(r.get("ci") for r in models):
+        notes.append("Confidence intervals: bootstrap over test images, 95%.")
+    if rule:
+        notes.append(f"Decision threshold chosen on the validation split (rule: {rule}); temperature "
+                     "fitted on the validation split; ECE after temperature scaling.")
+    if first.get("threads") is not None:
+        notes.append(f"CPU latency with {first['threads']} thread(s), batch 1, median after warm-up.")
+    return '<p class="muted">' + escape(" ".join(notes)) + "</p>"
+
+
+def _threshold_table(results: dict) -> str:
+    """Binary data: the metrics at 0.5 beside those at the validation-chosen threshold."""
+    models = [(i, r) for i, r in enumerate(results.get("models") or []) if r.get("at_0.5")]
+    if not models:
+        return ""
+    keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
+    rows = [[escape(_row_id(row, i)), _num(row.get("threshold"), 3)]
+            + [f"{_pct(row['at_0.5'].get(k))} / {_pct(row.get(k))}" for k in keys] for i, row in models]
+    header = ["model", "threshold", "accuracy % (0.5 / chosen)", "balanced acc %", "sensitivity %", "specificity %"]
+    return "<h2>Threshold 0.5 vs chosen on validation</h2>\n" + _table(header, rows)
+
+
+def _paired_table(results: dict) -> str:
+    tests = results.get("paired_tests")
+    if not tests:
+        return ""
+    rows = [[str(t.get("seed")), escape(str(t.get("baseline"))), escape(str(t.get("distilled"))),
+             escape(TEST_NAMES.get(t.get("test"), str(t.get("test")))), str(t.get("baseline_only_correct")), str(t.get("distilled_only_correct")),
+             _p(t.get("p_value")), _signed_points(t.get("accuracy_diff")),
+             _auc_diff(t.get("auc_diff"), t.get("auc_diff_ci"))] for t in tests]
+    header = ["seed", "alone", "distilled", "test", "only alone correct", "only distilled correct", "p-value",
+              "accuracy diff (points)", "AUC diff [95% CI]"]
+    return "<h2>Paired tests: distilled vs alone, same test images</h2>\n" + _table(header, rows)
+
+
+def _auc_diff(value, interval) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:+.3f}"
+    if interval and len(interval) == 2 and None not in interval:
+        text += f' <span class="muted">[{interval[0]:+.3f}, {interval[1]:+.3f}]</span>'
+    return text
+
+
+def _plots(results: dict) -> str:
+    models = results.get("models") or []
+    dataset = results.get("dataset") or {}
+    classes = [str(c) for c in dataset.get("classes") or []]
+    groups = [("Accuracy vs latency and ROC", _overview_plots(results, classes)),
+              ("Reliability diagrams (test split)", _reliability_plots(results)),
+              ("Confusion matrices (test split, at each model's threshold)",
+               [_img(plots.confusion_matrix(r["confusion_matrix"], classes or [str(i) for i in range(len(r["confusion_matrix"]))],
+                                            _row_id(r, i)), f"confusion matrix: {_row_id(r, i)}")
+                for i, r in enumerate(models) if r.get("confusion_matrix")]),
+              ("Training curves (train loss; validation loss and metrics; dashed: epoch kept)",
+               [_img(plots.training_curves(r["history"], _row_id(r, i), _kept_epoch(r)), f"training: {_row_id(r, i)}")
+                for i, r in enumerate(models) if r.get("history")])]
+    html = [f'<h3>{escape(title)}</h3>\n<div class="plots">{"".join(figs)}</div>'
+            for title, figs in groups if any(figs)]
+    return "<h2>Plots</h2>\n" + "\n".join(html) if html else ""
+
+
+def _kept_epoch(row: dict) -> int | None:
+    selected = row.get("selected")
+    return selected.get("epoch") if isinstance(selected, dict) else None
+
+
+def _overview_plots(results: dict, classes: list[str]) -> list[str]:
+    models = results.get("models") or []
+    several = len({r.get("seed") for r in models if r.get("role") == "distilled"}) > 1
+    figures = [_img(plots.accuracy_vs_latency(models, results.get("summary")),
+                    "accuracy vs latency" + (" (mean ± std over seeds)" if several else ""))]
+    predictions = results.get("predictions") or {}
+    positive = (results.get("dataset") or {}).get("positive_class")
+    if predictions.get("probabilities") and positive in classes:
+        figures.append(_img(plots.roc_curves(predictions["labels"], predictions["probabilities"],
+                                             classes.index(positive)), f"ROC, positive class {positive}"))
+    return figures
+
+
+def _reliability_plots(results: dict) -> list[str]:
+    predictions = results.get("predictions") or {}
+    probabilities = predictions.get("probabilities") or {}
+    ece_by_id = {_row_id(r, i): r.get("ece") for i, r in enumerate(results.get("models") or [])}
+    return [_img(plots.reliability_diagram(predictions["labels"], probs, model_id, ece_by_id.get(model_id)),
+                 f"reliability: {model_id}") for model_id, probs in probabilities.items()]
+
+
+def _doctor(results: dict) -> str:
+    doctor = results.get("doctor")
+    if not doctor:
+        return "<h2>Data doctor</h2>\n<p>Not run for this data (built-in dataset or older results file).</p>"
+    splits = doctor.get("splits") or {}
+    rows = [[escape(str(split)), str(sum(counts.values())),
+             escape(", ".join(f"{label} {n}" for label, n in counts.items()))] for split, counts in splits.items()]
+    duplicates, leaking = doctor.get("duplicate_groups") or [], doctor.get("leaking_groups") or {}
+    unreadable = doctor.get("unreadable") or []
+    across = len(doctor.get("duplicate_groups_across_splits") or [])
+    items = [
+        _finding(f"unreadable images: {len(unreadable)}",
+                 [f"{u.get('path')}: {u.get('reason')}" if isinstance(u, dict) else str(u) for u in unreadable]),
+        _finding(f"non-image files: {len(doctor.get('non_images') or [])}", doctor.get("non_images") or []),
+        _finding(f"byte-identical duplicate groups: {len(duplicates)} ({across} across splits)",
+                 [" = ".join(map(str, group)) for group in duplicates]),
+        _finding(f"patients in more than one split (leakage): {len(leaking)}",
+                 [f"{key}: {', '.join(map(str, where))}" for key, where in leaking.items()]),
+    ]
+    return ("<h2>Data doctor</h2>\n" + f"<p>{escape(str(doctor.get('root', '')))}; "
+            f"{escape(str(doctor.get('patients', 'n/a')))} patients.</p>\n"
+            + _table(["split", "images", "per class"], rows) + "\n<ul>" + "".join(items) + "</ul>")
+
+
+def _finding(title: str, lines: list[str]) -> str:
+    if not lines:
+        return f"<li>{escape(title)}</li>"
+    shown = lines[:DETAILS_LIMIT]
+    more = f"\n... and {len(lines) - len(shown)} more (results.json has them all)" if len(lines) > len(shown) else ""
+    return (f"<li><details><summary>{escape(title)}</summary><pre>"
+            f"{escape(chr(10).join(shown) + more)}</pre></details></li>")
+
+
+def _run_info(results: dict) -> str:
+    lines = []
+    export = results.get("export")
+    if export:
+        lines.append(f"Deployable student: {export.get('path')} (ONNX; max probability difference vs PyTorch "
+                     f"{_sci(export.get('max_prob_diff'))} on {export.get('checked_on')}).")
+    machine = results.get("machine") or {}
+    lines.append(f"kdistill {results.get('kdistill_version', '?')}; {machine.get('platform', '?')}; torch "
+                 f"{machine.get('torch', '?')}; wall time {results.get('wall_seconds', '?')} s.")
+    return "<h2>Run</h2>\n<ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def _sci(value) -> str:
+    return f"{value:.1e}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _config(config_yaml: str) -> str:
+    return f"<h2>Resolved config</h2>\n<pre>{escape(config_yaml)}</pre>"

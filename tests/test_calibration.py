@@ -1,0 +1,190 @@
+"""Temperature scaling and the decision threshold: fitted correctly, fitted on the VALIDATION split
+only, stored in model.json, and applied wherever a checkpoint's probabilities are produced."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import kdistill.calibration as calibration
+from conftest import make_image_folder, tiny_config, write_config
+from deploy_helpers import make_checkpoint
+from kdistill.calibration import calibrate, choose_threshold, fit_temperature, scaled_probs
+from kdistill.checkpoint import load_checkpoint, update_meta
+from kdistill.cli import main
+from kdistill.config import from_dict
+from kdistill.data import load_dataset
+from kdistill.evaluate import score_logits
+from kdistill.metrics import expected_calibration_error
+from kdistill.pipeline import _calibration
+
+
+def overconfident_logits(n: int = 20000, factor: float = 3.0, seed: int = 0):
+    """Labels drawn from softmax(z) (so z is calibrated) and logits ``factor * z`` (overconfident)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, 3))
+    p = scaled_probs(z)
+    labels = (rng.random(n)[:, None] > np.cumsum(p, 1)).sum(1)
+    return factor * z, labels
+
+
+def test_temperature_recovers_the_overconfidence_factor():
+    logits, labels = overconfident_logits()
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(3.0, rel=0.08)
+    before = expected_calibration_error(scaled_probs(logits), labels)
+    after = expected_calibration_error(scaled_probs(logits, t), labels)
+    assert after < before / 3
+
+
+def test_temperature_keeps_decisions_and_stays_one_when_calibrated():
+    logits, labels = overconfident_logits(factor=1.0)
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.08)
+    t = fit_temperature(logits * 3, labels)
+    assert (scaled_probs(logits * 3, t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_threshold_tie_goes_to_sensitivity_and_rules_differ_only_by_the_midpoint():
+    """Val scores: positives 0.9 0.8 0.35, negatives 0.6 0.3 0.1. Calling >= 0.8 positive gives
+    sens 2/3 spec 1; >= 0.35 gives sens 1 spec 2/3: the same J. The more sensitive one wins;
+    youden returns 0.35 itself, balanced_accuracy the midpoint to the next lower score 0.3."""
+    scores = np.array([0.9, 0.8, 0.35, 0.6, 0.3, 0.1])
+    positives = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert choose_threshold(scores, positives, "youden") == pytest.approx(0.35)
+    assert choose_threshold(scores, positives, "balanced_accuracy") == pytest.approx(0.325)
+    assert choose_threshold(scores, np.ones(6, bool)) is None
+    with pytest.raises(ValueError, match="threshold rule"):
+        choose_threshold(scores, positives, "f1")
+
+
+def test_threshold_maximizes_validation_balanced_accuracy():
+    """Brute force over every possible cut: no threshold beats the chosen one on validation."""
+    rng = np.random.default_rng(1)
+    positives = rng.random(200) < 0.7
+    scores = np.clip(0.2 * positives + rng.normal(0.5, 0.15, 200), 0, 1)
+
+    def balanced(t):
+        called = scores >= t
+        return (called[positives].mean() + (~called[~positives]).mean()) / 2
+
+    best = max(balanced(t) for t in np.append(scores, 1.1))
+    for rule in ("balanced_accuracy", "youden"):
+        assert balanced(choose_threshold(scores, positives, rule)) == pytest.approx(best)
+
+
+def test_calibrate_multiclass_has_no_threshold_and_one_class_val_keeps_half():
+    logits, labels = overconfident_logits(n=500)
+    fitted = calibrate(logits, labels, None)
+    assert fitted["threshold"] is None and fitted["threshold_rule"] is None and fitted["temperature"] > 1
+    binary = calibrate(np.array([[0.0, 1.0], [0.0, 2.0]]), np.array([1, 1]), 1)
+    assert binary["threshold"] == 0.5 and binary["calibration"]["fitted_on"] == "val"
+    assert calibrate(logits, labels, None, temperature=False)["temperature"] == 1.0
+
+
+class _Poisoned:
+    """Stands in for the test split: touching it in any way fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"calibration read the test split (.{name})")
+
+    def __len__(self):
+        raise AssertionError("calibration read the test split (len)")
+
+
+def test_pipeline_calibration_never_touches_the_test_split(image_root):
+    config = from_dict(tiny_config(image_root, image_root / "unused"))
+    data = load_dataset(**dataclasses.asdict(config.data))
+    model, meta = load_checkpoint(make_checkpoint(image_root / "ckpt", size=16))
+    clean = _calibration(model, meta, data, config)
+    poisoned = _calibration(model, meta, dataclasses.replace(data, test=_Poisoned()), config)
+    assert poisoned == clean and clean["calibration"]["images"] == len(data.val)
+
+
+@pytest.fixture(scope="module")
+def spied_run(tmp_path_factory):
+    """A 2-seed `kdistill run` with the two fitting functions wrapped to record what they see."""
+    base = tmp_path_factory.mktemp("spied")
+    root = make_image_folder(base / "data")
+    config = write_config(base / "config.yaml", tiny_config(root, base / "out", seeds=[0, 1], export=False))
+    seen = {"temperature": [], "threshold": []}
+    fit_t, choose = calibration.fit_temperature, calibration.choose_threshold
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calibration, "fit_temperature",
+                      lambda logits, labels: seen["temperature"].append(np.array(labels)) or fit_t(logits, labels))
+        patch.setattr(calibration, "choose_threshold",
+                      lambda s, positives, rule: seen["threshold"].append(np.array(positives)) or choose(s, positives, rule))
+        code = main(["run", str(config)])
+    return {"code": code, "out": base / "out", "seen": seen}
+
+
+def test_run_fits_threshold_and_temperature_on_validation_labels_only(spied_run):
+    """Five models (teacher + 2 seeds x 2 students), each fitted once, always on the val labels."""
+    assert spied_run["code"] == 0
+    splits = json.loads((spied_run["out"] / "splits.json").read_text())
+    val, test = np.array(splits["val"]["labels"]), np.array(splits["test"]["labels"])
+    assert len(val) != len(test)  # so a test-split call could not pass for a validation one
+    assert len(spied_run["seen"]["temperature"]) == len(spied_run["seen"]["threshold"]) == 5
+    for labels in spied_run["seen"]["temperature"]:
+        np.testing.assert_array_equal(labels, val)
+    for positives in spied_run["seen"]["threshold"]:
+        np.testing.assert_array_equal(positives, val == 1)
+
+
+def test_run_stores_calibration_in_each_checkpoint_and_results_agree(spied_run):
+    results = json.loads((spied_run["out"] / "results.json").read_text())
+    for row in results["models"]:
+        _, meta = load_checkpoint(row["checkpoint"])
+        assert row["threshold"] == meta["threshold"] and row["temperature"] == meta["temperature"]
+        assert meta["threshold_rule"] == row["threshold_rule"] == "balanced_accuracy"
+        assert meta["calibration"]["fitted_on"] == "val"
+        assert set(row["at_0.5"]) == {"accuracy", "balanced_accuracy", "sensitivity", "specificity",
+                                      "confusion_matrix"}
+        assert row["ece_uncalibrated"] >= 0 and row["ece"] >= 0
+
+
+def test_temperature_is_applied_by_predict_and_in_onnx(tmp_path, capsys):
+    """A checkpoint with T = 3: `predict` from the checkpoint and from its ONNX copy both report
+    softmax(logits / 3), and the ONNX metadata carries the temperature."""
+    pytest.importorskip("onnxruntime")
+    from kdistill.export import export_checkpoint
+    from kdistill.onnxmodel import read_contract
+
+    root = make_image_folder(tmp_path / "data", per_class=3, size=32) / "train"
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    update_meta(checkpoint, {"temperature": 3.0, "threshold": 0.4})
+    export_checkpoint(checkpoint, check_images=root)
+    assert read_contract(checkpoint / "model.onnx")["temperature"] == 3.0
+    model, meta = load_checkpoint(checkpoint)
+    from kdistill.data import load_eval_folder
+    from kdistill.inference import predict_logits
+
+    split, _ = load_eval_folder(root, meta["classes"], 32, 3, "skip")
+    logits = predict_logits(model, split, channels=3, mean=meta["mean"], std=meta["std"])
+    expected = dict(zip(split.names, scaled_probs(logits, 3.0)[:, 1]))
+    for source in (checkpoint, checkpoint / "model.onnx"):
+        assert main(["predict", "--checkpoint", str(source), str(root), "--json"]) == 0
+        for row in json.loads(capsys.readouterr().out)["predictions"]:
+            assert row["positive_probability"] == pytest.approx(expected[row["file"]], abs=1e-5)
+            assert row["threshold"] == 0.4
+
+
+def test_evaluation_applies_the_checkpoint_temperature():
+    """Evaluation (`kdistill evaluate` and `run`) scales by the checkpoint's T: the calibrated ECE
+    changes, the raw one and the decisions at 0.5 do not; the threshold applies to scaled probs."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = torch.from_numpy(np.stack([np.zeros(200), 4 * (labels - 0.5) + rng.normal(0, 3, 200)], 1))
+    meta = {"classes": ["NORMAL", "PNEUMONIA"], "positive_class": "PNEUMONIA", "threshold": 0.6}
+    before, _ = score_logits(logits, labels, meta)
+    after, probs = score_logits(logits, labels, {**meta, "temperature": 4.0})
+    np.testing.assert_allclose(probs, scaled_probs(logits, 4.0))
+    assert before["temperature"] == 1.0 and after["temperature"] == 4.0
+    assert after["ece_uncalibrated"] == pytest.approx(before["ece"])  # the same raw probabilities
+    assert after["ece"] != pytest.approx(before["ece"])
+    assert after["at_0.5"] == before["at_0.5"]  # T never moves the 0.5 cut
+    assert after["accuracy"] == pytest.approx(((probs[:, 1] >= 0.6) == labels).mean())
+    assert all(0 <= bound <= 1 for bound in after["ci"]["accuracy"])
