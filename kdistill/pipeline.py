@@ -7,9 +7,19 @@ Output folder (``config.out``)::
     teacher/         checkpoint: model.safetensors + model.json (incl. training history)
     baseline/        the student trained alone
     distilled/       the same student, same initialization and recipe, distilled from the teacher
-    results.json     metrics on the test split, size and CPU speed of the three models
-    report.md        the comparison table
+    results.json     metrics on the test split, size and CPU speed of every model, mean +- std,
+                     paired tests, test probabilities
+    report.md        the comparison table, mean +- std, the paired test and its verdict
     resume/<role>/   training state of an unfinished model (removed when the model is done)
+
+Seeds: with ``seeds: null`` (the default) the students use ``seed`` and live in ``baseline/`` and
+``distilled/`` as above. With ``seeds: [0, 1, 2]`` the teacher is still trained once (with ``seed``)
+and each seed k gets its own pair in ``seed<k>/baseline/`` and ``seed<k>/distilled/`` (resume state
+in ``seed<k>/resume/``); baseline and distilled of one seed start from the same initialization.
+The exported ONNX copy is the distilled student of the first seed listed.
+
+Every checkpoint's decision threshold and temperature are fitted on the validation split right
+after training (``kdistill.calibration``) and written into its model.json.
 """
 
 from __future__ import annotations
