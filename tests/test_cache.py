@@ -271,3 +271,39 @@ def test_head_training_on_stored_features_equals_training_through_the_backbone(d
     assert not torch.equal(got["weight"], find_head(tiny_teacher())[1].weight)  # it did train
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
+
+
+def test_pipeline_head_mode_trains_the_head_on_stored_features(tmp_path, private_cache_dir):
+    """teacher.mode=head through the pipeline: features stored once per view, only the head moves."""
+    from conftest import tiny_config
+
+    from kdistill.config import from_dict
+    from kdistill.pipeline import train_teacher
+
+    root = make_image_folder(tmp_path / "d", per_class=12)
+    config = from_dict(tiny_config(root, tmp_path / "out", teacher={"mode": "head"}))
+    data = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    torch.manual_seed(config.seed)
+    initial = build_model("tiny_cnn_d2", 2, input_size=16, width=4).state_dict()
+    model, meta = train_teacher(config, data, tmp_path / "out", resume=False)
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, initial[k])}
+    head = find_head(model)[0]
+    assert moved == {f"{head}.weight", f"{head}.bias"}
+    assert len(list((private_cache_dir / "teacher").glob("head-input-*.safetensors"))) == 1
+
+
+def test_kd_speed_benchmark_prints_the_documented_keys(tmp_path, capsys):
+    """The benchmark runs end to end on a tiny folder and reports every key the README names."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kd_speed", Path(__file__).parents[1] / "benchmarks" / "kd_speed.py")
+    kd_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kd_speed)
+    root = make_image_folder(tmp_path / "d", per_class=8, size=20)
+    figures = kd_speed.main(["--data", str(root), "--images", "12", "--size", "16", "--batch", "4",
+                             "--naive-steps", "1", "--epochs", "1", "--rounds", "1", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("naive_img_s", "student_img_s", "distill_img_s", "distill_vs_student",
+                "distill_vs_naive", "data_wait_share", "cache_build_s"):
+        assert printed[key] == figures[key] and printed[key] > 0
+    assert 0 < printed["data_wait_share"] < 1

@@ -1,0 +1,213 @@
+"""What distillation costs next to training the student alone, measured side by side in one process.
+
+    python benchmarks/kd_speed.py [--data FOLDER] [--images 512] [--json]
+
+Three training loops over the same N images of ``FOLDER/train`` at 224x224, batch 32, the
+reference student, a ResNet-18 teacher (random weights: speed does not depend on them):
+
+(a) naive: the common recipe, an ImageFolder-style dataset that opens, decodes, resizes, flips and
+    normalizes every image with PIL/torchvision at every epoch (DataLoader, batch 32), and the
+    teacher run live on every batch. Only ``--naive-steps`` steps are timed (it is slow).
+(b) kdistill training the student alone (``kdistill.train.fit``, cross-entropy).
+(c) kdistill distilling the same student with the decoded-image cache and the teacher-output cache.
+    Building both caches is timed separately (``cache_build_s``); later runs reuse them.
+
+(b) and (c) alternate for ``--rounds`` rounds and each reports its median epoch. ``data_wait_share``
+is the time the kdistill loop spends producing its batches (one pass of the same batch iterator
+the loop uses, memory-mapped decoded cache) over the median distillation epoch. The caches go to a
+temporary folder, never to ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+from kdistill.checkpoint import architecture
+from kdistill.data import DatasetBundle, ImageSplit, iterate_batches
+from kdistill.data.cache import cached_decode
+from kdistill.data.folder import class_names, scan_split
+from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kdistill.distill import CachedTeacher, build_method
+from kdistill.distill.losses import kd_loss
+from kdistill.log import log
+from kdistill.models import build_model
+from kdistill.train import fit
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
+ALPHA, TEMPERATURE = 0.5, 4.0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    classes, paths, labels = pick_images(Path(args.data), args.images)
+    was_disabled, log.disabled = log.disabled, True  # fit's epoch lines would interleave with the figures
+    try:
+        naive_img_s, naive_wait = time_naive(paths, labels, args)
+        with tempfile.TemporaryDirectory(prefix="kd_speed_cache_") as cache_dir:
+            figures = time_kdistill(classes, paths, labels, Path(cache_dir), args)
+    finally:
+        log.disabled = was_disabled
+    figures.update(naive_img_s=naive_img_s, naive_data_wait_share=naive_wait,
+                   threads=torch.get_num_threads(), images=len(paths), input_size=args.size)
+    figures["distill_vs_student"] = figures["distill_img_s"] / figures["student_img_s"]
+    figures["distill_vs_naive"] = figures["distill_img_s"] / naive_img_s
+    figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    print(json.dumps(figures) if args.json else report(figures))
+    return figures
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="a folder with train/<class>/ images")
+    parser.add_argument("--images", type=int, default=512, help="images taken from train/ (default 512)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--naive-steps", type=int, default=6, help="timed steps of the naive loop")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per kdistill measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating (b)/(c) measurements")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser.parse_args(argv)
+
+
+def pick_images(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
+    """``count`` files of ``root/train`` drawn at random (seed 0), in a fixed order."""
+    train = root / "train"
+    if not train.is_dir():
+        sys.exit(f"{root}: no train/ folder (expected {root}/train/<class>/<images>)")
+    classes = class_names(train)
+    found = scan_split(train, classes)
+    chosen = sorted(np.random.default_rng(0).permutation(len(found.paths))[:count].tolist())
+    return classes, [found.paths[i] for i in chosen], [found.labels[i] for i in chosen]
+
+
+# --- (a) the common recipe ----------------------------------------------------------------
+
+class NaiveImageFolder(torch.utils.data.Dataset):
+    """What torchvision's ImageFolder + the usual transforms do: decode every image every epoch."""
+
+    def __init__(self, paths: list[Path], labels: list[int], size: int):
+        self.paths, self.labels = paths, labels
+        self.transform = transforms.Compose([
+            transforms.Resize((size, size)), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), self.labels[index]
+
+
+def time_naive(paths: list[Path], labels: list[int], args) -> tuple[float, float]:
+    """Images/s of (a) over ``naive_steps`` steps after one warm-up step, and its data-wait share."""
+    torch.manual_seed(0)
+    teacher = build_model("resnet18", 2, input_size=args.size).eval()
+    student = build_model("reference_student", 2, input_size=args.size)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(NaiveImageFolder(paths, labels, args.size),
+                                         batch_size=args.batch, shuffle=True)
+    batches = iter(loader)
+    waited = total = 0.0
+    for step in range(args.naive_steps + 1):
+        started = time.perf_counter()
+        images, targets = next(batches)
+        fetched = time.perf_counter()
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        logits = student(images)
+        loss = (1 - ALPHA) * F.cross_entropy(logits, targets) + ALPHA * kd_loss(logits, teacher_logits, TEMPERATURE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step:  # step 0 warms up
+            waited += fetched - started
+            total += time.perf_counter() - started
+    return args.naive_steps * args.batch / total, waited / total
+
+
+# --- (b) and (c) kdistill -------------------------------------------------------------------
+
+def time_kdistill(classes, paths, labels, cache_dir: Path, args) -> dict:
+    started = time.perf_counter()
+    images, kept, bad, key = cached_decode(paths, args.size, 3, "skip", cache_dir)
+    image_cache_s = time.perf_counter() - started
+    if bad:
+        sys.exit(f"{bad[0][0]}: {bad[0][1]}")
+    train = ImageSplit(images, torch.tensor(labels), [str(p) for p in paths], [str(p) for p in paths], key)
+    # fit validates every epoch: a small validation split (every k-th image, so both classes) keeps it cheap.
+    pick = torch.arange(0, len(train), max(1, len(train) // args.batch))[:args.batch]
+    val = ImageSplit(images[pick], train.labels[pick], [train.names[i] for i in pick], [train.names[i] for i in pick])
+    data = DatasetBundle(classes, classes[-1], train, val, val, args.size, 3, {}, hflip=True)
+    torch.manual_seed(0)
+    teacher = build_model("resnet18", len(classes), input_size=args.size)
+    started = time.perf_counter()
+    mean, std = data.normalization
+    cached = CachedTeacher(teacher, train, channels=3, mean=mean, std=std, cache_dir=cache_dir)
+    teacher_cache_s = time.perf_counter() - started
+    student_epochs, distill_epochs, waits = [], [], []
+    for _ in range(args.rounds):
+        student_epochs += epoch_seconds(data, build_method("ce"), None, args)
+        distill_epochs += epoch_seconds(data, build_method("kd", alpha=ALPHA, temperature=TEMPERATURE),
+                                        cached, args)
+        waits.append(batch_seconds(data, args))
+    distill_epoch = statistics.median(distill_epochs)
+    return {"student_img_s": len(train) / statistics.median(student_epochs),
+            "distill_img_s": len(train) / distill_epoch,
+            "data_wait_share": statistics.median(waits) / distill_epoch,
+            "cache_build_s": image_cache_s + teacher_cache_s,
+            "image_cache_build_s": image_cache_s, "teacher_cache_build_s": teacher_cache_s}
+
+
+def epoch_seconds(data: DatasetBundle, method, teacher, args) -> list[float]:
+    """Seconds of each epoch of ``fit`` (the training loop and its tiny validation pass)."""
+    torch.manual_seed(1)
+    student = build_model("reference_student", len(data.classes), input_size=args.size)
+    meta = {"architecture": architecture("reference_student", len(data.classes), args.size, 3, {})}
+    with tempfile.TemporaryDirectory(prefix="kd_speed_run_") as out:
+        result = fit(student, method, data, name="bench", checkpoint_dir=Path(out) / "ckpt",
+                     checkpoint_meta=meta, resume_dir=Path(out) / "resume", teacher=teacher,
+                     epochs=args.epochs, batch_size=args.batch, progress=False)
+    return [record["seconds"] for record in result.history]
+
+
+def batch_seconds(data: DatasetBundle, args) -> float:
+    """One epoch of the training loop's batch iterator alone: the time the loop waits for data."""
+    mean, std = data.normalization
+    started = time.perf_counter()
+    for _ in iterate_batches(data.train, args.batch, channels=3, mean=mean, std=std, shuffle=True,
+                             augment=True, generator=torch.Generator().manual_seed(0), channels_last=True):
+        pass
+    return time.perf_counter() - started
+
+
+def report(f: dict) -> str:
+    return "\n".join([
+        f"{f['images']} images at {f['input_size']}x{f['input_size']}, batch 32, {f['threads']} torch threads",
+        f"(a) naive loop (PIL decode every epoch, live ResNet-18): {f['naive_img_s']:8.1f} images/s "
+        f"(data wait {f['naive_data_wait_share']:.0%} of step time)",
+        f"(b) kdistill, student alone:                          {f['student_img_s']:8.1f} images/s",
+        f"(c) kdistill, distilled with the caches:               {f['distill_img_s']:8.1f} images/s "
+        f"(data wait {f['data_wait_share']:.0%} of step time)",
+        f"cache build (once): {f['cache_build_s']:.1f}s = decoded images {f['image_cache_build_s']:.1f}s "
+        f"+ teacher outputs {f['teacher_cache_build_s']:.1f}s",
+        f"(c)/(b) = {f['distill_vs_student']:.2f}   (c)/(a) = {f['distill_vs_naive']:.1f}"])
+
+
+if __name__ == "__main__":
+    main()
