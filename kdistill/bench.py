@@ -6,6 +6,7 @@ once per round in rotating order, median of the rounds with the spread (max - mi
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import tempfile
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from kdistill.export import model_batches, quantize_int8, torch_to_onnx
 from kdistill.imagefiles import load_images
 from kdistill.models import build_model
 from kdistill.onnxmodel import INPUT_NAME, open_session
-from kdistill.profile import count_macs, count_parameters, time_interleaved, torch_threads
+from kdistill.profile import count_bytes, count_macs, count_parameters, time_interleaved, torch_threads
 
 RANDOM_CALIBRATION = "random N(0,1) inputs (latency only: says nothing about int8 accuracy)"
 
@@ -66,13 +67,7 @@ def runtimes(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -
     model, meta = bench_model.model.eval(), bench_model.meta
     shape = (meta["channels"], meta["input_size"], meta["input_size"])
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    onnx_path = scratch / f"{id(bench_model)}.onnx"
-    torch_to_onnx(model, *shape[:2], onnx_path)
-    sessions = {"onnxruntime fp32": open_session(onnx_path, threads)}
-    if int8:
-        int8_path = scratch / f"{id(bench_model)}.int8.onnx"
-        quantize_int8(onnx_path, int8_path, _calibration_batches(bench_model))
-        sessions["onnxruntime int8"] = open_session(int8_path, threads)
+    sessions = _onnx_sessions(bench_model, scratch, threads, int8) if onnx_available() else {}
 
     def inputs(batch: int) -> torch.Tensor:
         return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
@@ -84,6 +79,23 @@ def runtimes(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -
     for name, session in sessions.items():
         made[name] = lambda b, s=session: _session_call(s, inputs(b).numpy())
     return made
+
+
+def onnx_available() -> bool:
+    """ONNX Runtime runtimes are timed only when the ``export`` extra is installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def _onnx_sessions(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -> dict:
+    meta = bench_model.meta
+    onnx_path = scratch / f"{id(bench_model)}.onnx"
+    torch_to_onnx(bench_model.model, meta["channels"], meta["input_size"], onnx_path)
+    sessions = {"onnxruntime fp32": open_session(onnx_path, threads)}
+    if int8:
+        int8_path = scratch / f"{id(bench_model)}.int8.onnx"
+        quantize_int8(onnx_path, int8_path, _calibration_batches(bench_model))
+        sessions["onnxruntime int8"] = open_session(int8_path, threads)
+    return sessions
 
 
 def _torch_call(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -110,8 +122,7 @@ def run_bench(models: list[BenchModel], *, threads: int = 1, int8: bool = False,
     """Time every model in every runtime, interleaved; one row per (model, runtime, batch)."""
     with tempfile.TemporaryDirectory() as scratch, torch_threads(threads), torch.inference_mode():
         made = {m.label: runtimes(m, Path(scratch), threads, int8) for m in models}
-        sizes = {m.label: {"macs": count_macs(m.model, m.meta["input_size"], m.meta["channels"]),
-                           "params": count_parameters(m.model)} for m in models}
+        sizes = {m.label: model_size(m.model, m.meta) for m in models}
         rows = []
         # Batch-64 calls last seconds for a large model: fewer rounds and one warm-up call suffice.
         for batch, batch_rounds, warmup in ((1, rounds, 3), (throughput_batch, max(3, rounds // 3), 1)):
@@ -123,6 +134,28 @@ def run_bench(models: list[BenchModel], *, threads: int = 1, int8: bool = False,
                           sizes[m.label]) for m in models for runtime in made[m.label]]
     add_ratios(rows, models)
     return rows
+
+
+def model_size(model: nn.Module, meta: dict) -> dict:
+    """Parameters, MACs and bytes moved by one forward pass on one image."""
+    shape = (meta["input_size"], meta["channels"])
+    return {"params": count_parameters(model), "macs": count_macs(model, *shape),
+            "bytes": count_bytes(model, *shape)}
+
+
+def size_and_speed(model: nn.Module, meta: dict, *, threads: int = 2, repeats: int = 15,
+                   throughput_batch: int = 64) -> dict:
+    """The size and speed fields of a ``results.json`` row, measured by the ``kdistill bench`` code:
+    the batch-1 latency of the model's fastest runtime and that runtime's batch throughput."""
+    rows = run_bench([BenchModel("model", model, meta)], threads=threads, rounds=repeats,
+                     throughput_batch=throughput_batch)
+    fastest = rows[0]["fastest_runtime"]
+    one, many = (next(r for r in rows if r["runtime"] == fastest and r["batch"] == b)
+                 for b in (1, throughput_batch))
+    return {**model_size(model, meta), "runtime": fastest, "latency_ms_batch1": one["latency_ms"],
+            "latency_spread_ms": one["spread_ms"], "throughput_img_s": many["throughput_img_s"],
+            "threads": threads, "speed_by_runtime": {r["runtime"]: r["latency_ms"] for r in rows
+                                                     if r["batch"] == 1}}
 
 
 def _row(bench_model: BenchModel, runtime: str, batch: int, timing: tuple[float, float], threads: int,
@@ -145,6 +178,7 @@ def add_ratios(rows: list[dict], models: list[BenchModel]) -> None:
         best = fastest[row["model"]]
         row.update(reference_model=reference["model"], fastest_runtime=best["runtime"],
                    macs_ratio=reference["macs"] / max(row["macs"], 1),
+                   bytes_ratio=reference["bytes"] / max(row["bytes"], 1),
                    latency_ratio=reference["latency_ms"] / best["latency_ms"])
 
 
@@ -165,12 +199,15 @@ def format_bench(rows: list[dict]) -> str:
     if calibrations:
         lines += ["", "int8 calibration:"] + [f"  {c}" for c in calibrations]
     reference = rows[0]["reference_model"]
-    side = [["model", "params", "MACs", "MAC ratio", "fastest runtime", "batch-1 ms", "latency ratio"]]
+    side = [["model", "params", "MACs", "MAC ratio", "MB moved", "bytes ratio", "fastest runtime",
+             "batch-1 ms", "latency ratio"]]
     for r in rows:
         if r["batch"] == 1 and r["runtime"] == r["fastest_runtime"]:
             side.append([r["model"], f"{r['params']:,}", _macs(r["macs"]), f"{r['macs_ratio']:.1f}x",
-                         r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
+                         f"{r['bytes'] / 1e6:.1f}", f"{r['bytes_ratio']:.1f}x", r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
     lines += ["", f"side by side (ratios: {reference} / model):"] + _align(side)
+    lines += ["MB moved: bytes the operators read and write in one batch-1 forward pass (weights and "
+              "activations); a small model's latency follows it more than its MACs"]
     return "\n".join(lines)
 
 

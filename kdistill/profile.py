@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -32,6 +34,40 @@ def count_macs(model: nn.Module, input_size: int, channels: int) -> int:
     return counter.get_total_flops() // 2
 
 
+def count_bytes(model: nn.Module, input_size: int, channels: int) -> int:
+    """Bytes one forward pass on one image reads and writes, operator by operator: every operator's
+    tensor inputs (weights included) and outputs as PyTorch's eager operators run them; views and
+    in-place operators count nothing (runtimes fuse those anyway). A small CNN is limited by this
+    memory traffic, not by its MACs, so the two ratios together explain a latency ratio."""
+    was_training = model.training
+    model.eval()
+    image = torch.zeros(1, channels, input_size, input_size)
+    counter = _ByteCounter()
+    with torch.inference_mode(), counter:  # as timed: some operators differ under no_grad
+        model(image)
+    model.train(was_training)
+    return counter.total
+
+
+class _ByteCounter(TorchDispatchMode):
+    """Sums the bytes of each dispatched operator's tensors; an output that shares storage with an
+    input is a view (reshape, flatten, transpose) and moves nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        input_storages = {t.untyped_storage().data_ptr() for t in inputs}
+        if all(t.untyped_storage().data_ptr() in input_storages for t in outputs):
+            return out  # a view: no data moved
+        self.total += sum(t.numel() * t.element_size() for t in inputs + outputs)
+        return out
+
+
 @contextmanager
 def torch_threads(threads: int):
     previous = torch.get_num_threads()
@@ -40,30 +76,6 @@ def torch_threads(threads: int):
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def median_seconds(run, repeats: int, min_round_s: float = 0.005) -> tuple[float, float]:
-    """Median and spread (max - min) of the per-call time of ``run()``, after warm-up."""
-    return time_interleaved({"run": run}, repeats, min_round_s=min_round_s, warmup=3)["run"]
-
-
-def measure_speed(model: nn.Module, input_size: int, channels: int, *, threads: int = 2,
-                  repeats: int = 20, throughput_batch: int = 64) -> dict:
-    """Batch-1 latency (ms) and batch-``throughput_batch`` throughput (images/s) on the CPU."""
-    model = model.eval()
-    one = torch.randn(1, channels, input_size, input_size)
-    many = torch.randn(throughput_batch, channels, input_size, input_size)
-    with torch_threads(threads), torch.inference_mode():
-        latency, latency_spread = median_seconds(lambda: model(one), repeats)
-        per_batch, _ = median_seconds(lambda: model(many), max(3, repeats // 4))
-    return {"latency_ms_batch1": latency * 1e3, "latency_spread_ms": latency_spread * 1e3,
-            "throughput_img_s": throughput_batch / per_batch, "threads": threads}
-
-
-def profile_model(model: nn.Module, input_size: int, channels: int, **speed_args) -> dict:
-    """Parameters, MACs and CPU speed in one dictionary (the results.json model row fields)."""
-    return {"params": count_parameters(model), "macs": count_macs(model, input_size, channels),
-            **measure_speed(model, input_size, channels, **speed_args)}
 
 
 def time_interleaved(runs: dict[str, Callable[[], object]], rounds: int, min_round_s: float = 0.02,

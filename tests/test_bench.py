@@ -6,10 +6,11 @@ import json
 import time
 
 import pytest
+from torch import nn
 
 from kdistill.cli import main
 from kdistill.models import build_model
-from kdistill.profile import count_macs, time_interleaved
+from kdistill.profile import count_bytes, count_macs, time_interleaved
 
 pytest.importorskip("onnxruntime")
 
@@ -52,3 +53,23 @@ def test_time_interleaved_rotates_and_separates():
     assert timed_part == ["fast", "slow", "slow", "fast", "fast", "slow", "slow", "fast"]
     assert timed["slow"][0] > timed["fast"][0] + 0.001
     assert all(spread >= 0 for _, spread in timed.values())
+
+
+def test_count_bytes_sums_operator_tensors_and_skips_views():
+    """Flatten is a view (0 bytes); the Linear reads input, weight and bias and writes its output."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    expected = (3 * 4 * 4 + 5 * 48 + 5 + 5) * 4  # float32 input, weight, bias, output
+    assert count_bytes(model, 4, 3) == expected
+
+
+def test_bench_rows_have_bytes_and_ratios():
+    """Both ratios against the largest model; the student moves far fewer bytes than the teacher."""
+    from kdistill.bench import load_bench_models, run_bench
+
+    models = load_bench_models([], ["tiny_cnn_d2", "reference_student"], input_size=32, num_classes=2)
+    rows = run_bench(models, rounds=2)
+    student = next(r for r in rows if r["model"] == "reference_student" and r["batch"] == 1)
+    assert student["bytes"] == count_bytes(models[1].model, 32, 3)
+    reference = next(r for r in rows if r["model"] == student["reference_model"])
+    assert student["bytes_ratio"] == pytest.approx(reference["bytes"] / student["bytes"])
+    assert student["latency_ratio"] > 0
