@@ -246,10 +246,10 @@ def test_older_results_without_the_new_keys_render():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """One real `kdistill run` on generated 16x16 images with tiny models (a few seconds)."""
+    """One real `kdistill run` on generated 16x16 images with tiny models, two seeds (seconds)."""
     base = tmp_path_factory.mktemp("html_run")
     root = make_image_folder(base / "data")
-    config_path = write_config(base / "config.yaml", tiny_config(root, base / "out"))
+    config_path = write_config(base / "config.yaml", tiny_config(root, base / "out", seeds=[0, 1]))
     assert main(["run", str(config_path)]) == 0
     return base / "out"
 
@@ -262,8 +262,11 @@ def test_real_run_writes_a_report_that_agrees_with_results_json(tiny_run, tmp_pa
     results = json.loads((tiny_run / "results.json").read_text())
     for row in results["models"]:
         assert f"{100 * row['accuracy']:.1f}" in page and f"{row['auc']:.3f}" in page
-    for test in results.get("paired_tests") or []:
-        assert str(test["distilled"]) in page
+    p_values = ", ".join(f"{t['p_value']:{'.3f' if t['p_value'] >= 0.001 else '.1e'}} (seed {t['seed']})"
+                         for t in results["paired_tests"])
+    assert len(results["paired_tests"]) == 2 and f"per seed: p = {p_values}." in page
+    accuracy = results["summary"]["distilled"]["accuracy"]
+    assert accuracy["n"] == 2 and f"{100 * accuracy['mean']:.1f} ± {100 * accuracy['std']:.1f}" in page
     images = parse(page).images
     assert images, "no plots in the report"
     check_renders(page_path, tmp_path, len(images))
@@ -277,3 +280,18 @@ def test_report_command_regenerates_both_reports(tiny_run):
     assert main(["report", str(tiny_run)]) == 0
     assert "<h1>kdistill report</h1>" in (tiny_run / "report.html").read_text()
     assert "| model | role |" in (tiny_run / "report.md").read_text()
+
+
+def test_render_check_catches_broken_images_and_blank_pages(tmp_path):
+    """The Chromium checks can fail: a corrupt embedded PNG is not counted as loaded, and an empty
+    page's screenshot has no variance."""
+    needs_chromium()
+    page = html_report(synthetic_results(seeds=(0,)), "")
+    first = parse(page).images[0]
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.replace(first, "data:image/png;base64,iVBORw0KGgoAAAAA", 1))
+    ok, total = loaded_images(broken, tmp_path)
+    assert total == len(parse(page).images) and ok == total - 1
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    assert screenshot(blank, tmp_path).std() < 1
