@@ -4,6 +4,7 @@ evaluation. It holds no logic of its own."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -163,14 +164,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
         overrides += [f"tuned={args.tuned}"] if getattr(args, "tuned", None) else []
         config = config_module.load_config(args.config, overrides)
-    if args.command == "train":
-        from kdistill.pipeline import train_one
+    return _train_or_run(args, config)
 
-        train_one(config, args.role, teacher_dir=args.teacher, resume=args.resume)
-        return 0
-    from kdistill.pipeline import run
 
-    run(config, resume=args.resume)
+def _train_or_run(args: argparse.Namespace, config) -> int:
+    """``train``, ``run`` and ``demo``, inside a torch.distributed session when torchrun started
+    this process (one process per device; only rank 0 logs progress and writes files)."""
+    from kdistill import distributed
+    from kdistill.pipeline import run, train_one
+
+    with distributed.session() as world:
+        if not world.is_main:
+            logging.getLogger("kdistill").setLevel(logging.WARNING)
+        if args.command == "train":
+            train_one(config, args.role, teacher_dir=args.teacher, resume=args.resume)
+        else:
+            run(config, resume=args.resume)
     return 0
 
 

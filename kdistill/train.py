@@ -28,6 +28,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from tqdm import tqdm
 
+from kdistill import distributed
 from kdistill.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
 from kdistill.data import DatasetBundle, iterate_batches
 from kdistill.errors import CheckpointError, KdistillError
@@ -71,7 +72,10 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise KdistillError(f"{name}: the model has no trainable parameters")
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
+    world = distributed.current()
+    # Under torchrun each process takes its share of the epoch; batch_size is per process.
+    steps_per_epoch = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
+    trained = distributed.wrap_student(model, world)  # ``model`` itself when not distributed
     opt = _build_optimizer(optimizer, params, lr, weight_decay)
     sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
     state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
@@ -79,8 +83,9 @@ def fit(
         state = _load_newest_state(resume_dir, name, model, opt, sched) or state
     for epoch in range(len(state.history) + 1, epochs + 1):
         started = time.perf_counter()
-        train_stats = _train_one_epoch(model, method, teacher, data, opt, sched, batch_size,
-                                       _epoch_generator(seed, epoch), name, epoch, epochs, progress)
+        train_stats = _train_one_epoch(trained, method, teacher, data, opt, sched, batch_size,
+                                       _epoch_generator(seed, epoch), name, epoch, epochs,
+                                       progress and world.is_main, world=world)
         val = _validate(model, data)
         record = {"epoch": epoch, **train_stats, "val_loss": val["loss"],
                   **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "confusion_matrix")},
@@ -91,13 +96,16 @@ def fit(
             state.best_epoch, state.best_score = epoch, score
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log.info(_epoch_line(name, record, epochs))
-        _save_state(resume_dir, model, opt, sched, state)
+        if world.is_main:
+            _save_state(resume_dir, model, opt, sched, state)
     model.load_state_dict(state.best_weights)
     best_val = {k[4:]: v for k, v in state.history[state.best_epoch - 1].items() if k.startswith("val_")}
     meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
                                             "val": best_val}, "history": state.history}
-    save_checkpoint(checkpoint_dir, model, meta)
-    remove_resume_state(resume_dir)
+    if world.is_main:
+        save_checkpoint(checkpoint_dir, model, meta)
+        remove_resume_state(resume_dir)
+    distributed.barrier(world)  # the other ranks load this checkpoint next
     return FitResult(state.best_epoch, best_val, state.history)
 
 
@@ -133,13 +141,16 @@ def set_train_mode(model: nn.Module) -> None:
 
 
 def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, generator, name,
-                     epoch, epochs, progress) -> dict:
+                     epoch, epochs, progress, world: distributed.World = distributed.World()) -> dict:
     set_train_mode(model)
     mean, std = data.normalization
     # channels_last: the reference student's step measured 1.4-2x faster on 2 CPU cores (issue 3).
     batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
                               shuffle=True, augment=data.hflip, generator=generator, channels_last=True)
-    total = math.ceil(len(data.train) / batch_size)
+    if world.active:  # (the generator above is lazy: replaced before it draws anything)
+        batches = distributed.sharded_batches(data.train, batch_size, world, channels=data.channels, mean=mean,
+                                              std=std, augment=data.hflip, generator=generator)
+    total = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
     interactive = sys.stderr.isatty()
     bar = tqdm(batches, total=total, desc=f"{name} {epoch}/{epochs}", leave=False,
@@ -148,7 +159,7 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
     for step, batch in enumerate(bar, start=1):
         out = method(batch, model, teacher)
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        if not distributed.all_true(bool(torch.isfinite(loss)), world):  # every rank stops together
             raise KdistillError(f"{name}: loss is {loss.item()} at epoch {epoch}, step {step}; "
                                 f"lower the learning rate (the last good epoch's state is kept)")
         opt.zero_grad(set_to_none=True)
@@ -160,6 +171,7 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
         loss_sum += loss.item() * count
         correct += int((out["logits"].argmax(1) == batch.labels).sum())
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+    seen, loss_sum, correct = distributed.sum_across([seen, loss_sum, correct], world)
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": sched.get_last_lr()[0]}
 
 
