@@ -51,7 +51,7 @@ def _row(model_id: str, role: str, seed: int, labels: np.ndarray, probs: np.ndar
             "checkpoint": f"runs/x/{model_id}", "selected": None, "training": {}, "history": history,
             "ci": {"accuracy": [accuracy - 0.04, min(1.0, accuracy + 0.03)], "auc": [0.85, 0.94]},
             "latency_ms_batch1": latency, "latency_spread_ms": 0.1, "throughput_img_s": 1000 / latency,
-            "threads": 1, "speedup_vs_teacher": 9.0 / latency}
+            "threads": 1, "speedup_vs_teacher": 9.0 / latency, "runtime": "onnxruntime fp32"}
 
 
 def synthetic_results(seeds=(0, 1, 2)) -> dict:
@@ -193,6 +193,7 @@ def test_synthetic_report_has_every_section_and_renders(tmp_path):
     for row in results["models"]:
         assert f"<td>{row['id']}<span" in page and f"{100 * row['accuracy']:.1f}" in page
     assert "data/&lt;chest&gt;" in page and "person7: test, train" in page
+    assert '0.31<span class="muted">onnxruntime fp32</span>' in page  # latency with its runtime
     path = tmp_path / "report.html"
     path.write_text(page)
     check_renders(path, tmp_path, len(images))
