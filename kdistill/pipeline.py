@@ -10,6 +10,7 @@ Output folder (``config.out``)::
     results.json     metrics on the test split, size and CPU speed of every model, mean +- std,
                      paired tests, test probabilities
     report.md        the comparison table, mean +- std, the paired test and its verdict
+    report.html      the same as one self-contained page with plots (kdistill report RUN_DIR rewrites both)
     resume/<role>/   training state of an unfinished model (removed when the model is done)
 
 Seeds: with ``seeds: null`` (the default) the students use ``seed`` and live in ``baseline/`` and
