@@ -138,6 +138,10 @@ class Config:
     # CPU threads for training; None = PyTorch's default (one per core). Fewer threads than
     # cores avoids oversubscription when other jobs share the machine.
     threads: Optional[int] = None
+    # Training device (auto: CUDA when available) and number format: bf16/fp16 autocast (fp16 with
+    # loss scaling, CUDA only; bf16 also on CPU). Evaluation and exported models stay float32.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     out: str = "runs/run"
     progress: bool = True
     export: bool = True  # write the distilled student as ONNX (+ int8) when onnxruntime is installed

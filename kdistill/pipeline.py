@@ -50,6 +50,7 @@ from kdistill.inference import predict_logits
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
+from kdistill.precision import resolve_device
 from kdistill.report import comparison_table, markdown_report
 from kdistill.report_html import html_report
 from kdistill.train import class_weights, fit
@@ -220,8 +221,9 @@ def _calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict
     logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
     fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index,
                        rule=config.calibration.threshold_rule, temperature=config.calibration.temperature)
-    log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f}, threshold "
-             f"{fitted['threshold']} ({fitted['threshold_rule']}), fitted on {len(data.val)} validation images")
+    threshold = "none (arg-max)" if fitted["threshold"] is None else f"{fitted['threshold']:.4f}"
+    log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f}, threshold {threshold}"
+             f" ({fitted['threshold_rule']}), fitted on {len(data.val)} validation images")
     return fitted
 
 
@@ -259,7 +261,8 @@ def _teacher_outputs(teacher, data: DatasetBundle, config: Config):
 def _fit(model, method, data, role, checkpoint_dir, meta, out, teacher, train_cfg, config, resume):
     fit(model, method, data, name=role, checkpoint_dir=checkpoint_dir, checkpoint_meta=meta,
         resume_dir=out / "resume" / role, teacher=teacher, seed=config.seed, resume=resume,
-        progress=config.progress, **{k: v for k, v in dataclasses.asdict(train_cfg).items()
+        progress=config.progress, device=str(resolve_device(config.device)), precision=config.precision,
+        **{k: v for k, v in dataclasses.asdict(train_cfg).items()
                                      if k != "class_weighting"})
 
 
