@@ -132,6 +132,20 @@ def all_true(flag: bool, world: World) -> bool:
     return sum_across([0.0 if flag else 1.0], world)[0] == 0.0
 
 
+@contextmanager
+def main_first(world: World) -> Iterator[None]:
+    """Rank 0 runs the block first (decoding images, computing teacher outputs: it fills the disk
+    caches), the other ranks after it (reading them), so shared caches are built once. If rank 0
+    fails inside, the others are released and torchrun stops the job."""
+    if not world.is_main:
+        barrier(world)
+    try:
+        yield
+    finally:
+        if world.is_main:
+            barrier(world)
+
+
 def barrier(world: World) -> None:
     if world.active:
         dist.barrier()

@@ -65,7 +65,8 @@ def run(config: Config, resume: bool = False) -> dict:
     if resume:
         check_resume_config(Path(config.out), config)
     _seed_everything(config.seed, config.deterministic, config.threads)
-    data = load_dataset(**dataclasses.asdict(config.data))
+    with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
+        data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
     world = distributed.current()  # under torchrun: rank 0 checks, evaluates and writes
     findings = _run_doctor(config) if world.is_main else None
@@ -135,7 +136,8 @@ def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, 
     computed once, and only if some distilled student still has to train."""
     needs_teacher = any(not (resume and (folder / "distilled" / "model.json").is_file())
                         for _, folder in student_folders(config, out))
-    outputs = _teacher_outputs(teacher, data, config) if needs_teacher else None
+    with distributed.main_first(distributed.current()):  # torchrun: computed once, into the cache
+        outputs = _teacher_outputs(teacher, data, config) if needs_teacher else None
     evaluated = []
     for seed, folder in student_folders(config, out):
         seeded = dataclasses.replace(config, seed=seed)
@@ -403,7 +405,8 @@ def _seed_everything(seed: int, deterministic: bool, threads: int | None = None)
 def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
     """``kdistill train``: train one model of the pipeline and write its checkpoint."""
     _seed_everything(config.seed, config.deterministic, config.threads)
-    data = load_dataset(**dataclasses.asdict(config.data))
+    with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
+        data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
     out = Path(config.out)
     if role == "distilled":
