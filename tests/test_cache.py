@@ -58,6 +58,14 @@ def test_cache_dir_setting(monkeypatch, tmp_path):
     assert resolve_cache_dir("auto") == Path.home() / ".cache" / "kdistill"
 
 
+def test_cache_settings_from_the_command_line():
+    from kdistill.config import load_config
+
+    config = load_config(None, ["data.dataset=digits", "data.cache_dir=off", "distill.cache_dtype=float16"])
+    assert resolve_cache_dir(config.data.cache_dir) is None and config.distill.cache_dtype == "float16"
+    assert load_config(None, ["data.dataset=digits"]).data.cache_dir == "auto"
+
+
 def test_tests_never_write_to_the_home_cache(private_cache_dir):
     assert resolve_cache_dir("auto") == private_cache_dir
 

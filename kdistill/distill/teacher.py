@@ -94,7 +94,9 @@ def view_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, *,
     """``fn`` on every (image, view), batched under ``no_grad``: ``[N, K, D]`` float32."""
     table = None
     for view_index, view in enumerate(views):
-        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std):
+        # channels_last, as in training: a ResNet-18 runs ~1.3x faster so on CPU (README, bench).
+        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std,
+                                     channels_last=True):
             with torch.no_grad():
                 out = fn(apply_view(batch.images, view)).float()
             if table is None:
@@ -205,6 +207,7 @@ class HeadOnStoredFeatures:
 
     def __call__(self, batch: Batch, model: nn.Module, teacher=None) -> dict:
         features = self.table[batch.index, self.view_of_flip[batch.flipped.long()]]
+        features = features.to(batch.images.device)  # the table stays on the CPU; the head may not
         return self.method(dataclasses.replace(batch, images=features), self.head, teacher)
 
 
