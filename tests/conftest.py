@@ -90,9 +90,19 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_cache_dir(tmp_path_factory) -> Path:
+    """Disk caches (decoded images, teacher outputs) never go to ~/.cache: this covers module- and
+    session-scoped fixtures too, which run before any function-scoped fixture."""
+    folder = tmp_path_factory.mktemp("kdistill_cache_session")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDISTILL_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
-def private_cache_dir(tmp_path_factory, monkeypatch) -> Path:
-    """Disk caches (decoded images, teacher outputs) go to a per-test folder, never to ~/.cache."""
+def private_cache_dir(session_cache_dir, tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets its own cache folder, so what one test caches never serves another."""
     folder = tmp_path_factory.mktemp("kdistill_cache")
     monkeypatch.setenv("KDISTILL_CACHE_DIR", str(folder))
     return folder

@@ -66,8 +66,16 @@ def test_cache_settings_from_the_command_line():
     assert load_config(None, ["data.dataset=digits"]).data.cache_dir == "auto"
 
 
-def test_tests_never_write_to_the_home_cache(private_cache_dir):
+@pytest.fixture(scope="module")
+def module_scoped_cache_dir() -> Path | None:
+    """What a module-scoped fixture (e.g. one shared pipeline run) would cache into."""
+    return resolve_cache_dir("auto")
+
+
+def test_tests_never_write_to_the_home_cache(private_cache_dir, module_scoped_cache_dir):
     assert resolve_cache_dir("auto") == private_cache_dir
+    home = Path.home() / ".cache" / "kdistill"
+    assert module_scoped_cache_dir is not None and module_scoped_cache_dir != home
 
 
 def test_decoded_cache_is_built_once_then_memory_mapped(folder, tmp_path, decode_calls):
