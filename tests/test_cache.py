@@ -134,6 +134,13 @@ def test_torn_or_truncated_image_cache_is_rebuilt(folder, tmp_path, decode_calls
     assert json.loads(manifest.read_text())["bytes"] == array.stat().st_size
 
 
+def test_an_unwritable_cache_folder_does_not_stop_the_run(folder, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    images, kept, _, key = cached_decode(folder, 16, 3, "skip", not_a_folder)
+    assert key is None and len(images) == len(kept) == len(folder)
+
+
 def test_bad_files_are_remembered_and_error_mode_still_raises(folder, tmp_path):
     folder[1].write_bytes(b"not an image")
     images, kept, bad, _ = cached_decode(folder, 16, 3, "skip", tmp_path / "c")
@@ -323,3 +330,11 @@ def test_kd_speed_benchmark_prints_the_documented_keys(tmp_path, capsys):
                 "distill_vs_naive", "data_wait_share", "cache_build_s"):
         assert printed[key] == figures[key] and printed[key] > 0
     assert 0 < printed["data_wait_share"] < 1
+
+
+def test_unwritable_teacher_cache_keeps_the_table_in_memory(data, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    model = tiny_teacher()
+    table = cached_teacher(model, data, not_a_folder).table
+    torch.testing.assert_close(table, cached_teacher(model, data, None).table, atol=0, rtol=0)

@@ -100,9 +100,13 @@ def cached_decode(paths: list[Path], size: int, channels: int, on_bad_image: str
     loaded = _load_entry(entry)
     if loaded is None:
         images, kept, bad = decode_to_storage(paths, size, channels, on_bad_image)
-        _write_entry(entry, images, kept, bad)
+        try:
+            _write_entry(entry, images, kept, bad)
+        except OSError as exc:  # a cache that cannot be written must not stop the run
+            log.info(f"decoded-image cache: cannot write {entry}.npy ({exc}); keeping the images in memory")
+            return images, kept, bad, None
         loaded = _load_entry(entry)
-        if loaded is None:  # e.g. the disk filled up between writing and reading back
+        if loaded is None:  # e.g. altered between writing and reading back
             log.info(f"{entry}.npy: cannot read the decoded images back; using them from memory")
             return images, kept, bad, None
     images, kept, bad = loaded
@@ -149,6 +153,8 @@ def _check_entry(manifest_path: Path, array_path: Path) -> str | None:
     try:
         manifest = json.loads(manifest_path.read_text())
         expected = (manifest["format"], manifest["bytes"], manifest["sha256"], manifest["shape"])
+        if not isinstance(manifest["kept"], list) or not isinstance(manifest["bad"], list):
+            raise TypeError("kept/bad")
     except (OSError, ValueError, KeyError, TypeError):
         return "has an unreadable manifest"
     if expected[0] != FORMAT_VERSION:

@@ -130,7 +130,10 @@ def stored_view_table(compute: Callable[[], torch.Tensor], split: ImageSplit, ke
     table = _read_table(path, digest, views)
     if table is None:
         table = compute().to(DTYPES[dtype]).contiguous()
-        _write_table(path, digest, table, views)
+        try:
+            _write_table(path, digest, table, views)
+        except OSError as exc:  # a cache that cannot be written must not stop the run
+            log.info(f"teacher cache: cannot write {path} ({exc}); keeping the table in memory")
     return table
 
 
