@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from kdistill import __version__
-from kdistill.calibration import scaled_probs
 from kdistill.bench import size_and_speed
+from kdistill.calibration import scaled_probs
 from kdistill.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
 from kdistill.fileio import write_json_atomic

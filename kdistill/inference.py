@@ -1,5 +1,5 @@
 """Run a model over a split and return logits or class probabilities (eval mode, no_grad, fixed
-order); a checkpoint's probabilities include its temperature scaling."""
+order). Probabilities take a temperature: a checkpoint's is its model.json ``temperature``."""
 
 from __future__ import annotations
 
@@ -29,9 +29,3 @@ def predict_probs(model: nn.Module, split: ImageSplit, *, channels: int, mean, s
     logits = predict_logits(model, split, channels=channels, mean=mean, std=std, batch_size=batch_size)
     return torch.softmax(logits / temperature, dim=1).numpy()
 
-
-def checkpoint_probs(model: nn.Module, meta: dict, split: ImageSplit) -> np.ndarray:
-    """Probabilities as the checkpoint defines them: its preprocessing and its fitted temperature
-    (``model.json`` ``temperature``; 1 for checkpoints written before calibration existed)."""
-    return predict_probs(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"],
-                         temperature=meta.get("temperature") or 1.0)

@@ -99,21 +99,20 @@ def verdict(tests: list[dict]) -> str:
     significant = [t for t in tests if t["p_value"] < SIGNIFICANCE]
     better = sum(t["accuracy_diff"] > 0 for t in significant)
     worse = len(significant) - better
-    p_values = ", ".join(_p_value(t["p_value"]) for t in tests)
+    evidence = f"McNemar p = {', '.join(_p_value(t['p_value']) for t in tests)}"
+    every = "this seed" if n == 1 else f"every one of the {n} seeds"
     if not significant:
-        return (f"Distillation did not help significantly: in none of {n} seed(s) did the distilled "
-                f"student's test accuracy differ from the student alone's at the {SIGNIFICANCE} level "
-                f"(McNemar p = {p_values}).")
+        where = "" if n == 1 else f" in any of the {n} seeds"
+        return (f"Distillation did not help significantly: the distilled student's test accuracy did not "
+                f"differ from the student alone's at the {SIGNIFICANCE} level{where} ({evidence}).")
     if better == n:
         return (f"Distillation helped: the distilled student was significantly more accurate than the "
-                f"student alone in {'every one of the ' + str(n) + ' seeds' if n > 1 else 'this seed'} "
-                f"(McNemar p = {p_values}).")
+                f"student alone in {every} ({evidence}).")
     if worse == n:
         return (f"Distillation hurt: the distilled student was significantly less accurate than the "
-                f"student alone in {'every one of the ' + str(n) + ' seeds' if n > 1 else 'this seed'} "
-                f"(McNemar p = {p_values}).")
+                f"student alone in {every} ({evidence}).")
     return (f"Mixed: distillation was significantly better in {better} and significantly worse in "
-            f"{worse} of {n} seeds, with no significant difference in the rest (McNemar p = {p_values}); "
+            f"{worse} of {n} seeds, with no significant difference in the rest ({evidence}); "
             f"no consistent effect.")
 
 

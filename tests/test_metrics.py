@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 from kdistill.evaluate import paired_tests, run_statistics, summarize
 from kdistill.metrics import (bootstrap_auc, bootstrap_ci, bootstrap_indices, mcnemar_exact, mean_std,
                               paired_auc_difference, percentile_interval)
+from kdistill.report import markdown_report, verdict
 
 
 def binary_probs(scores: np.ndarray) -> np.ndarray:
@@ -143,3 +144,28 @@ def test_run_statistics_summary_and_predictions():
     assert stats["paired_tests"] == []  # no distilled rows
     assert stats["predictions"]["labels"] == [0, 1, 0, 1]
     assert stats["predictions"]["probabilities"]["baseline-seed0"][0] == pytest.approx([0.4, 0.6])
+
+
+def test_verdict_sentence_follows_the_p_values_and_directions():
+    def t(p, diff):
+        return {"p_value": p, "accuracy_diff": diff}
+
+    assert verdict([t(0.6, 0.004)]).startswith("Distillation did not help significantly")
+    assert "in any of the 2 seeds" in verdict([t(0.6, 0.01), t(0.2, -0.01)])
+    assert verdict([t(0.01, 0.03), t(0.0004, 0.02)]) == (
+        "Distillation helped: the distilled student was significantly more accurate than the student "
+        "alone in every one of the 2 seeds (McNemar p = 0.010, < 0.001).")
+    assert verdict([t(0.01, -0.03)]).startswith("Distillation hurt")
+    assert verdict([t(0.01, 0.03), t(0.5, 0.0), t(0.001, -0.02)]).startswith("Mixed")
+
+
+def test_report_of_an_older_results_file_has_no_statistics_sections():
+    """results.json written before seeds/calibration existed still renders (keys are optional)."""
+    row = {"name": "reference_student", "role": "baseline", "accuracy": 0.9, "balanced_accuracy": 0.9,
+           "sensitivity": 0.9, "specificity": 0.9, "auc": 0.95, "ece": 0.02, "params": 634, "macs": 28160,
+           "latency_ms_batch1": 0.1, "throughput_img_s": 1000.0, "threads": 1, "threshold": 0.5}
+    results = {"dataset": {"root": "data", "classes": ["NORMAL", "PNEUMONIA"], "positive_class": "PNEUMONIA"},
+               "models": [row]}
+    report = markdown_report(results)
+    assert "| reference_student | student alone | 90.0 |" in report
+    assert "Mean ±" not in report and "McNemar" not in report and "Decision threshold 0.50" in report
