@@ -143,19 +143,24 @@ def model_size(model: nn.Module, meta: dict) -> dict:
             "bytes": count_bytes(model, *shape)}
 
 
-def size_and_speed(model: nn.Module, meta: dict, *, threads: int = 2, repeats: int = 15,
-                   throughput_batch: int = 64) -> dict:
-    """The size and speed fields of a ``results.json`` row, measured by the ``kdistill bench`` code:
-    the batch-1 latency of the model's fastest runtime and that runtime's batch throughput."""
-    rows = run_bench([BenchModel("model", model, meta)], threads=threads, rounds=repeats,
-                     throughput_batch=throughput_batch)
-    fastest = rows[0]["fastest_runtime"]
-    one, many = (next(r for r in rows if r["runtime"] == fastest and r["batch"] == b)
-                 for b in (1, throughput_batch))
-    return {**model_size(model, meta), "runtime": fastest, "latency_ms_batch1": one["latency_ms"],
-            "latency_spread_ms": one["spread_ms"], "throughput_img_s": many["throughput_img_s"],
-            "threads": threads, "speed_by_runtime": {r["runtime"]: r["latency_ms"] for r in rows
-                                                     if r["batch"] == 1}}
+def speed_side_by_side(models: list[tuple[nn.Module, dict]], *, threads: int = 2, repeats: int = 15,
+                       throughput_batch: int = 64) -> list[dict]:
+    """The speed fields of a ``results.json`` row for each (model, meta), all timed in one
+    interleaved ``run_bench``: the batch-1 latency of each model's fastest runtime, that runtime's
+    batch throughput, and the batch-1 latency of every runtime tried."""
+    bench_models = [BenchModel(f"model{i}", model, meta) for i, (model, meta) in enumerate(models)]
+    rows = run_bench(bench_models, threads=threads, rounds=repeats, throughput_batch=throughput_batch)
+    figures = []
+    for bench_model in bench_models:
+        mine = [r for r in rows if r["model"] == bench_model.label]
+        fastest = mine[0]["fastest_runtime"]
+        one, many = (next(r for r in mine if r["runtime"] == fastest and r["batch"] == b)
+                     for b in (1, throughput_batch))
+        figures.append({"runtime": fastest, "latency_ms_batch1": one["latency_ms"],
+                        "latency_spread_ms": one["spread_ms"], "throughput_img_s": many["throughput_img_s"],
+                        "threads": threads, "latency_ms_by_runtime": {r["runtime"]: r["latency_ms"]
+                                                                      for r in mine if r["batch"] == 1}})
+    return figures
 
 
 def _row(bench_model: BenchModel, runtime: str, batch: int, timing: tuple[float, float], threads: int,

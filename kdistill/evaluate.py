@@ -4,6 +4,7 @@ checkpoint (fitted on validation when it was trained); nothing is chosen here.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from kdistill import __version__
-from kdistill.bench import size_and_speed
+from kdistill.bench import model_size, speed_side_by_side
 from kdistill.calibration import scaled_probs
 from kdistill.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
@@ -25,12 +26,13 @@ DECISION_KEYS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", 
 
 
 def evaluate_model(model: nn.Module, meta: dict, split: ImageSplit, *, name: str, role: str,
-                   checkpoint: str | None, speed: dict | None = None) -> tuple[dict, np.ndarray]:
+                   checkpoint: str | None) -> tuple[dict, np.ndarray]:
     """One ``results.json`` row (metrics at the checkpoint's threshold and at 0.5, calibration,
-    bootstrap intervals, params, MACs, CPU speed) and the temperature-scaled test probabilities."""
+    bootstrap intervals, params, MACs, bytes moved) and the temperature-scaled test probabilities.
+    CPU speed is added afterwards by ``add_speed``, for all models side by side."""
     logits = predict_logits(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
     metrics, probs = score_logits(logits, split.labels.numpy(), meta)
-    profile = size_and_speed(model, meta, **(speed or {}))  # the `kdistill bench` code
+    profile = model_size(model, meta)
     seed = meta.get("seed")
     row = {"id": role if role == "teacher" or seed is None else f"{role}-seed{seed}", "seed": seed,
            "name": name, "role": role, **profile, **metrics, "positive_class": meta.get("positive_class"),
@@ -102,6 +104,23 @@ def paired_tests(rows: list[dict], probs: dict[str, np.ndarray], labels: np.ndar
     return tests
 
 
+def add_speed(rows: list[dict], models: dict[str, tuple[nn.Module, dict]], **speed) -> None:
+    """Batch-1 latency and batch throughput of every row, timed by the ``kdistill bench`` code with
+    every distinct architecture side by side in one interleaved run (so background load hits them
+    alike); rows of the same architecture (the students of every seed) share its figures. Then the
+    speed-up of every row over the teacher. ``models`` maps row ids to (model, meta)."""
+    groups: dict[str, tuple[nn.Module, dict, list[dict]]] = {}
+    for row in rows:
+        model, meta = models[row["id"]]
+        key = json.dumps([meta["architecture"], meta["input_size"], meta["channels"]], sort_keys=True)
+        groups.setdefault(key, (model, meta, []))[2].append(row)
+    figures = speed_side_by_side([(model, meta) for model, meta, _ in groups.values()], **speed)
+    for (_, _, members), measured in zip(groups.values(), figures):
+        for row in members:
+            row.update(measured)
+    add_speedups(rows)
+
+
 def add_speedups(rows: list[dict]) -> None:
     """Latency speed-up of every row relative to the teacher row (if there is one)."""
     teacher = next((r for r in rows if r["role"] == "teacher"), None)
@@ -117,7 +136,8 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: d
     split, skipped = load_eval_folder(data, meta["classes"], meta["input_size"], meta["channels"],
                                       on_bad_image)
     row, _ = evaluate_model(model, meta, split, name=meta["architecture"]["name"],
-                            role=meta.get("role", "model"), checkpoint=str(checkpoint), speed=speed)
+                            role=meta.get("role", "model"), checkpoint=str(checkpoint))
+    add_speed([row], {row["id"]: (model, meta)}, **(speed or {}))
     results = {"kdistill_version": __version__,
                "dataset": {"root": str(data), "evaluated_on": str(data), "classes": meta["classes"],
                            "positive_class": meta.get("positive_class"), "images": len(split),

@@ -45,7 +45,7 @@ from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
 from kdistill.doctor import examine
 from kdistill.errors import CheckpointError, ConfigError, DataError
-from kdistill.evaluate import add_speedups, evaluate_model, run_statistics
+from kdistill.evaluate import add_speed, evaluate_model, run_statistics
 from kdistill.inference import predict_logits
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
@@ -81,7 +81,7 @@ def run(config: Config, resume: bool = False) -> dict:
     evaluated = [_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config)]
     evaluated += train_and_evaluate_students(config, data, out, teacher, resume)
     rows = [row for row, _ in evaluated]
-    add_speedups(rows)
+    add_speed(rows, _models_by_row(rows, teacher, teacher_meta), **dataclasses.asdict(config.profile))
     first_seed = student_folders(config, out)[0][1]
     deployment = _export_student(first_seed / "distilled", data) if config.export else None
     statistics = run_statistics(rows, {row["id"]: probs for row, probs in evaluated},
@@ -292,13 +292,19 @@ def _check_same_data(meta: dict, data: DatasetBundle, where: str) -> None:
 
 
 def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, config: Config):
-    """The model's results.json row and its (temperature-scaled) test probabilities."""
-    speed = dataclasses.asdict(config.profile)
+    """The model's results.json row (speed comes later, side by side) and its (temperature-scaled)
+    test probabilities."""
     row, probs = evaluate_model(model, meta, data.test, name=meta["architecture"]["name"], role=role,
-                                checkpoint=str(checkpoint), speed=speed)
+                                checkpoint=str(checkpoint))
     row["selected"] = meta.get("selected")
     row["training"] = meta.get("training")
     return row, probs
+
+
+def _models_by_row(rows: list[dict], teacher, teacher_meta: dict) -> dict:
+    """Row id -> (model, meta) for the speed measurement; students come back from their checkpoints."""
+    return {row["id"]: (teacher, teacher_meta) if row["role"] == "teacher" else load_checkpoint(row["checkpoint"])
+            for row in rows}
 
 
 def _dataset_summary(data: DatasetBundle) -> dict:

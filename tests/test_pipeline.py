@@ -47,9 +47,14 @@ def test_run_writes_results_with_every_contract_key(run_dir):
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         assert 0.0 <= row["accuracy"] <= 1.0 and row["params"] > 0 and row["macs"] > 0
         assert row["latency_ms_batch1"] > 0 and row["throughput_img_s"] > 0
+        # Speed from the bench code: the fastest runtime tried, named, with every runtime's latency.
+        assert row["latency_ms_batch1"] == min(row["latency_ms_by_runtime"].values())
+        assert row["latency_ms_by_runtime"][row["runtime"]] == row["latency_ms_batch1"]
         assert 0.0 <= row["threshold"] <= 1.0 and row["threshold_rule"] == "balanced_accuracy"
         assert row["temperature"] > 0 and len(row["history"]) == 2  # 2 epochs
     teacher, baseline, distilled = results["models"]
+    # One architecture is timed once (side by side with the teacher): both students share its figures.
+    assert baseline["latency_ms_batch1"] == distilled["latency_ms_batch1"]
     assert [row["id"] for row in results["models"]] == ["teacher", "baseline-seed0", "distilled-seed0"]
     assert teacher["name"] == "resnet18" and teacher["params"] > 100 * baseline["params"]
     assert baseline["params"] == distilled["params"]
