@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_curve
 
+from kdistill.log import log
 from kdistill.metrics import expected_calibration_error
 
 THRESHOLD_RULES = ("balanced_accuracy", "youden")
@@ -51,6 +52,12 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> fl
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(logits / np.exp(log_t), targets))
 
+    if bool((logits.argmax(1) == targets).all()):
+        # Every validation image is already right: the NLL keeps falling as T -> 0, so validation
+        # cannot say how confident the model should be, and sharpening without limit would make
+        # every later mistake a certain one. Leave the logits as they are.
+        log.info("temperature scaling: every validation prediction is correct, nothing bounds T; keeping T = 1")
+        return 1.0
     best = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
     # Keep T = 1 unless scaling really lowers the NLL (e.g. an already calibrated model).
     return float(np.exp(best.x)) if best.fun < nll(0.0) else 1.0

@@ -321,6 +321,8 @@ def check_resume_config(out: Path, config: Config) -> None:
         return
     saved = to_dict(from_dict(yaml.safe_load(saved_path.read_text())))
     current = to_dict(config)
+    for settings in (saved, current):  # where decoded images are cached does not change them
+        settings["data"].pop("cache_dir", None)
     for section in saved:
         if section not in RESUME_IGNORED and saved[section] != current[section]:
             raise ConfigError(f"{section}: differs from {saved_path}; resume with the same config "

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from html import escape
 
 from kdistill import plots
-from kdistill.report import ROLE_LABELS, _count, _num, _pct
+from kdistill.report import ROLE_LABELS, _count, _num, _pct, verdict
 
-SIGNIFICANCE = 0.05
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
 
@@ -127,7 +126,7 @@ def _verdict(results: dict) -> str:
         name = TEST_NAMES.get(tests[0].get("test"), str(tests[0].get("test", "")))
         parts.append(f"Paired {escape(name)} test of distilled vs alone on the same "
                      f"test images, per seed: p = {escape(p_values)}.")
-        parts.append(f"<strong>{escape(_verdict_sentence(tests))}</strong>")
+        parts.append(f"<strong>{escape(verdict(tests))}</strong>")
     else:
         parts.append("No paired test in this results file, so no claim about whether distillation helped.")
     return '<h2>Verdict</h2>\n<p class="verdict">' + " ".join(p for p in parts if p) + "</p>"
@@ -145,23 +144,6 @@ def _accuracy_sentence(results: dict, summary: dict) -> str:
         return (f"Test accuracy of the student distilled {_pct(rows['distilled'].get('accuracy'))} % vs "
                 f"the student alone {_pct(rows['baseline'].get('accuracy'))} %.")
     return ""
-
-
-def _verdict_sentence(tests: list[dict]) -> str:
-    """Counts seeds where the difference is significant at the 5% level, in either direction."""
-    significant = [t for t in tests if t.get("p_value") is not None and t["p_value"] < SIGNIFICANCE]
-    better = [t for t in significant if (t.get("accuracy_diff") or 0) > 0]
-    worse = [t for t in significant if (t.get("accuracy_diff") or 0) < 0]
-    n = len(tests)
-    if not significant:
-        return (f"No evidence that distillation helped: no seed of {n} shows a significant difference "
-                f"(p >= {SIGNIFICANCE}); the accuracy difference is within noise.")
-    if len(better) == n:
-        return f"Distillation helped: the distilled student was significantly more accurate in every seed ({n})."
-    if len(worse) == n:
-        return f"Distillation hurt: the distilled student was significantly less accurate in every seed ({n})."
-    return (f"Inconclusive: significantly better in {len(better)} of {n} seeds, significantly worse in "
-            f"{len(worse)}, no significant difference in {n - len(significant)} (p < {SIGNIFICANCE}).")
 
 
 def _summary_table(results: dict) -> str:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import leftover_temp_files, make_image_folder, tiny_config, write_config
 from kdistill.cli import main
+from kdistill.errors import ConfigError
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -177,3 +178,16 @@ def test_resume_with_a_different_config_is_refused(image_root, tmp_path, capsys)
     code, err, _ = run_on(image_root, tmp_path, capsys, "distill.alpha=0.9", "--resume")
     assert_one_line_error(code, err, "distill", "differs")
     assert (out / "results.json").read_text() == before
+
+
+def test_resume_check_ignores_where_the_cache_lives(tmp_path):
+    """Moving the decoded-image cache changes no result; another input size does."""
+    from kdistill.config import from_dict, dump_yaml
+    from kdistill.pipeline import check_resume_config
+
+    saved = from_dict({"data": {"dataset": "digits", "cache_dir": str(tmp_path / "a")}})
+    (tmp_path / "config.yaml").write_text(dump_yaml(saved))
+    check_resume_config(tmp_path, from_dict({"data": {"dataset": "digits", "cache_dir": "off"}}))
+    with pytest.raises(ConfigError, match="data: differs"):
+        check_resume_config(tmp_path, from_dict({"data": {"dataset": "digits", "input_size": 64,
+                                                          "cache_dir": str(tmp_path / "a")}}))

@@ -48,6 +48,14 @@ def test_temperature_keeps_decisions_and_stays_one_when_calibrated():
     assert (scaled_probs(logits * 3, t).argmax(1) == logits.argmax(1)).all()
 
 
+def test_temperature_stays_one_when_validation_is_perfectly_separated():
+    """Separable validation: NLL keeps falling as T -> 0, so the fit would hit its bound and make
+    every later mistake certain; T stays 1 instead."""
+    logits = np.array([[2.0, -2.0], [1.5, -1.0], [-1.0, 1.2], [-2.0, 3.0]])
+    labels = np.array([0, 0, 1, 1])
+    assert fit_temperature(logits, labels) == 1.0
+
+
 def test_threshold_tie_goes_to_sensitivity_and_rules_differ_only_by_the_midpoint():
     """Val scores: positives 0.9 0.8 0.35, negatives 0.6 0.3 0.1. Calling >= 0.8 positive gives
     sens 2/3 spec 1; >= 0.35 gives sens 1 spec 2/3: the same J. The more sensitive one wins;

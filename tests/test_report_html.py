@@ -209,7 +209,7 @@ def test_verdict_follows_the_paired_tests():
         test["accuracy_diff"] = -0.05
     assert "Distillation hurt" in html_report(results, "")
     results["paired_tests"][0]["p_value"] = 0.5
-    assert "Inconclusive: significantly better in 0 of 2 seeds, significantly worse in 1" in html_report(results, "")
+    assert "Mixed: distillation was significantly better in 0 and significantly worse in 1 of 2 seeds" in html_report(results, "")
 
 
 def test_strings_from_data_and_config_are_escaped():
