@@ -2,11 +2,11 @@
 
     python benchmarks/kd_speed.py [--data FOLDER] [--images 512] [--json]
 
-Three training loops over the same N images of ``FOLDER/train`` at 224x224, batch 32, the
+Three training loops over the same N images of ``FOLDER/train`` (224x224, batch 32 by default), the
 reference student, a ResNet-18 teacher (random weights: speed does not depend on them):
 
 (a) naive: the common recipe, an ImageFolder-style dataset that opens, decodes, resizes, flips and
-    normalizes every image with PIL/torchvision at every epoch (DataLoader, batch 32), and the
+    normalizes every image with PIL/torchvision at every epoch (a DataLoader), and the
     teacher run live on every batch. Only ``--naive-steps`` steps are timed (it is slow).
 (b) kdistill training the student alone (``kdistill.train.fit``, cross-entropy).
 (c) kdistill distilling the same student with the decoded-image cache and the teacher-output cache.
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.disabled = was_disabled
     figures.update(naive_img_s=naive_img_s, naive_data_wait_share=naive_wait,
                    threads=torch.get_num_threads(), images=len(paths), input_size=args.size)
+    figures["batch"] = args.batch
     figures["distill_vs_student"] = figures["distill_img_s"] / figures["student_img_s"]
     figures["distill_vs_naive"] = figures["distill_img_s"] / naive_img_s
     figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
@@ -198,7 +199,7 @@ def batch_seconds(data: DatasetBundle, args) -> float:
 
 def report(f: dict) -> str:
     return "\n".join([
-        f"{f['images']} images at {f['input_size']}x{f['input_size']}, batch 32, {f['threads']} torch threads",
+        f"{f['images']} images at {f['input_size']}x{f['input_size']}, batch {f['batch']}, {f['threads']} torch threads",
         f"(a) naive loop (PIL decode every epoch, live ResNet-18): {f['naive_img_s']:8.1f} images/s "
         f"(data wait {f['naive_data_wait_share']:.0%} of step time)",
         f"(b) kdistill, student alone:                          {f['student_img_s']:8.1f} images/s",

@@ -158,7 +158,7 @@ def speed_side_by_side(models: list[tuple[nn.Module, dict]], *, threads: int = 2
                      for b in (1, throughput_batch))
         figures.append({"runtime": fastest, "latency_ms_batch1": one["latency_ms"],
                         "latency_spread_ms": one["spread_ms"], "throughput_img_s": many["throughput_img_s"],
-                        "threads": threads, "latency_ms_by_runtime": {r["runtime"]: r["latency_ms"]
+                        "throughput_batch": throughput_batch, "threads": threads, "latency_ms_by_runtime": {r["runtime"]: r["latency_ms"]
                                                                       for r in mine if r["batch"] == 1}})
     return figures
 
@@ -212,7 +212,8 @@ def format_bench(rows: list[dict]) -> str:
                          f"{r['bytes'] / 1e6:.1f}", f"{r['bytes_ratio']:.1f}x", r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
     lines += ["", f"side by side (ratios: {reference} / model):"] + _align(side)
     lines += ["MB moved: bytes the operators read and write in one batch-1 forward pass (weights and "
-              "activations); a small model's latency follows it more than its MACs"]
+              "activations), counted from PyTorch's operators; compare its ratio and the MAC ratio "
+              "with the measured latency ratio"]
     return "\n".join(lines)
 
 

@@ -1,9 +1,8 @@
-"""Run a model over a split and return logits or class probabilities (eval mode, no_grad, fixed
-order). Probabilities take a temperature: a checkpoint's is its model.json ``temperature``."""
+"""Run a model over a split and return its logits (eval mode, no_grad, fixed order);
+``kdistill.calibration.scaled_probs`` turns them into probabilities at a checkpoint's temperature."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,11 +20,3 @@ def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, 
             outputs.append(model(batch.images).float())
     model.train(was_training)
     return torch.cat(outputs)
-
-
-def predict_probs(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
-                  batch_size: int = 128, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / temperature)`` ``[N, K]`` in the split's order."""
-    logits = predict_logits(model, split, channels=channels, mean=mean, std=std, batch_size=batch_size)
-    return torch.softmax(logits / temperature, dim=1).numpy()
-

@@ -39,7 +39,7 @@ import yaml
 from kdistill import __version__, distributed
 from kdistill.calibration import calibrate
 from kdistill.checkpoint import architecture, load_checkpoint, update_meta
-from kdistill.config import Config, dump_yaml, from_dict, read_tuned, to_dict
+from kdistill.config import TUNED_KEYS, Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
@@ -169,6 +169,10 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     model = build_model(**{"name": cfg.model, **arch["args"]}, pretrained=cfg.pretrained, weights=cfg.weights)
     method = build_method("ce", class_weights=_weights(cfg.train, data))
     if cfg.mode == "head":
+        if distributed.current().active:
+            # The head trains outside the DDP wrapper, so its gradients would not be averaged.
+            raise ConfigError("teacher.mode: head trains on one process only; run it without torchrun "
+                              "(or use teacher.mode=full)")
         freeze_all_but_head(model)
         method = _head_on_features(method, model, data, config)
     meta = _meta(arch, data, "teacher", {"mode": cfg.mode, "pretrained": cfg.pretrained,
@@ -368,9 +372,10 @@ def _tuned(config: Config) -> dict | None:
     """The tuned file (``--tuned``) and the values in effect for its keys (an override may win)."""
     if config.tuned is None:
         return None
-    keys = read_tuned(Path(config.tuned))
+    # The values are in the config already (the file was read when it was loaded): not re-read
+    # here, where a moved file would lose a finished run.
     return {"file": config.tuned, "values": {key: functools.reduce(getattr, key.split("."), config)
-                                             for key in keys}}
+                                             for key in TUNED_KEYS}}
 
 
 def _tuned_note(tuned: dict | None) -> str:
@@ -412,11 +417,14 @@ def _seed_everything(seed: int, deterministic: bool, threads: int | None = None)
 
 def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
     """``kdistill train``: train one model of the pipeline and write its checkpoint."""
+    out = Path(config.out)
+    if resume:
+        check_resume_config(out, config)
+    as_given = config  # saved as given: the teacher folder filled in below is not a user setting
     _seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
         data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
-    out = Path(config.out)
     if role == "distilled":
         teacher_path = Path(teacher_dir or config.teacher.checkpoint or out / "teacher")
         if not (teacher_path / "model.json").is_file():
@@ -425,7 +433,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                           checkpoint=str(teacher_path)))
     if distributed.current().is_main:
-        _write_run_files(out, config, data)
+        _write_run_files(out, as_given, data)
     if role == "teacher":
         train_teacher(config, data, out, resume)
     else:

@@ -4,6 +4,8 @@ seeds, no intervals) still render: every added key is optional."""
 
 from __future__ import annotations
 
+from kdistill.metrics import BOOTSTRAP_RESAMPLES
+
 ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
 SIGNIFICANCE = 0.05
 SUMMARY_COLUMNS = (("accuracy", "accuracy %", True), ("balanced_accuracy", "balanced acc %", True),
@@ -28,8 +30,9 @@ def _count(value: int) -> str:
 
 def comparison_table(results: dict) -> str:
     """The Markdown table: one row per model, metrics on the test split, size and speed."""
+    batch = results["models"][0].get("throughput_batch", 64) if results["models"] else 64
     header = ("| model | role | accuracy % | balanced acc % | sensitivity % | specificity % | AUC | ECE "
-              "| params | MACs | latency b1 (ms) | throughput b64 (img/s) | speed-up vs teacher |")
+              f"| params | MACs | latency b1 (ms) | throughput b{batch} (img/s) | speed-up vs teacher |")
     lines = [header, "|" + "---|" * 13]
     seeded = len({row.get("seed") for row in results["models"] if row["role"] != "teacher"}) > 1
     for row in results["models"]:
@@ -143,7 +146,7 @@ def _statistics_section(results: dict) -> list[str]:
                   verdict(tests),
                   "", "McNemar's exact test counts the test images exactly one of the two students "
                   "classifies correctly (each at its own validation threshold); the AUC interval comes "
-                  "from 1000 bootstrap resamples of the test images shared by both models. Seeds are "
+                  f"from {BOOTSTRAP_RESAMPLES} bootstrap resamples of the test images shared by both models. Seeds are "
                   "tested one by one, without correction for multiple comparisons."]
     if any("at_0.5" in row for row in results["models"]):
         lines += ["", "## Threshold and calibration (fitted on the validation split)", "",
@@ -179,9 +182,12 @@ def markdown_report(results: dict) -> str:
         "",
         "- " + (_threshold_note(results["models"], positive) if positive else "Decisions by arg-max."),
         *(["- Accuracy and AUC in brackets: 95% percentile bootstrap intervals over the test images "
-           "(1000 resamples)."] if any(row.get("ci") for row in results["models"]) else []),
-        f"- CPU speed: {first['threads']} thread(s); batch-1 latency and batch-64 throughput, "
-        "median of repeated rounds after warm-up. MACs counted by torch.utils.flop_counter.",
+           f"({BOOTSTRAP_RESAMPLES} resamples)."] if any(row.get("ci") for row in results["models"]) else []),
+        f"- CPU speed: {first['threads']} thread(s); batch-1 latency and batch-"
+        f"{first.get('throughput_batch', 64)} throughput of each model in its fastest runtime "
+        "(PyTorch eager, channels-last, ONNX Runtime; the `kdistill bench` code), every architecture "
+        "timed side by side, median of repeated rounds after warm-up. MACs counted by "
+        "torch.utils.flop_counter.",
         "- Every epoch, decision threshold and temperature was selected on the validation split only; "
         "the test split was used once, for these tables.",
     ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from html import escape
 
 from kdistill import plots
-from kdistill.report import ROLE_LABELS, _count, _num, _pct, verdict
+from kdistill.report import ROLE_LABELS, _count, _num, _p_value, _pct, verdict
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
@@ -91,9 +91,7 @@ def _temperature(value) -> str:
 
 
 def _p(value) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+    return "n/a" if value is None else _p_value(value)  # written as report.md writes it
 
 
 def _signed_points(value) -> str:

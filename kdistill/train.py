@@ -215,6 +215,8 @@ def _teacher_on(teacher, device: torch.device):
     """The teacher's outputs on ``device``: a live teacher is copied there; cached outputs stay in
     CPU memory and only each batch's rows move."""
     if isinstance(teacher, LiveTeacher):
+        if next(teacher.model.parameters()).device == device:
+            return teacher  # already there: a copy would hold it twice
         return LiveTeacher(copy.deepcopy(teacher.model).to(device))
     return lambda batch: teacher(batch).to(device)
 

@@ -237,14 +237,17 @@ def test_seeds_report_shows_mean_std_and_the_paired_test(seeds_run):
     assert sum(v in report for v in verdicts) == 1
 
 
-def test_seeds_resume_reuses_every_model_and_refuses_other_seeds(seeds_run, capsys):
+def test_seeds_resume_reuses_every_model_and_refuses_other_seeds(seeds_run, tmp_path, capsys):
     """--resume after a finished run retrains nothing and reproduces the metrics; a different
-    seeds list is refused (it would mix two experiments in one folder)."""
+    seeds list is refused (it would mix two experiments in one folder). Runs on a copy, so the
+    shared run folder other tests read stays as it was."""
     before = read_results(seeds_run["out"])
-    assert main(["run", str(seeds_run["config"]), "--resume", "export=false"]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(seeds_run["out"], copy)
+    assert main(["run", str(seeds_run["config"]), "--resume", "export=false", "--out", str(copy)]) == 0
     log = capsys.readouterr().err
     assert log.count("already trained") == 5
-    after = read_results(seeds_run["out"])
+    after = read_results(copy)
     for old, new in zip(before["models"], after["models"]):
         assert (old["id"], old["accuracy"], old["auc"], old["threshold"]) == (new["id"], new["accuracy"],
                                                                                 new["auc"], new["threshold"])

@@ -54,20 +54,14 @@ class SpyOnTestSplit:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory) -> dict:
-    """One `kdistill tune --trials 3` with the loaded test split replaced by a spy."""
+    """One `kdistill tune --trials 3` with a recording spy standing in for the test split (in place
+    of tune's own guard, so the check below does not rely on that guard)."""
     base = tmp_path_factory.mktemp("tune")
     config = write_config(base / "config.yaml", digits_config(base / "run"))
     spy = SpyOnTestSplit()
-    real_load = tune_module.load_dataset
-
-    def load_with_spy(**kwargs):
-        bundle = real_load(**kwargs)
-        bundle.test = spy
-        return bundle
-
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KDISTILL_CACHE_DIR", str(base / "cache"))
-        patch.setattr(tune_module, "load_dataset", load_with_spy)
+        patch.setattr(tune_module, "ForbiddenTestSplit", lambda: spy)
         code = main(["tune", str(config), "--trials", "3", "--out", str(base / "tune")])
     return {"code": code, "base": base, "config": config, "out": base / "tune", "spy": spy}
 

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 
 from kdistill.data import decode as decode_module
@@ -65,6 +66,7 @@ def decoded_images_key(paths: list[Path], size: int, channels: int) -> str:
         except OSError:  # vanished or unreadable: decoding will report it
             files.append([str(path), -1, -1])
     text = json.dumps({"format": FORMAT_VERSION, "decoder": DECODER_SHA256, "size": size,
+                       "pillow": PIL.__version__,  # its resampling can change between releases
                        "channels": channels, "files": files})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
