@@ -94,6 +94,7 @@ def open_session(path: Path, threads: int = 1):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = False  # return batch buffers after each run, not keep the peak
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
