@@ -23,8 +23,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdistill.data import Batch, ImageSplit
-from kdistill.data.transforms import apply_flips, random_flips, to_model_input
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -87,21 +85,6 @@ def shard(order: torch.Tensor, world: World) -> torch.Tensor:
 
 def shard_size(count: int, world: World) -> int:
     return math.ceil(count / world.size)
-
-
-def sharded_batches(split: ImageSplit, batch_size: int, world: World, *, channels: int,
-                    mean: tuple[float, ...], std: tuple[float, ...], augment: bool,
-                    generator: torch.Generator) -> Iterator[Batch]:
-    """Training batches of this rank. The permutation and the flips are drawn exactly as
-    ``iterate_batches`` draws them (same generator, same order of draws) on every rank."""
-    count = len(split)
-    order = torch.randperm(count, generator=generator)
-    flips = random_flips(count, generator) if augment else torch.zeros(count, dtype=torch.bool)
-    mine = shard(order, world)
-    for start in range(0, len(mine), batch_size):
-        index = mine[start:start + batch_size]
-        images = apply_flips(split.images[index], flips[index])
-        yield Batch(to_model_input(images, channels, mean, std), split.labels[index], index, flips[index])
 
 
 def wrap_student(model: nn.Module, world: World) -> nn.Module:

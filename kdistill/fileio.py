@@ -3,6 +3,7 @@ interrupted run never leaves a half-written file or checkpoint behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in blocks (cache arrays and resume states are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _current_umask() -> int:

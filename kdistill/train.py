@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
+import functools
 import json
 import math
 import os
@@ -36,7 +36,7 @@ from kdistill.data import DatasetBundle, iterate_batches
 from kdistill.distill.teacher import LiveTeacher
 from kdistill.precision import autocast, check_precision, grad_scaler
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.fileio import atomic_directory
+from kdistill.fileio import atomic_directory, sha256_file
 from kdistill.inference import predict_logits
 from kdistill.log import log
 from kdistill.metrics import classification_metrics
@@ -157,10 +157,8 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
     mean, std = data.normalization
     # channels_last: the reference student's step measured 1.4-2x faster on 2 CPU cores (issue 3).
     batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
-                              shuffle=True, augment=data.hflip, generator=generator, channels_last=True)
-    if world.active:  # (the generator above is lazy: replaced before it draws anything)
-        batches = distributed.sharded_batches(data.train, batch_size, world, channels=data.channels, mean=mean,
-                                              std=std, augment=data.hflip, generator=generator)
+                              shuffle=True, augment=data.hflip, generator=generator, channels_last=True,
+                              shard=functools.partial(distributed.shard, world=world) if world.active else None)
     total = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
     interactive = sys.stderr.isatty()
@@ -302,11 +300,7 @@ STATE_FILES = ("last.safetensors", "best.safetensors", "optimizer.safetensors")
 
 
 def _file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _verify_state(resume_dir: Path) -> dict:

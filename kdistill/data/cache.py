@@ -25,7 +25,7 @@ import torch
 from kdistill.data import decode as decode_module
 from kdistill.data.decode import decode_files, to_storage_tensor
 from kdistill.errors import DataError
-from kdistill.fileio import atomic_file, write_json_atomic
+from kdistill.fileio import atomic_file, sha256_file, write_json_atomic
 from kdistill.log import log
 
 FORMAT_VERSION = 1
@@ -46,14 +46,6 @@ def resolve_cache_dir(setting: str | None = "auto") -> Path | None:
         if setting.strip().lower() in DISABLED:
             return None
     return Path(setting).expanduser()
-
-
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def decoded_images_key(paths: list[Path], size: int, channels: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,15 +242,20 @@ def iterate_batches(
     augment: bool = False,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
+    shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Batch]:
     """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
-    ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU)."""
+    ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU).
+    ``shard`` picks this process's part of the drawn order (distributed training); every process
+    draws the same permutation and flips, so the parts are disjoint."""
     count = len(split)
     if (shuffle or augment) and generator is None:
         raise ValueError("shuffle/augment need a seeded generator")
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
     flips = random_flips(count, generator) if augment else torch.zeros(count, dtype=torch.bool)
-    for start in range(0, count, batch_size):
+    if shard is not None:
+        order = shard(order)
+    for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         flipped = flips[index]
         images = apply_flips(split.images[index], flipped)
