@@ -62,11 +62,14 @@ def _interval(bounds, percent: bool) -> str:
     return f" [{fmt(bounds[0])}, {fmt(bounds[1])}]"
 
 
-def _mean_std(entry: dict | None, percent: bool) -> str:
+def _mean_std(entry: dict | None, percent: bool, std_of_one: bool = True) -> str:
+    """``mean ± std`` of a summary entry; ``std_of_one=False`` shows a single model's value alone."""
     if not entry or entry.get("mean") is None:
         return "n/a"
     fmt = _pct if percent else _num
-    return f"{fmt(entry['mean'])} ± {fmt(entry['std'])}"
+    if not std_of_one and (entry.get("n") or 1) <= 1:
+        return fmt(entry["mean"])
+    return f"{fmt(entry['mean'])} ± {fmt(entry.get('std') or 0.0)}"
 
 
 def summary_table(results: dict) -> str:

@@ -14,6 +14,7 @@ from html import escape
 
 from kdistill import plots
 from kdistill.report import ROLE_LABELS, _count, _num, _p_value, _pct, verdict
+from kdistill.report import _mean_std as report_mean_std
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
@@ -71,12 +72,7 @@ def _row_id(row: dict, index: int) -> str:
 
 
 def _mean_std(entry: dict | None, percent: bool) -> str:
-    if not entry or entry.get("mean") is None:
-        return "n/a"
-    show = _pct if percent else _num
-    if (entry.get("n") or 1) > 1:
-        return f"{show(entry['mean'])} ± {show(entry.get('std') or 0.0)}"
-    return show(entry["mean"])
+    return report_mean_std(entry, percent, std_of_one=False)  # one model: its value, no "± 0"
 
 
 def _with_ci(value, interval, percent: bool) -> str:
