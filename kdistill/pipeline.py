@@ -78,13 +78,14 @@ def run(config: Config, resume: bool = False) -> dict:
     if not world.is_main:
         train_and_evaluate_students(config, data, out, teacher, resume)  # trains only, on these ranks
         return {}
-    evaluated = [_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config)]
+    evaluated = [(*_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config),
+                  (teacher, teacher_meta))]
     evaluated += train_and_evaluate_students(config, data, out, teacher, resume)
-    rows = [row for row, _ in evaluated]
-    add_speed(rows, _models_by_row(rows, teacher, teacher_meta), **dataclasses.asdict(config.profile))
+    rows = [row for row, _, _ in evaluated]
+    add_speed(rows, {row["id"]: model for row, _, model in evaluated}, **dataclasses.asdict(config.profile))
     first_seed = student_folders(config, out)[0][1]
     deployment = _export_student(first_seed / "distilled", data) if config.export else None
-    statistics = run_statistics(rows, {row["id"]: probs for row, probs in evaluated},
+    statistics = run_statistics(rows, {row["id"]: probs for row, probs, _ in evaluated},
                                 data.test.labels.numpy(), data.positive_index)
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
                **statistics,
@@ -130,9 +131,10 @@ def student_folders(config: Config, out: Path) -> list[tuple[int, Path]]:
 
 
 def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, teacher,
-                                resume: bool) -> list[tuple[dict, object]]:
+                                resume: bool) -> list[tuple[dict, object, tuple]]:
     """Baseline and distilled student for every seed (the same initialization per seed for both),
-    each evaluated on the test split as soon as it is trained. The teacher's outputs are
+    each evaluated on the test split as soon as it is trained: ``(row, test probabilities,
+    (model, meta))`` per student (the model is timed later, beside the teacher). The teacher's outputs are
     computed once, and only if some distilled student still has to train."""
     needs_teacher = any(not (resume and (folder / "distilled" / "model.json").is_file())
                         for _, folder in student_folders(config, out))
@@ -147,7 +149,7 @@ def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, 
                 continue
             row, probs = _evaluate(model, meta, data, role, folder / role, config)
             row["id"], row["seed"] = f"{role}-seed{seed}", seed
-            evaluated.append((row, probs))
+            evaluated.append((row, probs, (model, meta)))
     return evaluated
 
 
@@ -303,12 +305,6 @@ def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, con
     row["selected"] = meta.get("selected")
     row["training"] = meta.get("training")
     return row, probs
-
-
-def _models_by_row(rows: list[dict], teacher, teacher_meta: dict) -> dict:
-    """Row id -> (model, meta) for the speed measurement; students come back from their checkpoints."""
-    return {row["id"]: (teacher, teacher_meta) if row["role"] == "teacher" else load_checkpoint(row["checkpoint"])
-            for row in rows}
 
 
 def _dataset_summary(data: DatasetBundle) -> dict:
