@@ -23,7 +23,7 @@ from kdistill.data.transforms import normalization
 from kdistill.errors import KdistillError
 from kdistill.export import model_batches, quantize_int8, torch_to_onnx
 from kdistill.imagefiles import load_images
-from kdistill.models import build_model
+from kdistill.models import build_model, deploy_form
 from kdistill.onnxmodel import INPUT_NAME, open_session
 from kdistill.profile import count_bytes, count_macs, count_parameters, time_interleaved, torch_threads
 
@@ -63,11 +63,13 @@ def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: i
 
 
 def runtimes(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -> dict[str, Callable]:
-    """For each runtime, a factory ``batch -> callable`` that runs one forward pass on a fixed input."""
-    model, meta = bench_model.model.eval(), bench_model.meta
+    """For each runtime, a factory ``batch -> callable`` that runs one forward pass on a fixed input.
+    Every runtime runs ``deploy_form`` of the model, as kdistill runs it for inference."""
+    meta = bench_model.meta
+    model = deploy_form(bench_model.model.eval())
     shape = (meta["channels"], meta["input_size"], meta["input_size"])
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    sessions = _onnx_sessions(bench_model, scratch, threads, int8) if onnx_available() else {}
+    sessions = _onnx_sessions(model, bench_model, scratch, threads, int8) if onnx_available() else {}
 
     def inputs(batch: int) -> torch.Tensor:
         return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
@@ -86,10 +88,12 @@ def onnx_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
-def _onnx_sessions(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -> dict:
+def _onnx_sessions(model: nn.Module, bench_model: BenchModel, scratch: Path, threads: int,
+                   int8: bool) -> dict:
+    """Sessions on the ONNX export of ``model`` (the deploy form: the file ``kdistill export`` ships)."""
     meta = bench_model.meta
     onnx_path = scratch / f"{id(bench_model)}.onnx"
-    torch_to_onnx(bench_model.model, meta["channels"], meta["input_size"], onnx_path)
+    torch_to_onnx(model, meta["channels"], meta["input_size"], onnx_path)
     sessions = {"onnxruntime fp32": open_session(onnx_path, threads)}
     if int8:
         int8_path = scratch / f"{id(bench_model)}.int8.onnx"
@@ -137,7 +141,8 @@ def run_bench(models: list[BenchModel], *, threads: int = 1, int8: bool = False,
 
 
 def model_size(model: nn.Module, meta: dict) -> dict:
-    """Parameters, MACs and bytes moved by one forward pass on one image."""
+    """Parameters, MACs and bytes moved by one forward pass on one image, counted on the model's
+    own architecture (not its deploy form): the figures describe the architecture."""
     shape = (meta["input_size"], meta["channels"])
     return {"params": count_parameters(model), "macs": count_macs(model, *shape),
             "bytes": count_bytes(model, *shape)}

@@ -20,6 +20,7 @@ from kdistill.data import ImageSplit, iterate_batches
 from kdistill.fileio import atomic_file
 from kdistill.imagefiles import evenly_spaced, load_images
 from kdistill.metrics import predict as decide
+from kdistill.models import deploy_form
 from kdistill.onnxmodel import (INPUT_NAME, OUTPUT_NAME, ExportError, contract_from_meta,
                                 open_session, require_onnx, require_onnxruntime, session_probs,
                                 write_contract)
@@ -112,11 +113,12 @@ def torch_to_onnx(model: nn.Module, channels: int, input_size: int, path: Path) 
 
 def export_onnx(model: nn.Module, meta: dict, path: Path, checks: CheckImages,
                 tolerance: float = FP32_TOLERANCE, threads: int = 1) -> dict:
-    """Write ``path`` with the contract in its metadata if ONNX Runtime matches PyTorch within ``tolerance``."""
+    """Write ``deploy_form(model)`` to ``path`` with the contract in its metadata if ONNX Runtime
+    matches ``model`` itself within ``tolerance``: the parity check also verifies the rewrite."""
     onnx = require_onnx()
 
     with atomic_file(path) as tmp:
-        torch_to_onnx(model, meta["channels"], meta["input_size"], tmp)
+        torch_to_onnx(deploy_form(model), meta["channels"], meta["input_size"], tmp)
         proto = onnx.load(str(tmp))
         write_contract(proto, contract_from_meta(meta))
         onnx.checker.check_model(proto)

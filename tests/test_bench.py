@@ -73,3 +73,28 @@ def test_bench_rows_have_bytes_and_ratios():
     reference = next(r for r in rows if r["model"] == student["reference_model"])
     assert student["bytes_ratio"] == pytest.approx(reference["bytes"] / student["bytes"])
     assert student["latency_ratio"] > 0
+
+
+def test_bench_times_the_deploy_form_and_counts_the_architecture(tmp_path, monkeypatch):
+    """ONNX Runtime and PyTorch rows run deploy_form(model); params/MACs/bytes stay the original's."""
+    import kdistill.bench
+    from kdistill.bench import load_bench_models, model_size, runtimes
+    from kdistill.models.deploy import DeployedReferenceStudent
+
+    exported = []
+    real_export = kdistill.bench.torch_to_onnx
+    monkeypatch.setattr(kdistill.bench, "torch_to_onnx",
+                        lambda model, *args: exported.append(model) or real_export(model, *args))
+    ran = []
+    monkeypatch.setattr(kdistill.bench, "_torch_call", lambda model, x: ran.append(model) or (lambda: model(x)))
+    [bench_model] = load_bench_models([], ["reference_student"], input_size=32, num_classes=2)
+    made = runtimes(bench_model, tmp_path, threads=1, int8=False)
+    assert set(made) == {"torch eager", "torch channels-last", "onnxruntime fp32"}
+    for make in made.values():
+        make(1)()
+    assert [type(m) for m in exported] == [DeployedReferenceStudent]
+    assert [type(m) for m in ran] == [DeployedReferenceStudent] * 2
+    original = build_model("reference_student", 2, input_size=32)
+    assert model_size(bench_model.model, bench_model.meta) == {
+        "params": sum(p.numel() for p in original.parameters()),
+        "macs": count_macs(original, 32, 3), "bytes": count_bytes(original, 32, 3)}

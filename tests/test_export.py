@@ -154,3 +154,27 @@ def test_in_memory_splits_as_the_pipeline_passes_them(tmp_path, images):
     assert report["images"] == len(split) == 16 and report["max_prob_diff"] <= 1e-4
     assert "accuracy_delta" in report["int8"]
     assert (checkpoint / "model.onnx").is_file() and (checkpoint / "model.int8.onnx").is_file()
+
+
+def test_onnx_export_ships_the_deploy_form_checked_against_the_original(tmp_path, images, monkeypatch):
+    """The reference student's model.onnx is its deploy form (no BatchNorm, pooling or Gemm), and
+    the parity check compares it with the original model: a wrong rewrite is refused."""
+    import kdistill.export
+    from kdistill.models import deploy_form
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    report = export_checkpoint(checkpoint, check_images=images)
+    assert report["max_prob_diff"] <= 1e-5
+    ops = {node.op_type for node in onnx.load(str(checkpoint / "model.onnx")).graph.node}
+    assert "ReduceSum" in ops and not ops & {"BatchNormalization", "MaxPool", "Gemm", "MatMul"}
+
+    def wrong_rewrite(model):
+        deployed = deploy_form(model)
+        with torch.no_grad():
+            deployed.conv.bias.add_(0.5)
+        return deployed
+
+    monkeypatch.setattr(kdistill.export, "deploy_form", wrong_rewrite)
+    with pytest.raises(ExportError, match="disagree"):
+        export_checkpoint(checkpoint, out=tmp_path / "wrong.onnx", check_images=images)
+    assert not (tmp_path / "wrong.onnx").exists()
