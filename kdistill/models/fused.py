@@ -1,0 +1,160 @@
+"""BatchNorm (batch statistics) + ReLU + 2x2 max pooling as one autograd step, for CPU training.
+
+The three layers after the reference student's convolution touch every full-resolution value
+several times in the forward and backward passes; on a CPU they cost more than the convolution
+itself. They can be reordered without changing the result:
+
+* with batch statistics, BatchNorm is a per-channel affine map ``y = z * scale + shift``, which is
+  increasing where ``scale >= 0`` and decreasing where ``scale < 0``;
+* max pooling commutes with an increasing map (and turns into min pooling under a decreasing one,
+  handled by pooling ``z * sign(scale)``);
+* ReLU is non-decreasing, so it commutes with max pooling too.
+
+So ``maxpool(relu(bn(z))) == relu(pool(z) * scale + shift)``. Only the batch statistics still need
+a pass over the full-resolution tensor; the affine map and ReLU run on a quarter of the values. The
+backward pass uses the closed form of BatchNorm's gradient, whose two batch sums can be taken over
+the pooled values alone (no other position receives gradient from the pooling), so the
+full-resolution gradient is one affine map of ``z`` plus the pooled gradient added at each window's
+winner.
+
+Layout: ``z`` is channels-last, viewed as rows of ``W * C`` values (``[N*H, W*C]``). Every
+per-channel constant is repeated along such a row, so each elementwise operation runs over long
+contiguous rows; broadcasting a ``[C]`` vector over a 4-wide channel dimension runs ~5x slower.
+The window's two rows are pooled first (contiguous rows), then its two columns.
+
+The result equals the three separate layers up to float rounding (the tests compare them). When
+values in a window tie, the gradient goes to one of them: the first row, then the first column.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def can_fuse(z: torch.Tensor, batchnorm: nn.Module, training: bool) -> bool:
+    """Whether :func:`bn_relu_maxpool2` may stand in for the three layers on ``z``.
+
+    Only for plain BatchNorm in training mode on CPU float32 with even height and width: on a GPU
+    the vendor kernels are fast already, SyncBatchNorm must gather statistics across processes, and
+    reduced precision keeps PyTorch's own handling.
+    """
+    return (training and type(batchnorm) is nn.BatchNorm2d and batchnorm.affine
+            and batchnorm.track_running_stats and z.device.type == "cpu" and z.dtype == torch.float32
+            and z.dim() == 4 and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0)
+
+
+def bn_relu_maxpool2(z: torch.Tensor, batchnorm: nn.BatchNorm2d) -> torch.Tensor:
+    """``MaxPool2d(2)(ReLU(batchnorm(z)))`` in training mode, updating the running statistics.
+
+    Returns ``[N, C, H/2, W/2]`` in the default (contiguous) layout.
+    """
+    z = z.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        mean, var = _batch_mean_var(z)
+        _update_running_stats(batchnorm, mean, var, count=z.numel() // z.shape[1])
+    return _BatchNormReluMaxPool.apply(z, batchnorm.weight, batchnorm.bias, mean, var, batchnorm.eps)
+
+
+def _rows(z: torch.Tensor) -> torch.Tensor:
+    """A channels-last ``[N, C, H, W]`` tensor as its memory is laid out: ``[N*H, W*C]`` (a view)."""
+    n, c, h, w = z.shape
+    return z.permute(0, 2, 3, 1).reshape(n * h, w * c)
+
+
+def _along_row(per_channel: torch.Tensor, width: int) -> torch.Tensor:
+    """A ``[C]`` vector repeated to match one row of ``width`` pixels: ``[width * C]``."""
+    return per_channel.repeat(width)
+
+
+def _batch_mean_var(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of a channels-last ``z``.
+
+    ``torch.var_mean`` over three of four dimensions is slow on CPU; a column sum and the diagonal
+    of a C x C Gram matrix over the ``[N*H*W, C]`` view are an order of magnitude faster. Both are
+    reduced in float32 and combined in float64, so ``E[z^2] - E[z]^2`` loses little to cancellation.
+    """
+    pixels = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    count = pixels.shape[0]
+    mean = _rows(z).sum(0).view(-1, z.shape[1]).sum(0).double() / count
+    mean_square = torch.diagonal(pixels.t() @ pixels).double() / count
+    var = (mean_square - mean * mean).clamp_min(0)
+    return mean.float(), var.float()
+
+
+def _update_running_stats(batchnorm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int):
+    """What ``nn.BatchNorm2d`` does to its buffers in a training step (unbiased running variance)."""
+    batchnorm.num_batches_tracked.add_(1)
+    momentum = batchnorm.momentum
+    if momentum is None:  # cumulative moving average
+        momentum = 1.0 / float(batchnorm.num_batches_tracked)
+    batchnorm.running_mean.lerp_(mean, momentum)
+    batchnorm.running_var.lerp_(var * (count / max(count - 1, 1)), momentum)
+
+
+def _greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a > b`` as float 0/1: bool masks run 3-10x slower than float ones in these elementwise steps."""
+    return torch.gt(a, b, out=torch.empty(a.shape, dtype=a.dtype))
+
+
+def _max_pool_with_picks(z_rows: torch.Tensor, n_h: int, width: int, channels: int):
+    """2x2 max pooling of ``[N*H, W*C]`` rows: pooled ``[N*H/2, W/2 * C]`` and which row/column won."""
+    pairs = z_rows.view(n_h // 2, 2, width * channels)
+    top, bottom = pairs[:, 0], pairs[:, 1]
+    row_max = torch.maximum(top, bottom)                    # [N*H/2, W*C], contiguous rows
+    bottom_won = _greater(bottom, top)                      # ties stay with the top row
+    columns = row_max.view(n_h // 2, width // 2, 2, channels)
+    left, right = columns[:, :, 0], columns[:, :, 1]
+    pooled = torch.maximum(left, right).view(n_h // 2, -1)  # [N*H/2, W/2 * C]
+    right_won = _greater(right, left).view(n_h // 2, -1)
+    return pooled, bottom_won, right_won
+
+
+def _add_at_winners(grad_rows, grad_pooled, bottom_won, right_won, width: int, channels: int):
+    """Add each window's gradient to ``grad_rows`` (``[N*H, W*C]``) at the window's winner."""
+    half = grad_pooled.shape[0]
+    per_column = torch.empty(half, width // 2, 2, channels)
+    right_part = grad_pooled * right_won
+    per_column[:, :, 1] = right_part.view(half, width // 2, channels)
+    per_column[:, :, 0] = (grad_pooled - right_part).view(half, width // 2, channels)
+    per_row = per_column.view(half, width * channels)
+    pairs = grad_rows.view(half, 2, width * channels)
+    pairs[:, 0] += per_row
+    pairs[:, 0].addcmul_(per_row, bottom_won, value=-1)
+    pairs[:, 1].addcmul_(per_row, bottom_won)
+
+
+class _BatchNormReluMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, weight, bias, mean, var, eps):
+        n, c, h, w = z.shape
+        invstd = torch.rsqrt(var + eps)
+        scale = weight * invstd
+        sign = torch.where(scale < 0, -1.0, 1.0)
+        z_rows = _rows(z)
+        signed_rows = z_rows if bool((sign > 0).all()) else z_rows * _along_row(sign, w)
+        pooled, bottom_won, right_won = _max_pool_with_picks(signed_rows, n * h, w, c)
+        # With z * sign pooled, the BatchNorm output at the winner is pooled * |scale| + shift.
+        shift = bias - mean * scale
+        out_rows = torch.addcmul(_along_row(shift, w // 2), pooled, _along_row(scale.abs(), w // 2)).relu_()
+        ctx.save_for_backward(z, pooled, out_rows, bottom_won, right_won, weight, mean, invstd, sign)
+        return out_rows.view(n, h // 2, w // 2, c).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, pooled, out_rows, bottom_won, right_won, weight, mean, invstd, sign = ctx.saved_tensors
+        n, c, h, w = z.shape
+        count = n * h * w
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(n * h // 2, w // 2 * c)
+        grad_bn = grad_rows * _greater(out_rows, torch.zeros(()))    # through ReLU
+        grad_bias = grad_bn.sum(0).view(-1, c).sum(0)                  # sum of g over the batch
+        signed_sum = (grad_bn * pooled).sum(0).view(-1, c).sum(0)
+        grad_weight = invstd * (sign * signed_sum - mean * grad_bias)  # sum of g * z_hat
+        scale = weight * invstd
+        # dL/dz = scale * (g - sum(g)/count - z_hat * sum(g * z_hat)/count), g nonzero only at winners.
+        slope = -scale * invstd * grad_weight / count
+        offset = scale * (invstd * mean * grad_weight - grad_bias) / count
+        grad_z = (_rows(z) * _along_row(slope, w)).add_(_along_row(offset, w))  # addcmul is ~1.5x slower
+        _add_at_winners(grad_z, grad_bn * _along_row(scale, w // 2), bottom_won, right_won, w, c)
+        grad_z = grad_z.view(n, h, w, c).permute(0, 3, 1, 2)           # channels-last [N, C, H, W]
+        return grad_z, grad_weight, grad_bias, None, None, None
