@@ -7,16 +7,27 @@ import torch
 from torch import nn
 
 from kdistill.data import ImageSplit, iterate_batches
+from kdistill.models.deploy import deploy_form
 
 
 def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
                    batch_size: int = 128) -> torch.Tensor:
-    """Logits ``[N, K]`` in the split's order; no shuffling, no augmentation."""
+    """Logits ``[N, K]`` in the split's order; no shuffling, no augmentation.
+
+    Runs the model's inference form (:func:`kdistill.models.deploy_form`, the same function
+    rewritten to run faster) on channels-last batches, which CPU convolutions with few input
+    channels run several times faster.
+    """
     was_training = model.training
     model.eval()
+    runner = deploy_form(model) if _on_cpu(model) else model
     outputs = []
     with torch.no_grad():
-        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std):
-            outputs.append(model(batch.images).float())
+        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std, channels_last=True):
+            outputs.append(runner(batch.images).float())
     model.train(was_training)
     return torch.cat(outputs)
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    return all(p.device.type == "cpu" for p in model.parameters())

@@ -126,3 +126,12 @@ def test_reference_student_trains_the_same_fused_or_not(monkeypatch):
         results[name] = model.state_dict()
     for key, value in results["plain"].items():
         assert torch.allclose(value.float(), results["fused"][key].float(), rtol=1e-4, atol=1e-5), key
+
+
+def test_a_second_backward_pass_is_refused_not_wrong():
+    """The backward pass reuses the block's input for its gradient, so it cannot run twice."""
+    conv, batchnorm = _layers(3, [1.0, 1.0])
+    out = bn_relu_maxpool2(conv(torch.randn(2, 3, 8, 8)), batchnorm)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        out.sum().backward()

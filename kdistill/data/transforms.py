@@ -31,10 +31,15 @@ def apply_flips(images: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
 def to_model_input(
     images: torch.Tensor, channels: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    """uint8 ``[B, 1|3, H, W]`` -> normalized float32 ``[B, channels, H, W]``."""
-    x = images.float().div_(255.0)
-    if x.shape[1] != channels:
-        x = x.expand(-1, channels, -1, -1) if x.shape[1] == 1 else x.mean(1, keepdim=True)
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    """uint8 ``[B, 1|3, H, W]`` -> normalized float32 ``[B, channels, H, W]``.
+
+    ``(x / 255 - mean) / std`` as one multiply and one add per value: a grayscale batch is
+    expanded to three channels by the multiply's broadcasting, not copied first.
+    """
+    x = images.float()
+    if x.shape[1] != channels and x.shape[1] != 1:
+        x = x.mean(1, keepdim=True)  # colour images for a grayscale model
+    std_t = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).float().view(1, -1, 1, 1)
+    return (x * scale).add_(shift)

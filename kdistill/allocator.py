@@ -1,0 +1,45 @@
+"""Keep freed memory in the process for reuse (glibc), instead of handing it back every step.
+
+A CPU training step allocates and frees the same handful of multi-megabyte tensors again and
+again. glibc's malloc serves blocks above a (dynamic) threshold with fresh ``mmap`` calls and
+returns them on free, so every step touches new pages: the kernel zero-fills them one 4 KiB page
+fault at a time. For the reference student at 224 px, batch 32, that was ~17,000 page faults per
+step and about a third of its step time. PyTorch's CPU tuning guide suggests swapping in jemalloc or
+tcmalloc with ``LD_PRELOAD``; raising glibc's own thresholds with ``mallopt`` gets the same effect
+from inside the process, with no extra package and nothing for the user to set.
+
+Blocks up to 32 MiB (glibc's largest allowed mmap threshold) now come from the heap, and up to
+256 MiB of free memory at the top of the heap is kept instead of trimmed. Larger blocks still use
+``mmap``. The resident size can stay up to that much above what is in use; the README reports the
+peak of a full run with this setting.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 256 * 1024 * 1024
+
+_applied = False
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds once per process; False where there is no glibc."""
+    global _applied
+    if _applied:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _applied
