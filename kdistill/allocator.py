@@ -10,8 +10,10 @@ from inside the process, with no extra package and nothing for the user to set.
 
 Blocks up to 32 MiB (glibc's largest allowed mmap threshold) now come from the heap, and up to
 256 MiB of free memory at the top of the heap is kept instead of trimmed. Larger blocks still use
-``mmap``. The resident size can stay up to that much above what is in use; the README reports the
-peak of a full run with this setting.
+``mmap``. The resident size can stay above what is in use, so training hands the free memory back
+when it ends (:func:`release_freed_memory`): otherwise the teacher's training leaves fragments that
+the next phase of a run stacks its own peak on (a full run at 224 peaked at 3.19 GB instead of
+2.84 GB before that).
 """
 
 from __future__ import annotations
@@ -28,18 +30,31 @@ TRIM_THRESHOLD = 256 * 1024 * 1024
 _applied = False
 
 
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; False where there is no glibc."""
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # not glibc (musl, macOS, Windows): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
+
+
+def release_freed_memory() -> None:
+    """Return free heap memory to the operating system (glibc ``malloc_trim``); no-op elsewhere."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        trim(0)

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kdistill import distributed
-from kdistill.allocator import keep_freed_memory
+from kdistill.allocator import keep_freed_memory, release_freed_memory
 from kdistill.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
 from kdistill.data import DatasetBundle, iterate_batches
 from kdistill.distill.teacher import LiveTeacher
@@ -118,6 +118,7 @@ def fit(
         save_checkpoint(checkpoint_dir, model, meta)
         remove_resume_state(resume_dir)
     distributed.barrier(world)  # the other ranks load this checkpoint next
+    release_freed_memory()  # what training kept for reuse must not add to the next phase's peak
     return FitResult(state.best_epoch, best_val, state.history)
 
 
