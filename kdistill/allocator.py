@@ -26,6 +26,9 @@ _M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 256 * 1024 * 1024
+# After training: at most 64 MiB kept at the heap's top, twice the largest heap block, as glibc's own
+# dynamic thresholds would settle (once set by mallopt they cannot be handed back to glibc).
+TRIM_THRESHOLD_AFTER = 64 * 1024 * 1024
 
 _applied = False
 
@@ -40,10 +43,8 @@ def _libc():
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds once per process; False where there is no glibc."""
+    """Raise glibc's mmap and trim thresholds (for training); False where there is no glibc."""
     global _applied
-    if _applied:
-        return True
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:  # not glibc (musl, macOS, Windows): nothing to tune
         return False
@@ -53,8 +54,14 @@ def keep_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Return free heap memory to the operating system (glibc ``malloc_trim``); no-op elsewhere."""
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-        trim(0)
+    """Return free heap memory to the operating system (glibc ``malloc_trim``) and keep less of it
+    from now on; no-op where there is no glibc."""
+    libc = _libc()
+    trim, mallopt = getattr(libc, "malloc_trim", None), getattr(libc, "mallopt", None)
+    if trim is None or mallopt is None:
+        return
+    if _applied:
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER)
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)

@@ -11,7 +11,7 @@ from kdistill.models.deploy import deploy_form
 
 
 def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
-                   batch_size: int = 128) -> torch.Tensor:
+                   batch_size: int = 32) -> torch.Tensor:
     """Logits ``[N, K]`` in the split's order; no shuffling, no augmentation.
 
     Runs the model's inference form (:func:`kdistill.models.deploy_form`, the same function
