@@ -101,7 +101,7 @@ def fit(
         val = _validate(_InputsTo(model, place) if place.type != "cpu" else model, data)
         record = {"epoch": epoch, **train_stats, "val_loss": val["loss"],
                   **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "confusion_matrix")},
-                  "seconds": round(time.perf_counter() - started, 2)}
+                  "seconds": round(time.perf_counter() - started, 3)}
         state.history.append(record)
         score = val[select_metric]
         if state.improved_by(score, select_metric):
