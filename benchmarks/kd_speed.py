@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=512, help="images taken from train/ (default 512)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--naive-steps", type=int, default=6, help="timed steps of the naive loop")
+    parser.add_argument("--naive-steps", type=int, default=12, help="timed steps of the naive loop")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per kdistill measurement")
     parser.add_argument("--rounds", type=int, default=2, help="alternating (b)/(c) measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
