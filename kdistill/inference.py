@@ -16,14 +16,16 @@ def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, 
 
     Runs the model's inference form (:func:`kdistill.models.deploy_form`, the same function
     rewritten to run faster) on channels-last batches, which CPU convolutions with few input
-    channels run several times faster.
+    channels run several times faster. Batches of 32: a ResNet-18 at 224 holds ~1 GB more with
+    batches of 128, for no speed on a CPU, and validation runs while training still holds its memory.
     """
     was_training = model.training
     model.eval()
     runner = deploy_form(model) if _on_cpu(model) else model
     outputs = []
     with torch.no_grad():
-        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std, channels_last=True):
+        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std,
+                                     channels_last=True):
             outputs.append(runner(batch.images).float())
     model.train(was_training)
     return torch.cat(outputs)
