@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 _M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
@@ -33,22 +34,29 @@ TRIM_THRESHOLD_AFTER = 64 * 1024 * 1024
 _applied = False
 
 
-def _libc():
+@functools.cache
+def _libc_function(name: str, argtypes: tuple, restype):
+    """glibc's ``name`` with its C signature set, or None where there is no glibc."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # musl, or a libc without it: nothing to tune
         return None
+    function.argtypes, function.restype = list(argtypes), restype
+    return function
+
+
+def _mallopt():
+    return _libc_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
 
 
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds (for training); False where there is no glibc."""
     global _applied
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:  # not glibc (musl, macOS, Windows): nothing to tune
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
 
@@ -56,12 +64,9 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> None:
     """Return free heap memory to the operating system (glibc ``malloc_trim``) and keep less of it
     from now on; no-op where there is no glibc."""
-    libc = _libc()
-    trim, mallopt = getattr(libc, "malloc_trim", None), getattr(libc, "mallopt", None)
-    if trim is None or mallopt is None:
+    trim = _libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
+    if trim is None:
         return
     if _applied:
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER)
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        _mallopt()(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER)
     trim(0)

@@ -161,10 +161,11 @@ def speed_side_by_side(models: list[tuple[nn.Module, dict]], *, threads: int = 2
         fastest = mine[0]["fastest_runtime"]
         one, many = (next(r for r in mine if r["runtime"] == fastest and r["batch"] == b)
                      for b in (1, throughput_batch))
+        by_runtime = {r["runtime"]: r["latency_ms"] for r in mine if r["batch"] == 1}
         figures.append({"runtime": fastest, "latency_ms_batch1": one["latency_ms"],
                         "latency_spread_ms": one["spread_ms"], "throughput_img_s": many["throughput_img_s"],
-                        "throughput_batch": throughput_batch, "threads": threads, "latency_ms_by_runtime": {r["runtime"]: r["latency_ms"]
-                                                                      for r in mine if r["batch"] == 1}})
+                        "throughput_batch": throughput_batch, "threads": threads,
+                        "latency_ms_by_runtime": by_runtime})
     return figures
 
 
