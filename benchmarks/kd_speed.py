@@ -15,8 +15,9 @@ reference student, a ResNet-18 teacher (random weights: speed does not depend on
     the whole process (kdistill/allocator.py), so this is the naive recipe with that one setting.
 
 (b) and (c) alternate for ``--rounds`` rounds and each reports its median epoch. ``data_wait_share``
-is the time the kdistill loop spends producing its batches (one pass of the same batch iterator
-the loop uses, memory-mapped decoded cache) over the median distillation epoch. The caches go to a
+is the time the kdistill loop spends producing its batches (one pass of the batch iterator the
+distillation loop uses, ``kdistill.train.training_batches``, memory-mapped decoded cache) over the
+median distillation epoch. The caches go to a
 temporary folder, never to ``~/.cache``.
 """
 
@@ -37,7 +38,7 @@ from PIL import Image
 from torchvision import transforms
 
 from kdistill.checkpoint import architecture
-from kdistill.data import DatasetBundle, ImageSplit, iterate_batches
+from kdistill.data import DatasetBundle, ImageSplit
 from kdistill.data.cache import cached_decode
 from kdistill.data.folder import class_names, scan_split
 from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -45,7 +46,7 @@ from kdistill.distill import CachedTeacher, build_method
 from kdistill.distill.losses import kd_loss
 from kdistill.log import log
 from kdistill.models import build_model
-from kdistill.train import fit
+from kdistill.train import fit, training_batches
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 ALPHA, TEMPERATURE = 0.5, 4.0
@@ -172,7 +173,7 @@ def time_kdistill(classes, paths, labels, cache_dir: Path, args) -> dict:
         student_epochs += epoch_seconds(data, build_method("ce"), None, args)
         distill_epochs += epoch_seconds(data, build_method("kd", alpha=ALPHA, temperature=TEMPERATURE),
                                         cached, args)
-        waits.append(batch_seconds(data, args))
+        waits.append(batch_seconds(data, cached, args))
     distill_epoch = statistics.median(distill_epochs)
     return {"student_img_s": len(train) / statistics.median(student_epochs),
             "distill_img_s": len(train) / distill_epoch,
@@ -193,12 +194,11 @@ def epoch_seconds(data: DatasetBundle, method, teacher, args) -> list[float]:
     return [record["seconds"] for record in result.history]
 
 
-def batch_seconds(data: DatasetBundle, args) -> float:
-    """One epoch of the training loop's batch iterator alone: the time the loop waits for data."""
-    mean, std = data.normalization
+def batch_seconds(data: DatasetBundle, teacher, args) -> float:
+    """One epoch of the distillation loop's batch iterator alone: the time the loop waits for data."""
+    student = build_model("reference_student", len(data.classes), input_size=args.size)
     started = time.perf_counter()
-    for _ in iterate_batches(data.train, args.batch, channels=3, mean=mean, std=std, shuffle=True,
-                             augment=True, generator=torch.Generator().manual_seed(0), channels_last=True):
+    for _ in training_batches(student, teacher, data, args.batch, torch.Generator().manual_seed(0)):
         pass
     return time.perf_counter() - started
 

@@ -34,7 +34,8 @@ from kdistill import distributed
 from kdistill.allocator import keep_freed_memory, release_freed_memory
 from kdistill.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
 from kdistill.data import DatasetBundle, iterate_batches
-from kdistill.distill.teacher import LiveTeacher
+from kdistill.data.pixel_blocks import can_use_blocks
+from kdistill.distill.teacher import CachedTeacher, LiveTeacher
 from kdistill.precision import autocast, check_precision, grad_scaler
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.fileio import atomic_directory, sha256_file
@@ -157,17 +158,13 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
                      epoch, epochs, progress, world: distributed.World = distributed.World(),
                      runner: _StepRunner | None = None) -> dict:
     set_train_mode(model)
-    mean, std = data.normalization
-    # channels_last: the reference student's step measured 1.4-2x faster on 2 CPU cores (issue 3).
-    batches = iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
-                              shuffle=True, augment=data.hflip, generator=generator, channels_last=True,
-                              shard=functools.partial(distributed.shard, world=world) if world.active else None)
+    runner = runner or _StepRunner(torch.device("cpu"), "fp32", teacher)
+    batches = training_batches(model, teacher, data, batch_size, generator, runner, world)
     total = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
     interactive = sys.stderr.isatty()
     bar = tqdm(batches, total=total, desc=f"{name} {epoch}/{epochs}", leave=False,
                disable=not progress, mininterval=0.1 if interactive else 30.0)
-    runner = runner or _StepRunner(torch.device("cpu"), "fp32", teacher)
     seen, loss_sum, correct = 0, 0.0, 0
     for step, batch in enumerate(bar, start=1):
         batch = runner.to_device(batch)
@@ -189,6 +186,29 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
     seen, loss_sum, correct = distributed.sum_across([seen, loss_sum, correct], world)
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": sched.get_last_lr()[0]}
+
+
+def training_batches(model, teacher, data: DatasetBundle, batch_size: int, generator: torch.Generator,
+                     runner: _StepRunner | None = None, world: distributed.World = distributed.World()):
+    """One epoch's training batches for ``model``, as the training loop draws them."""
+    mean, std = data.normalization
+    return iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
+                           shuffle=True, augment=data.hflip, generator=generator,
+                           # channels_last: the reference student's step measured 1.4-2x faster on
+                           # 2 CPU cores (issue 3); blocks: see uses_block_images.
+                           channels_last=True, blocks=uses_block_images(model, teacher, data, runner, world),
+                           shard=functools.partial(distributed.shard, world=world) if world.active else None)
+
+
+def uses_block_images(model, teacher, data: DatasetBundle, runner: _StepRunner | None = None,
+                      world: distributed.World = distributed.World()) -> bool:
+    """Whether the loop feeds ``model`` raw 2x2 pixel blocks (kdistill/data/pixel_blocks.py): for a
+    model that takes them (the reference student), CPU float32 in one process, and a teacher that
+    does not read the images (none, or outputs replayed from the cache)."""
+    device, precision = (runner.device, runner.precision) if runner else (torch.device("cpu"), "fp32")
+    return (getattr(model, "takes_block_images", False) and device.type == "cpu" and precision == "fp32"
+            and not world.active and (teacher is None or isinstance(teacher, CachedTeacher))
+            and can_use_blocks(data.train.images, data.channels))
 
 
 class _StepRunner:

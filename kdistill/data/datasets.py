@@ -16,6 +16,7 @@ from kdistill.data.split import grouped_holdout, patient_keys, shared_groups
 from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
 from kdistill.errors import DataError
 from kdistill.log import log
+from kdistill.data.pixel_blocks import BlockImages, to_blocks
 
 
 @dataclass
@@ -62,7 +63,7 @@ class DatasetBundle:
 class Batch:
     """A training or evaluation batch; ``index`` and ``flipped`` identify the exact view seen."""
 
-    images: torch.Tensor  # float32 [B, C, S, S], normalized
+    images: torch.Tensor | BlockImages  # float32 [B, C, S, S], normalized; or raw 2x2 blocks
     labels: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B], positions in the split
     flipped: torch.Tensor  # bool [B]
@@ -242,10 +243,13 @@ def iterate_batches(
     augment: bool = False,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
+    blocks: bool = False,
     shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Batch]:
     """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
     ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU).
+    ``blocks`` yields raw pixels in 2x2 blocks instead (:class:`kdistill.models.blocks.BlockImages`),
+    for a model that takes them.
     ``shard`` picks this process's part of the drawn order (distributed training); every process
     draws the same permutation and flips, so the parts are disjoint."""
     count = len(split)
@@ -259,7 +263,10 @@ def iterate_batches(
         index = order[start:start + batch_size]
         flipped = flips[index]
         images = apply_flips(split.images[index], flipped)
-        images = to_model_input(images, channels, mean, std)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        if blocks:
+            images = to_blocks(images, channels, mean, std)
+        else:
+            images = to_model_input(images, channels, mean, std)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
         yield Batch(images, split.labels[index], index, flipped)

@@ -39,7 +39,13 @@ def to_model_input(
     x = images.float()
     if x.shape[1] != channels and x.shape[1] != 1:
         x = x.mean(1, keepdim=True)  # colour images for a grayscale model
+    scale, shift = normalization_affine(mean, std)
+    return (x * scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+
+
+def normalization_affine(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x / 255 - mean) / std`` as ``x * scale + shift``, the constants rounded once from float64."""
     std_t = torch.tensor(std, dtype=torch.float64)
-    scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1)
-    shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).float().view(1, -1, 1, 1)
-    return (x * scale).add_(shift)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, dtype=torch.float64) / std_t
+    return scale.float(), shift.float()

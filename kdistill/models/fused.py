@@ -33,15 +33,17 @@ from torch import nn
 
 
 def can_fuse(z: torch.Tensor, batchnorm: nn.Module, training: bool) -> bool:
-    """Whether :func:`bn_relu_maxpool2` may stand in for the three layers on ``z``.
+    """Whether :func:`bn_relu_maxpool2` may stand in for the three layers on ``z``: see
+    :func:`fusable`, and even height and width."""
+    return fusable(z, batchnorm, training) and z.dim() == 4 and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0
 
-    Only for plain BatchNorm in training mode on CPU float32 with even height and width: on a GPU
-    the vendor kernels are fast already, SyncBatchNorm must gather statistics across processes, and
-    reduced precision keeps PyTorch's own handling.
-    """
+
+def fusable(z: torch.Tensor, batchnorm: nn.Module, training: bool) -> bool:
+    """Only plain BatchNorm in training mode on CPU float32: on a GPU the vendor kernels are fast
+    already, SyncBatchNorm must gather statistics across processes, and reduced precision keeps
+    PyTorch's own handling."""
     return (training and type(batchnorm) is nn.BatchNorm2d and batchnorm.affine
-            and batchnorm.track_running_stats and z.device.type == "cpu" and z.dtype == torch.float32
-            and z.dim() == 4 and z.shape[-1] % 2 == 0 and z.shape[-2] % 2 == 0)
+            and batchnorm.track_running_stats and z.device.type == "cpu" and z.dtype == torch.float32)
 
 
 def bn_relu_maxpool2(z: torch.Tensor, batchnorm: nn.BatchNorm2d) -> torch.Tensor:
@@ -190,3 +192,90 @@ class _BatchNormReluMaxPool(torch.autograd.Function):
         _add_at_winners(grad_z, grad_bn * _along_row(scale, w // 2), bottom_won, right_won, w, c)
         grad_z = grad_z.view(n, h, w, c).permute(0, 3, 1, 2)           # channels-last [N, C, H, W]
         return grad_z, grad_weight, grad_bias, None, None, None
+
+
+# --- the same three layers on the block layout of kdistill/models/block_conv.py -------------------------
+#
+# There the convolution's output is ``[N, 4*C, H/2, W/2]`` in the default layout: four groups of C
+# channel planes, one group per position in the 2x2 pooling window. Each group is one contiguous
+# run of C*H*W/4 values per image, so every step below is an elementwise operation over long runs,
+# and the pooled result ``[N, C, H/2, W/2]`` needs no reordering.
+
+def bn_relu_maxpool2_blocks(z: torch.Tensor, batchnorm: nn.BatchNorm2d) -> torch.Tensor:
+    """:func:`bn_relu_maxpool2` for a block-layout ``z`` (see above); returns ``[N, C, H/2, W/2]``.
+    Ties in a window go to the first position in row-major order, as in PyTorch's pooling."""
+    channels = batchnorm.num_features
+    z = z.contiguous()
+    with torch.no_grad():
+        mean, var = _plane_mean_var(z, channels)
+        _update_running_stats(batchnorm, mean, var, count=z.numel() // channels)
+    return _BlockBatchNormReluMaxPool.apply(z, batchnorm.weight, batchnorm.bias, mean, var, batchnorm.eps)
+
+
+def _plane_mean_var(z: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of an NCHW ``z`` whose channels are groups of
+    ``channels``: sums along each plane (float32), combined per channel in float64."""
+    planes = z.view(-1, z.shape[-2] * z.shape[-1])
+    count = planes.numel() // channels
+    mean = planes.sum(1).view(-1, channels).double().sum(0) / count
+    mean_square = torch.linalg.vector_norm(planes, dim=1).double().square().view(-1, channels).sum(0) / count
+    var = (mean_square - mean * mean).clamp_min(0)
+    return mean.float(), var.float()
+
+
+def _one_hot_winners(right_won_top, right_won_bottom, bottom_won) -> list[torch.Tensor]:
+    """Float 0/1 masks of each window's winning position (top-left, top-right, bottom-left,
+    bottom-right) from the three pairwise comparisons: exactly one is 1 per pooled value."""
+    top_right = torch.addcmul(right_won_top, right_won_top, bottom_won, value=-1)
+    bottom_right = right_won_bottom * bottom_won
+    top_left = torch.sub(1.0, bottom_won).sub_(top_right)
+    bottom_left = bottom_won - bottom_right
+    return [top_left, top_right, bottom_left, bottom_right]
+
+
+class _BlockBatchNormReluMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, weight, bias, mean, var, eps):
+        n, _, h, w = z.shape
+        c = weight.shape[0]
+        invstd = torch.rsqrt(var + eps)
+        scale = weight * invstd
+        sign = torch.where(scale < 0, -1.0, 1.0)
+        planes = z.view(n, 4, c, h * w).unbind(1)  # [N, C, h*w] views, one per window position
+        if not bool((sign > 0).all()):
+            planes = [p * sign.view(-1, 1) for p in planes]
+        # Row-major first-wins, as PyTorch's pooling: the top pair, the bottom pair, then top
+        # against bottom (a tie keeps the earlier position each time).
+        top, right_won_top = torch.maximum(planes[0], planes[1]), _greater(planes[1], planes[0])
+        bottom, right_won_bottom = torch.maximum(planes[2], planes[3]), _greater(planes[3], planes[2])
+        pooled, bottom_won = torch.maximum(top, bottom), _greater(bottom, top)
+        winners = _one_hot_winners(right_won_top, right_won_bottom, bottom_won)
+        shift = bias - mean * scale
+        out = torch.addcmul(shift.view(-1, 1), pooled, scale.abs().view(-1, 1)).relu_()
+        ctx.save_for_backward(z, pooled, out, *winners, weight, mean, invstd, sign)
+        return out.view(n, c, h, w)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if getattr(ctx, "input_overwritten", False):
+            raise RuntimeError("bn_relu_maxpool2_blocks: a second backward pass (retain_graph) is not "
+                               "supported; the first one overwrote the saved input")
+        ctx.input_overwritten = True
+        z, pooled, out, *winners, weight, mean, invstd, sign = ctx.saved_tensors
+        n, _, h, w = z.shape
+        c = weight.shape[0]
+        count = z.numel() // c
+        grad_bn = grad_out.reshape(out.shape) * _greater(out, torch.zeros(()))  # through ReLU
+        grad_bias = grad_bn.sum(2).sum(0)
+        signed_sum = (grad_bn * pooled).sum(2).sum(0)
+        grad_weight = invstd * (sign * signed_sum - mean * grad_bias)
+        scale = weight * invstd
+        slope = -scale * invstd * grad_weight / count
+        offset = scale * (invstd * mean * grad_weight - grad_bias) / count
+        at_winner = grad_bn * scale.view(-1, 1)
+        # As in bn_relu_maxpool2, z's memory takes the gradient.
+        grad_z = z.view(n, 4, c, h * w)
+        torch.addcmul(offset.view(-1, 1), grad_z, slope.view(-1, 1), out=grad_z)
+        for position, winner in enumerate(winners):
+            grad_z.select(1, position).addcmul_(at_winner, winner)
+        return grad_z.view(n, 4 * c, h, w), grad_weight, grad_bias, None, None, None

@@ -15,10 +15,14 @@ import torch
 from torch import nn
 
 from kdistill.errors import ConfigError
-from kdistill.models.fused import bn_relu_maxpool2, can_fuse
+from kdistill.data.pixel_blocks import BlockImages
+from kdistill.models.block_conv import block_conv
+from kdistill.models.fused import bn_relu_maxpool2, bn_relu_maxpool2_blocks, can_fuse, fusable
 
 
 class ReferenceStudent(nn.Module):
+    takes_block_images = True  # CPU training batches may arrive as BlockImages (see forward)
+
     def __init__(self, num_classes: int, width: int = 4, input_size: int = 224, in_channels: int = 3):
         super().__init__()
         if input_size % 2:
@@ -31,8 +35,10 @@ class ReferenceStudent(nn.Module):
         )
         self.classifier = nn.Linear(width * (input_size // 2) ** 2, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | BlockImages) -> torch.Tensor:
         conv, batchnorm, relu, pool = self.features
+        if isinstance(x, BlockImages):  # CPU training batches (kdistill/models/block_conv.py)
+            return self._forward_blocks(x)
         z = conv(x)  # training batches arrive channels-last, which suits this convolution
         if can_fuse(z, batchnorm, self.training):
             # CPU training: the same three layers reordered to run on pooled values (~2x faster).
@@ -41,6 +47,13 @@ class ReferenceStudent(nn.Module):
             # BatchNorm, ReLU and pooling over 4 channels run ~3x faster in the default layout.
             x = pool(relu(batchnorm(z.contiguous())))  # [B, width, S/2, S/2]
         return self.classifier(torch.flatten(x, 1))  # [B, classes]
+
+    def _forward_blocks(self, x: BlockImages) -> torch.Tensor:
+        conv, batchnorm, _, _ = self.features
+        if not fusable(x.pixels, batchnorm, self.training):
+            return self.forward(x.to_images())
+        z = block_conv(x, conv)  # [B, 4 * width, S/2, S/2], one channel group per pooling position
+        return self.classifier(torch.flatten(bn_relu_maxpool2_blocks(z, batchnorm), 1))
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
