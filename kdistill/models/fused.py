@@ -251,7 +251,8 @@ class _BlockBatchNormReluMaxPool(torch.autograd.Function):
         pooled, bottom_won = torch.maximum(top, bottom), _greater(bottom, top)
         winners = _one_hot_winners(right_won_top, right_won_bottom, bottom_won)
         shift = bias - mean * scale
-        out = torch.addcmul(shift.view(-1, 1), pooled, scale.abs().view(-1, 1)).relu_()
+        # (addcmul with broadcast per-channel operands ran ~1.5x slower than mul and add here.)
+        out = (pooled * scale.abs().view(-1, 1)).add_(shift.view(-1, 1)).relu_()
         ctx.save_for_backward(z, pooled, out, *winners, weight, mean, invstd, sign)
         return out.view(n, c, h, w)
 
@@ -274,8 +275,7 @@ class _BlockBatchNormReluMaxPool(torch.autograd.Function):
         offset = scale * (invstd * mean * grad_weight - grad_bias) / count
         at_winner = grad_bn * scale.view(-1, 1)
         # As in bn_relu_maxpool2, z's memory takes the gradient.
-        grad_z = z.view(n, 4, c, h * w)
-        torch.addcmul(offset.view(-1, 1), grad_z, slope.view(-1, 1), out=grad_z)
+        grad_z = z.view(n, 4, c, h * w).mul_(slope.view(-1, 1)).add_(offset.view(-1, 1))
         for position, winner in enumerate(winners):
             grad_z.select(1, position).addcmul_(at_winner, winner)
         return grad_z.view(n, 4 * c, h, w), grad_weight, grad_bias, None, None, None
