@@ -12,11 +12,11 @@ import torch
 from kdistill.data.cache import cached_decode, resolve_cache_dir
 from kdistill.data.digits import digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
+from kdistill.data.pixel_blocks import BlockImages, to_blocks
 from kdistill.data.split import grouped_holdout, patient_keys, shared_groups
 from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
 from kdistill.errors import DataError
 from kdistill.log import log
-from kdistill.data.pixel_blocks import BlockImages, to_blocks
 
 
 @dataclass
@@ -248,7 +248,7 @@ def iterate_batches(
 ) -> Iterator[Batch]:
     """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
     ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU).
-    ``blocks`` yields raw pixels in 2x2 blocks instead (:class:`kdistill.models.blocks.BlockImages`),
+    ``blocks`` yields raw pixels in 2x2 blocks instead (:class:`kdistill.data.pixel_blocks.BlockImages`),
     for a model that takes them.
     ``shard`` picks this process's part of the drawn order (distributed training); every process
     draws the same permutation and flips, so the parts are disjoint."""

@@ -1,11 +1,12 @@
 """Training batches as raw pixel values in 2x2 blocks, for models that take them.
 
 ``BlockImages`` holds a batch as float32 raw pixel values minus 128 (-128..127; one channel when
-the source is grayscale) arranged as ``F.pixel_unshuffle`` arranges them: ``[N, 4*S, H/2, W/2]``, channels
-ordered (source channel, row in block, column in block), plus the normalization the model expects.
-It carries a third of the bytes of the normalized 3-channel batch for a grayscale source, and costs
-one conversion pass. The reference student computes on it directly (kdistill/models/block_conv.py);
-``to_images`` gives the ordinary normalized batch for anything else.
+the source is grayscale) arranged as ``F.pixel_unshuffle`` arranges them: ``[N, 4*S, H/2, W/2]``,
+channels ordered (source channel, row in block, column in block), plus the normalization the
+model expects. It carries a third of the bytes of the normalized 3-channel batch for a grayscale
+source, and costs one conversion pass. The reference student computes on it directly
+(kdistill/models/block_conv.py); ``to_images`` gives the ordinary normalized batch for anything
+else.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.data.transforms import normalization_affine
+
+CENTER = 128.0  # subtracted from every raw pixel value (see BlockImages)
 
 
 @dataclasses.dataclass
@@ -44,9 +47,6 @@ class BlockImages:
         raw = F.pixel_shuffle(self.pixels, 2) + CENTER  # [N, S, H, W]
         scale, shift = normalization_affine(self.mean, self.std)
         return raw * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-
-
-CENTER = 128.0
 
 
 def can_use_blocks(images: torch.Tensor, channels: int) -> bool:
