@@ -64,7 +64,7 @@ def run(config: Config, resume: bool = False) -> dict:
     started = time.perf_counter()
     if resume:
         check_resume_config(Path(config.out), config)
-    _seed_everything(config.seed, config.deterministic, config.threads)
+    seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
         data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
@@ -95,8 +95,8 @@ def run(config: Config, resume: bool = False) -> dict:
     write_json_atomic(out / "results.json", results)
     write_reports(out, results)
     for _, folder in student_folders(config, out):
-        _remove_if_empty(folder / "resume")
-    _remove_if_empty(out / "resume")
+        remove_if_empty(folder / "resume")
+    remove_if_empty(out / "resume")
     log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md, report.html)")
     return results
 
@@ -139,7 +139,7 @@ def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, 
     needs_teacher = any(not (resume and (folder / "distilled" / "model.json").is_file())
                         for _, folder in student_folders(config, out))
     with distributed.main_first(distributed.current()):  # torchrun: computed once, into the cache
-        outputs = _teacher_outputs(teacher, data, config) if needs_teacher else None
+        outputs = prepare_teacher_outputs(teacher, data, config) if needs_teacher else None
     evaluated = []
     for seed, folder in student_folders(config, out):
         seeded = dataclasses.replace(config, seed=seed)
@@ -206,7 +206,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     else:
         method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
         if teacher_outputs is None:
-            teacher_outputs = _teacher_outputs(teacher, data, config)
+            teacher_outputs = prepare_teacher_outputs(teacher, data, config)
         # Recorded from the method: the article recipe fixes its own alpha and T.
         extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
     meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)}, config.seed)
@@ -253,7 +253,9 @@ def _head_on_features(method, model, data: DatasetBundle, config: Config) -> Hea
     return wrapped
 
 
-def _teacher_outputs(teacher, data: DatasetBundle, config: Config):
+def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
+    """What the distillation loss reads the teacher's logits from: a live teacher, or (the default)
+    its outputs per view, computed once and cached (kdistill/distill/teacher.py)."""
     mean, std = data.normalization
     if not config.distill.teacher_cache:
         return LiveTeacher(teacher)
@@ -387,7 +389,7 @@ def _check_student_builds(config: Config, data: DatasetBundle) -> None:
                 **cfg.model_args)
 
 
-def _remove_if_empty(folder: Path) -> None:
+def remove_if_empty(folder: Path) -> None:
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
 
@@ -401,7 +403,7 @@ def _log_data(data: DatasetBundle) -> None:
         log.info(f"data: {len(skipped)} unreadable files skipped (listed in results.json)")
 
 
-def _seed_everything(seed: int, deterministic: bool, threads: int | None = None) -> None:
+def seed_everything(seed: int, deterministic: bool, threads: int | None = None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -417,7 +419,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
     if resume:
         check_resume_config(out, config)
     as_given = config  # saved as given: the teacher folder filled in below is not a user setting
-    _seed_everything(config.seed, config.deterministic, config.threads)
+    seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
         data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)

@@ -29,7 +29,7 @@ from kdistill.data import DatasetBundle, load_dataset
 from kdistill.errors import ConfigError, KdistillError
 from kdistill.fileio import write_text_atomic
 from kdistill.log import log
-from kdistill.pipeline import (_remove_if_empty, _seed_everything, _teacher_outputs, train_student,
+from kdistill.pipeline import (prepare_teacher_outputs, remove_if_empty, seed_everything, train_student,
                                train_teacher)
 from kdistill.train import LOWER_IS_BETTER
 
@@ -54,7 +54,7 @@ def tune(config: Config, out: Path, trials: int | None = None) -> dict:
     optuna = _import_optuna()
     _check_tunable(config)
     trials = trials or config.tune.trials
-    _seed_everything(config.seed, config.deterministic, config.threads)
+    seed_everything(config.seed, config.deterministic, config.threads)
     data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
     log.info(f"tune: {trials} trials on train {len(data.train)} / val {len(data.val)} images "
              f"(the test split is not used)")
@@ -110,8 +110,8 @@ def _prepare_teacher(config: Config, data: DatasetBundle, out: Path):
     """The frozen teacher (loaded, or trained once into ``out/teacher``) and its outputs, computed
     once for every trial."""
     teacher, _ = train_teacher(config, data, out, resume=False)
-    _remove_if_empty(out / "resume")
-    return teacher, _teacher_outputs(teacher, data, config)
+    remove_if_empty(out / "resume")
+    return teacher, prepare_teacher_outputs(teacher, data, config)
 
 
 def _write_trials(path: Path, study) -> None:
