@@ -415,6 +415,9 @@ def seed_everything(seed: int, deterministic: bool, threads: int | None = None) 
 
 def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
     """``kdistill train``: train one model of the pipeline and write its checkpoint."""
+    if config.seeds is not None and role != "teacher":  # silently training one seed would mislead
+        raise ConfigError(f"seeds: {config.seeds} is for `kdistill run`; `kdistill train` trains one "
+                          f"model: set seed=K (and seeds=null) for each")
     out = Path(config.out)
     if resume:
         check_resume_config(out, config)

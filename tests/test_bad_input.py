@@ -191,3 +191,12 @@ def test_resume_check_ignores_where_the_cache_lives(tmp_path):
     with pytest.raises(ConfigError, match="data: differs"):
         check_resume_config(tmp_path, from_dict({"data": {"dataset": "digits", "input_size": 64,
                                                           "cache_dir": str(tmp_path / "a")}}))
+
+
+def test_train_refuses_a_seeds_list(image_root, tmp_path, capsys):
+    """`kdistill train` trains one model: a seeds list (read only by `kdistill run`) is an error."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+    code, err = run_cli(["train", str(config), "--role", "baseline", "seeds=[0,1]"], capsys)
+    assert_one_line_error(code, err, "seeds", "kdistill run", "seed=K")
+    assert not out.exists()
