@@ -5,11 +5,14 @@ recall, specificity the other class's recall, and a prediction is positive when 
 class's probability reaches the decision threshold. Multi-class data uses the arg-max.
 
 Uncertainty over the test images: percentile bootstrap intervals (1000 seeded resamples, scored
-all at once as ``[resamples, images]`` arrays), McNemar's exact test for two models' paired
+in chunks of ``[resamples, images]`` arrays), McNemar's exact test for two models' paired
 decisions, and a paired bootstrap interval of their AUC difference.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binomtest, rankdata
@@ -76,10 +79,39 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
 
-def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """``[resamples, n]`` image indices drawn with replacement. The same seed gives the same
-    resamples, so every model of a run is scored on the same bootstrap sets (a paired design)."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+@dataclass(frozen=True)
+class Resamples:
+    """``count`` bootstrap resamples of ``n`` image indices, drawn with replacement from a seeded
+    generator. The same (n, count, seed) gives the same resamples, so every model of a run is
+    scored on the same bootstrap sets (a paired design). They are drawn in chunks of rows holding
+    at most ``values_per_chunk`` indices, so memory stays bounded on a large test set (1000
+    resamples of 100,000 images would be 800 MB of indices at once, and several times that to
+    rank them)."""
+
+    n: int
+    count: int = BOOTSTRAP_RESAMPLES
+    seed: int = BOOTSTRAP_SEED
+    values_per_chunk: int = 2_000_000
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """``[rows, n]`` index arrays, ``count`` rows in all."""
+        rng = np.random.default_rng(self.seed)
+        rows = max(1, self.values_per_chunk // max(self.n, 1))
+        for start in range(0, self.count, rows):
+            yield rng.integers(0, self.n, size=(min(rows, self.count - start), self.n))
+
+    def as_array(self) -> np.ndarray:
+        """All resamples at once, ``[count, n]`` (for small n)."""
+        return np.concatenate(list(self.chunks()))
+
+
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Resamples:
+    """The bootstrap resamples of ``n`` test images every interval of a run uses."""
+    return Resamples(n, resamples, seed)
+
+
+def _index_chunks(indices: Resamples | np.ndarray) -> Iterator[np.ndarray]:
+    return indices.chunks() if isinstance(indices, Resamples) else iter([indices])
 
 
 def auc_per_row(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -96,9 +128,15 @@ def auc_per_row(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_auc(probs: np.ndarray, labels: np.ndarray, positive_index: int | None,
-                  indices: np.ndarray) -> np.ndarray:
+                  indices: Resamples | np.ndarray) -> np.ndarray:
     """AUC of each bootstrap resample: the positive class's AUC for binary data, else the
     macro one-vs-rest AUC (sklearn's ``multi_class="ovr"``); NaN where a class is missing."""
+    return np.concatenate([_chunk_auc(probs, labels, positive_index, chunk)
+                           for chunk in _index_chunks(indices)])
+
+
+def _chunk_auc(probs: np.ndarray, labels: np.ndarray, positive_index: int | None,
+               indices: np.ndarray) -> np.ndarray:
     sampled_labels = labels[indices]
     if positive_index is not None:
         return auc_per_row(probs[indices, positive_index], sampled_labels == positive_index)
@@ -117,10 +155,11 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] 
 
 
 def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, positive_index: int | None,
-                 threshold: float | None, indices: np.ndarray) -> dict:
+                 threshold: float | None, indices: Resamples | np.ndarray) -> dict:
     """95% percentile bootstrap intervals of accuracy and AUC over the test images."""
     correct = (predict(probs, positive_index, threshold) == labels).astype(float)
-    return {"accuracy": percentile_interval(correct[indices].mean(1)),
+    accuracies = np.concatenate([correct[chunk].mean(1) for chunk in _index_chunks(indices)])
+    return {"accuracy": percentile_interval(accuracies),
             "auc": percentile_interval(bootstrap_auc(probs, labels, positive_index, indices))}
 
 
@@ -136,7 +175,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 
 def paired_auc_difference(probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
-                          positive_index: int | None, indices: np.ndarray) -> list[float] | None:
+                          positive_index: int | None, indices: Resamples | np.ndarray) -> list[float] | None:
     """95% paired bootstrap interval of AUC(b) - AUC(a): both models scored on the same resamples."""
     diff = (bootstrap_auc(probs_b, labels, positive_index, indices)
             - bootstrap_auc(probs_a, labels, positive_index, indices))

@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from kdistill.evaluate import paired_tests, run_statistics, summarize
-from kdistill.metrics import (bootstrap_auc, bootstrap_ci, bootstrap_indices, mcnemar_exact, mean_std,
-                              paired_auc_difference, percentile_interval)
+from kdistill.metrics import (Resamples, bootstrap_auc, bootstrap_ci, bootstrap_indices, mcnemar_exact,
+                              mean_std, paired_auc_difference, percentile_interval)
 from kdistill.report import markdown_report, verdict
 
 
@@ -31,7 +31,7 @@ def test_bootstrap_auc_equals_sklearn_on_every_resample(scored):
     labels, scores = scored
     indices = bootstrap_indices(len(labels), resamples=30, seed=1)
     ours = bootstrap_auc(binary_probs(scores), labels, 1, indices)
-    expected = [roc_auc_score(labels[i], scores[i]) for i in indices]
+    expected = [roc_auc_score(labels[i], scores[i]) for i in indices.as_array()]
     np.testing.assert_allclose(ours, expected, atol=1e-12)
 
 
@@ -41,7 +41,8 @@ def test_bootstrap_auc_multiclass_is_sklearn_macro_ovr():
     probs = rng.dirichlet(np.ones(4), 120) + np.eye(4)[labels] * 0.3
     probs /= probs.sum(1, keepdims=True)
     indices = bootstrap_indices(120, resamples=10, seed=2)
-    expected = [roc_auc_score(labels[i], probs[i], multi_class="ovr", average="macro") for i in indices]
+    expected = [roc_auc_score(labels[i], probs[i], multi_class="ovr", average="macro")
+                for i in indices.as_array()]
     np.testing.assert_allclose(bootstrap_auc(probs, labels, None, indices), expected, atol=1e-12)
 
 
@@ -50,7 +51,7 @@ def test_resamples_missing_a_class_have_no_auc_and_are_skipped():
     labels, scores = np.array([0, 0, 0, 1]), np.array([0.1, 0.2, 0.3, 0.9])
     indices = bootstrap_indices(4, resamples=200, seed=0)
     aucs = bootstrap_auc(binary_probs(scores), labels, 1, indices)
-    has_positive = (labels[indices] == 1).any(1)
+    has_positive = (labels[indices.as_array()] == 1).any(1)
     assert np.isnan(aucs[~has_positive]).all() and (aucs[has_positive] == 1.0).all()
     assert percentile_interval(aucs) == [1.0, 1.0]
     assert percentile_interval(np.full(5, np.nan)) is None
@@ -68,6 +69,24 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate(scored):
     assert low < accuracy < high and 0.05 < high - low < 0.2  # ~ +-1.96 sqrt(p(1-p)/300) = +-0.05
     low, high = first["auc"]
     assert low < roc_auc_score(labels, scores) < high
+
+
+def test_resamples_come_in_bounded_chunks_and_stay_paired(scored):
+    """A large test set is resampled in chunks (bounded memory); chunked scoring equals scoring
+    the same resamples at once, and a fresh Resamples with the same seed repeats them."""
+    labels, scores = scored
+    chunked = Resamples(len(labels), count=50, seed=3, values_per_chunk=7 * len(labels))
+    shapes = [chunk.shape for chunk in chunked.chunks()]
+    assert shapes == [(7, 300)] * 7 + [(1, 300)]
+    everything = chunked.as_array()
+    assert np.array_equal(everything, Resamples(len(labels), 50, 3, 7 * len(labels)).as_array())
+    probs = binary_probs(scores)
+    np.testing.assert_array_equal(bootstrap_auc(probs, labels, 1, chunked),
+                                  bootstrap_auc(probs, labels, 1, everything))
+    assert bootstrap_ci(probs, labels, 1, 0.5, chunked) == bootstrap_ci(probs, labels, 1, 0.5, everything)
+    big = Resamples(200_000)
+    first = next(big.chunks())
+    assert first.shape == (10, 200_000)  # 2 M indices per chunk, not 200 M at once
 
 
 def test_mcnemar_exact_counts_discordant_pairs_only():
