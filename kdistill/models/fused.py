@@ -152,6 +152,27 @@ def _add_at_winners(grad_rows, grad_pooled, bottom_won, right_won, width: int, c
     pairs[:, 1].addcmul_(per_row, bottom_won)
 
 
+def _refuse_second_backward(ctx, name: str) -> None:
+    """The backward pass overwrites the saved input with its gradient, so it can run only once."""
+    if getattr(ctx, "input_overwritten", False):
+        raise RuntimeError(f"{name}: a second backward pass (retain_graph) is not supported; "
+                           "the first one overwrote the saved input")
+    ctx.input_overwritten = True
+
+
+def _batchnorm_gradients(grad_bias, signed_sum, weight, mean, invstd, sign, count: int):
+    """BatchNorm's closed-form gradient from its two batch sums, ``sum(g)`` (``grad_bias``) and
+    ``sum(g * z * sign)`` (``signed_sum``, g being the gradient at BatchNorm's output): the weight
+    gradient ``sum(g * z_hat)`` and the per-channel ``slope`` and ``offset`` of
+    ``dL/dz = scale * (g - sum(g)/count - z_hat * sum(g * z_hat)/count)`` without its ``scale * g``
+    term, i.e. ``slope * z + offset`` everywhere plus ``scale * g`` where g is nonzero."""
+    grad_weight = invstd * (sign * signed_sum - mean * grad_bias)
+    scale = weight * invstd
+    slope = -scale * invstd * grad_weight / count
+    offset = scale * (invstd * mean * grad_weight - grad_bias) / count
+    return grad_weight, slope, offset
+
+
 class _BatchNormReluMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, weight, bias, mean, var, eps):
@@ -170,10 +191,7 @@ class _BatchNormReluMaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if getattr(ctx, "input_overwritten", False):
-            raise RuntimeError("bn_relu_maxpool2: a second backward pass (retain_graph) is not supported; "
-                               "the first one overwrote the saved input")
-        ctx.input_overwritten = True
+        _refuse_second_backward(ctx, "bn_relu_maxpool2")
         z, pooled, out_rows, bottom_won, right_won, weight, mean, invstd, sign = ctx.saved_tensors
         n, c, h, w = z.shape
         count = n * h * w
@@ -181,11 +199,9 @@ class _BatchNormReluMaxPool(torch.autograd.Function):
         grad_bn = grad_rows * _greater(out_rows, torch.zeros(()))    # through ReLU
         grad_bias = grad_bn.sum(0).view(-1, c).sum(0)                  # sum of g over the batch
         signed_sum = (grad_bn * pooled).sum(0).view(-1, c).sum(0)
-        grad_weight = invstd * (sign * signed_sum - mean * grad_bias)  # sum of g * z_hat
+        grad_weight, slope, offset = _batchnorm_gradients(grad_bias, signed_sum, weight, mean, invstd,
+                                                          sign, count)
         scale = weight * invstd
-        # dL/dz = scale * (g - sum(g)/count - z_hat * sum(g * z_hat)/count), g nonzero only at winners.
-        slope = -scale * invstd * grad_weight / count
-        offset = scale * (invstd * mean * grad_weight - grad_bias) / count
         # z is not needed after this point (the convolution's backward reads its input, not z), so
         # its memory takes the gradient: a fresh 25 MB tensor per step costs more than the arithmetic.
         grad_z = _rows(z).mul_(_along_row(slope, w)).add_(_along_row(offset, w))
@@ -258,10 +274,7 @@ class _BlockBatchNormReluMaxPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if getattr(ctx, "input_overwritten", False):
-            raise RuntimeError("bn_relu_maxpool2_blocks: a second backward pass (retain_graph) is not "
-                               "supported; the first one overwrote the saved input")
-        ctx.input_overwritten = True
+        _refuse_second_backward(ctx, "bn_relu_maxpool2_blocks")
         z, pooled, out, *winners, weight, mean, invstd, sign = ctx.saved_tensors
         n, _, h, w = z.shape
         c = weight.shape[0]
@@ -269,10 +282,9 @@ class _BlockBatchNormReluMaxPool(torch.autograd.Function):
         grad_bn = grad_out.reshape(out.shape) * _greater(out, torch.zeros(()))  # through ReLU
         grad_bias = grad_bn.sum(2).sum(0)
         signed_sum = (grad_bn * pooled).sum(2).sum(0)
-        grad_weight = invstd * (sign * signed_sum - mean * grad_bias)
+        grad_weight, slope, offset = _batchnorm_gradients(grad_bias, signed_sum, weight, mean, invstd,
+                                                          sign, count)
         scale = weight * invstd
-        slope = -scale * invstd * grad_weight / count
-        offset = scale * (invstd * mean * grad_weight - grad_bias) / count
         at_winner = grad_bn * scale.view(-1, 1)
         # As in bn_relu_maxpool2, z's memory takes the gradient.
         grad_z = z.view(n, 4, c, h * w).mul_(slope.view(-1, 1)).add_(offset.view(-1, 1))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdistill.errors import ConfigError
 from kdistill.data.pixel_blocks import BlockImages
+from kdistill.errors import ConfigError
 from kdistill.models.block_conv import block_conv
 from kdistill.models.fused import bn_relu_maxpool2, bn_relu_maxpool2_blocks, can_fuse, fusable
 
