@@ -93,7 +93,7 @@ def fit(
     sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
     state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
     if resume:
-        state = _load_newest_state(resume_dir, name, model, opt, sched) or state
+        state = _load_newest_state(resume_dir, name, model, opt, sched, runner.scaler) or state
     for epoch in range(len(state.history) + 1, epochs + 1):
         started = time.perf_counter()
         train_stats = _train_one_epoch(trained, method, teacher, data, opt, sched, batch_size,
@@ -110,7 +110,7 @@ def fit(
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log.info(_epoch_line(name, record, epochs))
         if world.is_main:
-            _save_state(resume_dir, model, opt, sched, state)
+            _save_state(resume_dir, model, opt, sched, runner.scaler, state)
     model.load_state_dict(state.best_weights)
     best_val = {k[4:]: v for k, v in state.history[state.best_epoch - 1].items() if k.startswith("val_")}
     meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
@@ -295,8 +295,9 @@ def remove_resume_state(resume_dir: Path) -> None:
     shutil.rmtree(_previous_dir(resume_dir), ignore_errors=True)
 
 
-def _save_state(resume_dir: Path, model, opt, sched, state: _TrainState) -> None:
-    """Weights, optimizer and best weights as safetensors; the rest as JSON. No pickle.
+def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState) -> None:
+    """Weights, optimizer and best weights as safetensors; the rest (scheduler, the fp16 gradient
+    scaler's loss scale and growth counter) as JSON. No pickle.
 
     The two newest states are kept: the newest moves to ``<role>.previous`` before the next one is
     written. ``state.json`` is written last and records each file's size and SHA-256, so a state
@@ -315,7 +316,7 @@ def _save_state(resume_dir: Path, model, opt, sched, state: _TrainState) -> None
         sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
         (tmp / "state.json").write_text(json.dumps({
             "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
-            "optimizer": opt_skeleton, "scheduler": sched_state,
+            "optimizer": opt_skeleton, "scheduler": sched_state, "grad_scaler": scaler.state_dict(),
             "files": {name: _file_digest(tmp / name) for name in STATE_FILES}}, indent=1))
 
 
@@ -339,12 +340,12 @@ def _verify_state(resume_dir: Path) -> dict:
     return saved
 
 
-def _load_newest_state(resume_dir: Path, name: str, model, opt, sched) -> _TrainState | None:
+def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler) -> _TrainState | None:
     """Resume from the newest complete state; fall back to the previous epoch's if it is torn."""
     candidates = [d for d in (resume_dir, _previous_dir(resume_dir)) if (d / "state.json").exists()]
     for index, directory in enumerate(candidates):
         try:
-            state = _load_state(directory, model, opt, sched)
+            state = _load_state(directory, model, opt, sched, scaler)
         except CheckpointError as exc:
             if index + 1 == len(candidates):
                 raise
@@ -356,17 +357,25 @@ def _load_newest_state(resume_dir: Path, name: str, model, opt, sched) -> _Train
     return None
 
 
-def _load_state(resume_dir: Path, model, opt, sched) -> _TrainState:
+def _load_state(resume_dir: Path, model, opt, sched, scaler) -> _TrainState:
     saved = _verify_state(resume_dir)
     try:
         model.load_state_dict(load_file(str(resume_dir / "last.safetensors")))
         opt.load_state_dict(tensors_to_state(load_file(str(resume_dir / "optimizer.safetensors")), saved["optimizer"]))
         sched.load_state_dict({**sched.state_dict(), **saved["scheduler"]})
+        _load_scaler(scaler, saved.get("grad_scaler") or {})
         best = load_file(str(resume_dir / "best.safetensors"))
     except Exception as exc:  # a torn or foreign resume state must not be half-used
         raise CheckpointError(f"{resume_dir}: cannot resume from this state ({exc}); "
                               f"delete it to start over") from None
     return _TrainState(saved["history"], saved["best_epoch"], saved["best_score"], best)
+
+
+def _load_scaler(scaler, saved: dict) -> None:
+    """Restore the fp16 loss scale, so a resumed run does not start again at 65536 and skip the
+    steps that finding its scale costs. States saved without scaling (fp32, bf16) have none."""
+    if saved and scaler.is_enabled():
+        scaler.load_state_dict(saved)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -49,9 +49,9 @@ def record_epoch_ends(monkeypatch) -> list[dict]:
     real = train_module._save_state
     ends = []
 
-    def spy(resume_dir, model, opt, sched, state):
+    def spy(resume_dir, model, opt, sched, scaler, state):
         ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return real(resume_dir, model, opt, sched, state)
+        return real(resume_dir, model, opt, sched, scaler, state)
 
     monkeypatch.setattr(train_module, "_save_state", spy)
     return ends
@@ -117,6 +117,29 @@ def test_resumed_fit_ends_with_the_same_weights(data, tmp_path, monkeypatch):
     for key, value in straight_model.state_dict().items():
         assert torch.equal(resumed_model.state_dict()[key], value), key
     assert not (tmp_path / "resumed" / "resume").exists()  # removed once the model is done
+
+
+def test_resume_state_keeps_the_fp16_loss_scale(tmp_path):
+    """The gradient scaler's scale and growth counter survive a save and a load (fp16 on a GPU
+    uses it; the CPU scaler has the same state, so this runs anywhere). A state saved without
+    scaling leaves a fresh scaler at its initial scale."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    state = train_module._TrainState([], 0, None, model.state_dict())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 37})
+    train_module._save_state(tmp_path / "scaled", model, opt, sched, scaler, state)
+    train_module._save_state(tmp_path / "plain", model, opt, sched,
+                             torch.amp.GradScaler("cpu", enabled=False), state)
+
+    restored = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    train_module._load_state(tmp_path / "scaled", model, opt, sched, restored)
+    assert restored.state_dict()["scale"] == 512.0
+    assert restored.state_dict()["_growth_tracker"] == 37
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    train_module._load_state(tmp_path / "plain", model, opt, sched, fresh)
+    assert fresh.state_dict()["scale"] == 2.0**16
 
 
 def test_pipeline_resume_through_the_cli(image_root, tmp_path, monkeypatch):
