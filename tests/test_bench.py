@@ -98,3 +98,28 @@ def test_bench_times_the_deploy_form_and_counts_the_architecture(tmp_path, monke
     assert model_size(bench_model.model, bench_model.meta) == {
         "params": sum(p.numel() for p in original.parameters()),
         "macs": count_macs(original, 32, 3), "bytes": count_bytes(original, 32, 3)}
+
+
+def test_student_floor_benchmark_times_the_parts_it_names(capsys):
+    """benchmarks/student_floor.py: its 'conv only' variant is the inference form's own first layer,
+    and it prints one row per variant with the ratio against ResNet-18 int8."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "student_floor.py"
+    spec = importlib.util.spec_from_file_location("student_floor", path)
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    made = floor.variants(32)
+    assert made["student conv only"].conv is made["student"].conv
+    assert made["original conv only"].conv.kernel_size == (3, 3)
+
+    result = floor.main(["--input-size", "32", "--rounds", "1", "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(result))
+    assert [r["variant"] for r in printed["rows"]] == list(made)
+    reference = printed["rows"][0]["latency_ms"]
+    for row in printed["rows"]:
+        assert row["latency_ms"] > 0
+        assert row["ratio_vs_resnet18_int8"] == pytest.approx(reference / row["latency_ms"])
+    assert printed["student_ms_needed_for_target"] == pytest.approx(reference / 40)
