@@ -41,9 +41,12 @@ class BenchModel:
     calibration_source: str = RANDOM_CALIBRATION
 
 
-def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: int, num_classes: int,
-                      channels: int = 3, calibration: str | None = None) -> list[BenchModel]:
-    """Checkpoint directories (calibrated on ``calibration`` if given) and freshly built architectures."""
+def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: int | None, num_classes: int,
+                      channels: int | None = None, calibration: str | None = None) -> list[BenchModel]:
+    """Checkpoint directories (calibrated on ``calibration`` if given) and freshly built architectures.
+    The architectures take ``input_size`` and ``channels`` when given, else the checkpoints' input
+    (224 px, 3 channels without checkpoints). Every model must take the same input: ratios between
+    models fed different images would compare different work."""
     models = []
     for directory in checkpoints:
         model, meta = load_checkpoint(directory)
@@ -52,6 +55,9 @@ def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: i
             bench_model.calibration, _ = load_images(Path(calibration), meta, 64)
             bench_model.calibration_source = f"{len(bench_model.calibration)} images from {calibration}"
         models.append(bench_model)
+    first = models[0].meta if models else {"input_size": 224, "channels": 3}
+    input_size = input_size or first["input_size"]
+    channels = channels or first["channels"]
     for name in names:
         torch.manual_seed(0)  # random weights: speed does not depend on their values
         model = build_model(name, num_classes, input_size=input_size, in_channels=channels).eval()
@@ -59,7 +65,17 @@ def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: i
         meta = {"architecture": architecture(name, num_classes, input_size, channels, {}),
                 "input_size": input_size, "channels": channels, "mean": list(mean), "std": list(std)}
         models.append(BenchModel(name, model, meta))
+    _require_same_input(models)
     return models
+
+
+def _require_same_input(models: list[BenchModel]) -> None:
+    inputs = {(m.meta["input_size"], m.meta["channels"]) for m in models}
+    if len(inputs) > 1:
+        described = "; ".join(f"{m.label}: {m.meta['input_size']} px, {m.meta['channels']} channels"
+                              for m in models)
+        raise KdistillError(f"bench: the models take different inputs ({described}); bench them "
+                            "separately, or give --input-size to match the checkpoints")
 
 
 def runtimes(bench_model: BenchModel, scratch: Path, threads: int, int8: bool) -> dict[str, Callable]:
@@ -196,15 +212,16 @@ def add_ratios(rows: list[dict], models: list[BenchModel]) -> None:
 def format_bench(rows: list[dict]) -> str:
     """The per-runtime table, then the models side by side (ratios against the largest model)."""
     threads, batch = rows[0]["threads"], max(r["batch"] for r in rows)
-    lines = [f"threads: {threads} (torch.set_num_threads({threads}); ONNX Runtime intra_op={threads}, "
-             f"inter_op=1); median of rounds (batch 1: {rows[0]['rounds']}, batch {batch}: "
+    lines = [f"input: {rows[0]['input_size']} px; threads: {threads} (torch.set_num_threads({threads}); "
+             f"ONNX Runtime intra_op={threads}, inter_op=1); median of rounds (batch 1: {rows[0]['rounds']}, batch {batch}: "
              f"{rows[-1]['rounds']}), variants interleaved round by round; spread = max - min", ""]
-    table = [["model", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s", "MACs"]]
+    table = [["model", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s",
+              f"batch-{batch} spread ms", "MACs"]]
     big = {(r["model"], r["runtime"]): r for r in rows if r["batch"] == batch}
     for r in (r for r in rows if r["batch"] == 1):
         many = big[(r["model"], r["runtime"])]
         table.append([r["model"], r["runtime"], f"{r['latency_ms']:.3f}", f"{r['spread_ms']:.3f}",
-                      f"{many['throughput_img_s']:.1f}", _macs(r["macs"])])
+                      f"{many['throughput_img_s']:.1f}", f"{many['spread_ms']:.1f}", _macs(r["macs"])])
     lines += _align(table)
     calibrations = sorted({f"{r['model']}: {r['calibration']}" for r in rows if "calibration" in r})
     if calibrations:
@@ -217,9 +234,10 @@ def format_bench(rows: list[dict]) -> str:
             side.append([r["model"], f"{r['params']:,}", _macs(r["macs"]), f"{r['macs_ratio']:.1f}x",
                          f"{r['bytes'] / 1e6:.1f}", f"{r['bytes_ratio']:.1f}x", r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
     lines += ["", f"side by side (ratios: {reference} / model):"] + _align(side)
-    lines += ["MB moved: bytes the operators read and write in one batch-1 forward pass (weights and "
-              "activations), counted from PyTorch's operators; compare its ratio and the MAC ratio "
-              "with the measured latency ratio"]
+    lines += ["MACs and MB moved describe each architecture as trained (fp32 PyTorch operators; MB: "
+              "the bytes one batch-1 forward pass reads and writes, weights and activations), not "
+              "the inference form or the int8 file that is timed; compare their ratios with the "
+              "measured latency ratio"]
     return "\n".join(lines)
 
 
@@ -232,7 +250,7 @@ def _align(table: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
 
-def bench_command(checkpoints: list[str], names: list[str], *, input_size: int, num_classes: int,
+def bench_command(checkpoints: list[str], names: list[str], *, input_size: int | None, num_classes: int,
                   threads: int, int8: bool, calibration: str | None, rounds: int, as_json: bool) -> str:
     """``kdistill bench``: the text to print (tables, or a JSON list of rows)."""
     if not checkpoints and not names:

@@ -80,7 +80,8 @@ def _add_deploy_commands(commands) -> None:
                        help="checkpoint directories")
     bench.add_argument("--model", action="append", default=[], metavar="NAME",
                        help="architecture by name, random weights (repeatable)")
-    bench.add_argument("--input-size", type=int, default=224, help="input size for --model (default 224)")
+    bench.add_argument("--input-size", type=_positive_int, default=None,
+                       help="input size for --model (default: the checkpoints', else 224)")
     bench.add_argument("--num-classes", type=int, default=2, help="classes for --model (default 2)")
     bench.add_argument("--threads", type=_positive_int, default=1, help="threads for both runtimes (default 1)")
     bench.add_argument("--rounds", type=_positive_int, default=15,

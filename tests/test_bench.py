@@ -123,3 +123,20 @@ def test_student_floor_benchmark_times_the_parts_it_names(capsys):
         assert row["latency_ms"] > 0
         assert row["ratio_vs_resnet18_int8"] == pytest.approx(reference / row["latency_ms"])
     assert printed["student_ms_needed_for_target"] == pytest.approx(reference / 40)
+
+
+def test_bench_models_take_the_checkpoints_input_and_mixed_inputs_are_refused(tmp_path, capsys):
+    """A --model next to a checkpoint is built for the checkpoint's input size; models fed different
+    sizes are refused with one line naming both (their ratios would compare different work)."""
+    from deploy_helpers import make_checkpoint
+
+    from kdistill.bench import load_bench_models
+
+    checkpoint = make_checkpoint(tmp_path / "student", size=32)
+    models = load_bench_models([str(checkpoint)], ["tiny_cnn_d2"], input_size=None, num_classes=2)
+    assert [m.meta["input_size"] for m in models] == [32, 32]
+
+    code = main(["bench", "--checkpoint", str(checkpoint), "--model", "tiny_cnn_d2", "--input-size", "48"])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and len(error.splitlines()) == 1
+    assert "32 px" in error and "48 px" in error and "different inputs" in error
