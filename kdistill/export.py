@@ -5,9 +5,10 @@ calibrated on real images, and TorchScript. Nothing is written unless it passed 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +60,31 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", *, out: str | P
         raise ExportError("--int8: needs --format onnx and --calibration FOLDER (real images to calibrate on)")
     model, meta = load_checkpoint(checkpoint)
     checks = _check_images(check_images if check_images is not None else calibration, meta)
-    path = Path(out) if out else checkpoint / DEFAULT_NAMES[fmt]
-    if path.is_dir():  # --out FOLDER: the default file name inside it
-        path = path / DEFAULT_NAMES[fmt]
-    if fmt == "torchscript":
-        return {"checkpoint": str(checkpoint), **export_torchscript(model, meta, path, checks, tolerance)}
-    report = {"checkpoint": str(checkpoint), **export_onnx(model, meta, path, checks, tolerance, threads)}
-    if int8:
+    path = _output_path(checkpoint, out, fmt)
+    then = None
+    if int8:  # calibration images are read before anything is written
         int8_path = path.with_name(path.name.removesuffix(".onnx") + ".int8.onnx")
         calib = _check_images(calibration, meta, MAX_CALIBRATION_IMAGES)
-        report["int8"] = export_int8(path, int8_path, meta, calib, checks, threads)
-    return report
+
+        def then(fp32_file: Path) -> dict:
+            return {"int8": export_int8(fp32_file, int8_path, meta, calib, checks, threads)}
+    try:
+        if fmt == "torchscript":
+            return {"checkpoint": str(checkpoint), **export_torchscript(model, meta, path, checks, tolerance)}
+        return {"checkpoint": str(checkpoint), **export_onnx(model, meta, path, checks, tolerance, threads, then)}
+    except OSError as exc:
+        raise ExportError(f"{exc.filename or path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _output_path(checkpoint: Path, out: str | Path | None, fmt: str) -> Path:
+    """``--out FILE``, or the default file name inside ``--out FOLDER`` (an existing folder or a
+    path ending in a separator) or inside the checkpoint directory."""
+    if out is None:
+        return checkpoint / DEFAULT_NAMES[fmt]
+    path = Path(out)
+    if path.is_dir() or str(out).endswith(("/", os.sep)):
+        return path / DEFAULT_NAMES[fmt]
+    return path
 
 
 def _check_images(source, meta: dict, limit: int = MAX_CHECK_IMAGES) -> CheckImages:
@@ -112,9 +127,13 @@ def torch_to_onnx(model: nn.Module, channels: int, input_size: int, path: Path) 
 
 
 def export_onnx(model: nn.Module, meta: dict, path: Path, checks: CheckImages,
-                tolerance: float = FP32_TOLERANCE, threads: int = 1) -> dict:
+                tolerance: float = FP32_TOLERANCE, threads: int = 1,
+                then: Callable[[Path], dict] | None = None) -> dict:
     """Write ``deploy_form(model)`` to ``path`` with the contract in its metadata if ONNX Runtime
-    matches ``model`` itself within ``tolerance``: the parity check also verifies the rewrite."""
+    matches ``model`` itself within ``tolerance``: the parity check also verifies the rewrite.
+
+    ``then(checked_file)`` runs before the file replaces ``path`` and its dict joins the report:
+    the int8 copy is made there, so when it fails the previous pair of files stays as it was."""
     onnx = require_onnx()
 
     with atomic_file(path) as tmp:
@@ -127,8 +146,9 @@ def export_onnx(model: nn.Module, meta: dict, path: Path, checks: CheckImages,
         if not diff <= tolerance:  # also catches NaN
             raise ExportError(f"{path}: ONNX Runtime and PyTorch disagree on {checks.source} "
                               f"(max |prob diff| {diff:.2e} > {tolerance:.0e}); nothing written")
+        extra = then(tmp) if then else {}
     return {"format": "onnx", "path": str(path), "bytes": path.stat().st_size, "max_prob_diff": diff,
-            "tolerance": tolerance, "checked_on": checks.source, "images": len(checks.split)}
+            "tolerance": tolerance, "checked_on": checks.source, "images": len(checks.split), **extra}
 
 
 def onnx_parity(model: nn.Module, session, split: ImageSplit, meta: dict) -> float:

@@ -75,16 +75,31 @@ def read_contract(path: Path) -> dict:
         model_proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError/RuntimeError variants for torn files
         raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+    if not model_proto.graph.node:  # protobuf reads an empty file as an empty model
+        raise ExportError(f"{path}: not a readable ONNX model (no graph)")
     props = {entry.key: entry.value for entry in model_proto.metadata_props}
     missing = [key for key in CONTRACT_KEYS if key not in props]
     if missing:
         raise ExportError(f"{path}: not exported by kdistill (no preprocessing metadata: "
                           f"missing {', '.join(missing)})")
     try:
-        return {key: json.loads(value) for key, value in props.items()
-                if key in (*CONTRACT_KEYS, *OPTIONAL_KEYS, "architecture")}
+        contract = {key: json.loads(value) for key, value in props.items()
+                    if key in (*CONTRACT_KEYS, *OPTIONAL_KEYS, "architecture")}
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: unreadable kdistill metadata ({exc})") from None
+    _check_input_shape(path, model_proto, contract)
+    return contract
+
+
+def _check_input_shape(path: Path, model_proto, contract: dict) -> None:
+    """The metadata must describe the input the graph takes: [batch, channels, size, size]."""
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in model_proto.graph.input[0].type.tensor_type.shape.dim]
+    expected = [None, contract["channels"], contract["input_size"], contract["input_size"]]
+    if len(dims) != 4 or any(d is not None and d != e for d, e in zip(dims[1:], expected[1:])):
+        shown = " x ".join("?" if d is None else str(d) for d in dims)
+        raise ExportError(f"{path}: the metadata says input [batch, {expected[1]}, {expected[2]}, "
+                          f"{expected[3]}] but the graph takes [{shown}]")
 
 
 def open_session(path: Path, threads: int = 1):

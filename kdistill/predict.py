@@ -93,6 +93,10 @@ def run_predict(model_path: Path, inputs: list[Path], *, as_json: bool = False, 
         rows, unreadable = predict_paths(predictor, inputs)
     if not rows and not unreadable:
         raise DataError(f"{', '.join(map(str, inputs))}: no image files found")
+    if not rows:
+        first = unreadable[0]
+        raise DataError(f"none of the {len(unreadable)} file(s) could be read "
+                        f"(first: {first['file']}: {first['reason']})")
     if as_json:
         return json.dumps({"model": predictor.source, "predictions": rows, "unreadable": unreadable}, indent=2)
     return format_predictions(rows, unreadable)

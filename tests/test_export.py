@@ -178,3 +178,61 @@ def test_onnx_export_ships_the_deploy_form_checked_against_the_original(tmp_path
     with pytest.raises(ExportError, match="disagree"):
         export_checkpoint(checkpoint, out=tmp_path / "wrong.onnx", check_images=images)
     assert not (tmp_path / "wrong.onnx").exists()
+
+
+def test_failed_int8_step_leaves_the_previous_pair_untouched(tmp_path, images, monkeypatch, capsys):
+    """An int8 export that fails (empty calibration folder, or quantization itself) changes neither
+    model.onnx nor model.int8.onnx: the fp32 file only replaces the old one once both passed."""
+    import kdistill.export
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt", "tiny_cnn_d2")
+    export_checkpoint(checkpoint, int8=True, calibration=images)
+    before = {name: (checkpoint / name).read_bytes() for name in ("model.onnx", "model.int8.onnx")}
+    meta = json.loads((checkpoint / "model.json").read_text())
+    (checkpoint / "model.json").write_text(json.dumps({**meta, "temperature": 2.0}))  # a new export differs
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["export", "--checkpoint", str(checkpoint), "--int8", "--calibration", str(empty),
+                 "--data", str(images)])
+    assert code == 2 and str(empty) in one_error_line(capsys.readouterr().err)
+
+    def broken_quantizer(*args):
+        raise ExportError("quantization failed")
+
+    monkeypatch.setattr(kdistill.export, "quantize_int8", broken_quantizer)
+    with pytest.raises(ExportError, match="quantization failed"):
+        export_checkpoint(checkpoint, int8=True, calibration=images)
+    assert {name: (checkpoint / name).read_bytes() for name in before} == before
+    assert leftover_temp_files(checkpoint) == []
+
+
+def test_unwritable_out_is_one_line_error(tmp_path, images, capsys):
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    code = main(["export", "--checkpoint", str(checkpoint), "--out", str(a_file / "model.onnx")])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "cannot write" in line and str(a_file) in line
+    assert a_file.read_text() == "not a folder"
+
+
+def test_out_ending_in_a_separator_is_a_folder(tmp_path, images):
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    report = export_checkpoint(checkpoint, out=f"{tmp_path / 'new'}/", check_images=images)
+    assert report["path"] == str(tmp_path / "new" / "model.onnx") and Path(report["path"]).is_file()
+
+
+def test_metadata_that_contradicts_the_graph_is_one_line_error(tmp_path, images, capsys):
+    """An input_size in the metadata that the graph does not take is refused before any image is fed."""
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    export_checkpoint(checkpoint, check_images=images)
+    proto = onnx.load(str(checkpoint / "model.onnx"))
+    for entry in proto.metadata_props:
+        if entry.key == "input_size":
+            entry.value = "64"
+    edited = tmp_path / "edited.onnx"
+    onnx.save(proto, str(edited))
+    code = main(["predict", "--checkpoint", str(edited), str(images)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and str(edited) in line and "64" in line and "32" in line

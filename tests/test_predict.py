@@ -74,3 +74,35 @@ def test_missing_path_is_listed_not_fatal(tmp_path, folder_with_corrupt, capsys)
     result = json.loads(capsys.readouterr().out)
     assert [p["file"] for p in result["predictions"]] == [str(image)]
     assert result["unreadable"] == [{"file": str(tmp_path / "nope.png"), "reason": "not found"}]
+
+
+def test_png_cut_inside_a_chunk_header_is_listed(tmp_path, folder_with_corrupt, capsys):
+    """PIL raises SyntaxError (not OSError) for a PNG cut two bytes into a later IDAT chunk's header;
+    it is listed as unreadable like any other broken file."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    root, _ = folder_with_corrupt
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, "PNG")  # > 64 KB: several IDAT chunks
+    data = buffer.getvalue()
+    second_idat = data.find(b"IDAT", data.find(b"IDAT") + 4)
+    cut = root / "PNEUMONIA" / "cut.png"
+    cut.write_bytes(data[:second_idat + 2])
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["predictions"]) == 8
+    assert str(cut) in [u["file"] for u in result["unreadable"]]
+
+
+def test_nothing_readable_is_an_error(tmp_path, folder_with_corrupt, capsys):
+    """When no file at all could be classified the command fails, naming the first reason."""
+    _, corrupt = folder_with_corrupt
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    assert main(["predict", "--checkpoint", str(checkpoint), str(corrupt), str(tmp_path / "nope.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "none of the 2 file(s)" in err and "Traceback" not in err

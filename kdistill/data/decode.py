@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from kdistill.errors import DataError
 
 # What PIL raises for files that are not (complete, sane) images.
-UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+# PIL raises SyntaxError for some broken PNG chunks (e.g. a file cut inside a later chunk header).
+UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 # ValueError covers ImageTooLarge (below).
 
 
