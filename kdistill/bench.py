@@ -213,8 +213,9 @@ def format_bench(rows: list[dict]) -> str:
     """The per-runtime table, then the models side by side (ratios against the largest model)."""
     threads, batch = rows[0]["threads"], max(r["batch"] for r in rows)
     lines = [f"input: {rows[0]['input_size']} px; threads: {threads} (torch.set_num_threads({threads}); "
-             f"ONNX Runtime intra_op={threads}, inter_op=1); median of rounds (batch 1: {rows[0]['rounds']}, batch {batch}: "
-             f"{rows[-1]['rounds']}), variants interleaved round by round; spread = max - min", ""]
+             f"ONNX Runtime intra_op={threads}, inter_op=1); median of rounds (batch 1: "
+             f"{rows[0]['rounds']}, batch {batch}: {rows[-1]['rounds']}), variants interleaved round "
+             "by round; spread = max - min", ""]
     table = [["model", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s",
               f"batch-{batch} spread ms", "MACs"]]
     big = {(r["model"], r["runtime"]): r for r in rows if r["batch"] == batch}

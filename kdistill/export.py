@@ -73,7 +73,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", *, out: str | P
             return {"checkpoint": str(checkpoint), **export_torchscript(model, meta, path, checks, tolerance)}
         return {"checkpoint": str(checkpoint), **export_onnx(model, meta, path, checks, tolerance, threads, then)}
     except OSError as exc:
-        raise ExportError(f"{exc.filename or path}: cannot write ({exc.strerror or exc})") from None
+        raise ExportError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _output_path(checkpoint: Path, out: str | Path | None, fmt: str) -> Path:

@@ -93,11 +93,12 @@ def read_contract(path: Path) -> dict:
 
 def _check_input_shape(path: Path, model_proto, contract: dict) -> None:
     """The metadata must describe the input the graph takes: [batch, channels, size, size]."""
+    inputs = model_proto.graph.input
     dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in model_proto.graph.input[0].type.tensor_type.shape.dim]
+            for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
     expected = [None, contract["channels"], contract["input_size"], contract["input_size"]]
     if len(dims) != 4 or any(d is not None and d != e for d, e in zip(dims[1:], expected[1:])):
-        shown = " x ".join("?" if d is None else str(d) for d in dims)
+        shown = ", ".join("?" if d is None else str(d) for d in dims)
         raise ExportError(f"{path}: the metadata says input [batch, {expected[1]}, {expected[2]}, "
                           f"{expected[3]}] but the graph takes [{shown}]")
 
