@@ -8,6 +8,7 @@ objects: the pipeline unpacks them into plain keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,7 +285,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     expected = origin or hint
@@ -294,6 +295,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
     if expected is list and args:
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if expected is float and not math.isfinite(value):  # nan passes every < and > check below
+        raise ConfigError(f"{key}: {value!r} must be a finite number")
     return value
 
 
@@ -313,6 +316,14 @@ def _check_consistency(config: Config) -> None:
     for role, train in (("teacher", config.teacher.train), ("student", config.student.train)):
         if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
             raise ConfigError(f"{role}.train: epochs, batch_size and lr must be positive")
+        if train.weight_decay < 0:
+            raise ConfigError(f"{role}.train.weight_decay: {train.weight_decay} must be 0 or more")
+    counts = {"threads": config.threads, "profile.threads": config.profile.threads,
+              "profile.repeats": config.profile.repeats,
+              "profile.throughput_batch": config.profile.throughput_batch}
+    for key, value in counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: {value} must be at least 1")
     if config.seeds is not None and (not config.seeds or len(set(config.seeds)) != len(config.seeds)):
         raise ConfigError(f"seeds: {config.seeds} must be a non-empty list of different seeds (or null)")
     _check_tune_ranges(config.tune)

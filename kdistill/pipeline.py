@@ -38,7 +38,7 @@ import yaml
 
 from kdistill import __version__, distributed
 from kdistill.calibration import calibrate
-from kdistill.checkpoint import architecture, load_checkpoint, update_meta
+from kdistill.checkpoint import architecture, load_checkpoint, read_meta, update_meta
 from kdistill.config import TUNED_KEYS, Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
@@ -62,16 +62,18 @@ RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "ca
 def run(config: Config, resume: bool = False) -> dict:
     """Run the whole pipeline; return the ``results.json`` content (also written to disk)."""
     started = time.perf_counter()
+    out = Path(config.out)
+    check_out_folder(out)
     if resume:
-        check_resume_config(Path(config.out), config)
+        check_resume_config(out, config)
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
         data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
     world = distributed.current()  # under torchrun: rank 0 checks, evaluates and writes
     findings = _run_doctor(config) if world.is_main else None
-    out = Path(config.out)
-    _check_student_builds(config, data)  # fail now, not after the teacher has trained
+    # Fail now, before anything is written or the teacher has trained.
+    check_models_build(config, data, ("teacher", "student"))
     if world.is_main:
         _write_run_files(out, config, data)
     teacher, teacher_meta = train_teacher(config, data, out, resume)
@@ -383,10 +385,32 @@ def _tuned_note(tuned: dict | None) -> str:
     return f"- Tuned on the validation split (kdistill tune, {tuned['file']}): {values}.\n"
 
 
-def _check_student_builds(config: Config, data: DatasetBundle) -> None:
-    cfg = config.student
-    build_model(cfg.model, len(data.classes), input_size=data.input_size, in_channels=data.channels,
-                **cfg.model_args)
+def check_out_folder(out: Path) -> None:
+    """The output folder must be a folder (or not exist yet) below folders, not files."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"{path}: the output folder (out / --out) would be inside a file")
+            return
+
+
+def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ...]) -> None:
+    """Each role's model name and model_args build for this data (random weights: nothing is
+    downloaded), a teacher checkpoint matches the data, and local teacher weights exist."""
+    for role in roles:
+        cfg = getattr(config, role)
+        if role == "teacher" and cfg.checkpoint:
+            _check_same_data(read_meta(Path(cfg.checkpoint)), data, cfg.checkpoint)
+            continue
+        if role == "teacher" and cfg.weights and not Path(cfg.weights).is_file():
+            raise ConfigError(f"teacher.weights: {cfg.weights} not found")
+        try:
+            build_model(cfg.model, len(data.classes), input_size=data.input_size,
+                        in_channels=data.channels, **cfg.model_args)
+        except TypeError as exc:  # an argument the model does not take
+            raise ConfigError(f"{role}.model_args: {cfg.model_args} ({exc})") from None
+        except ConfigError as exc:  # an unknown name: say which key holds it
+            raise ConfigError(f"{role}.model: {exc}" if str(exc).startswith("model ") else str(exc)) from None
 
 
 def remove_if_empty(folder: Path) -> None:
@@ -395,9 +419,18 @@ def remove_if_empty(folder: Path) -> None:
 
 
 def _log_data(data: DatasetBundle) -> None:
+    """Each split's size and class counts in the log; a split left without one of the classes (its
+    files unreadable, or all from patients carved into another split) is an error: training without
+    a class, or a test set that cannot measure it, would give numbers that mean nothing."""
     for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
-        counts = " / ".join(f"{c} {n}" for c, n in zip(data.classes, split.class_counts(len(data.classes))))
-        log.info(f"data {name}: {len(split)} images ({counts}); {data.info['sources'].get(name, '')}")
+        counts = split.class_counts(len(data.classes))
+        shown = " / ".join(f"{c} {n}" for c, n in zip(data.classes, counts))
+        log.info(f"data {name}: {len(split)} images ({shown}); {data.info['sources'].get(name, '')}")
+        empty = [c for c, n in zip(data.classes, counts) if n == 0]
+        if empty:
+            raise DataError(f"{name} split: no {empty[0]!r} images ({shown}; "
+                            f"{data.info['sources'].get(name, '')}); unreadable files and patient "
+                            f"grouping can empty a class: check the folder with kdistill doctor")
     skipped = data.info.get("skipped_files", [])
     if skipped:
         log.info(f"data: {len(skipped)} unreadable files skipped (listed in results.json)")
@@ -419,6 +452,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
         raise ConfigError(f"seeds: {config.seeds} is for `kdistill run`; `kdistill train` trains one "
                           f"model: set seed=K (and seeds=null) for each")
     out = Path(config.out)
+    check_out_folder(out)
     if resume:
         check_resume_config(out, config)
     as_given = config  # saved as given: the teacher folder filled in below is not a user setting
@@ -433,6 +467,8 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
                                   f"teacher or pass --teacher DIR")
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                           checkpoint=str(teacher_path)))
+    check_models_build(config, data, {"teacher": ("teacher",), "baseline": ("student",)}.get(
+        role, ("teacher", "student")))
     if distributed.current().is_main:
         _write_run_files(out, as_given, data)
     if role == "teacher":

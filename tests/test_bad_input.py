@@ -126,6 +126,11 @@ def test_corrupt_jpeg_is_an_error_when_asked(image_root, tmp_path, capsys):
     ("student.train.epochs=abc", ["student.train.epochs", "expected int", "'abc'"]),
     ("distill.method=fitnet", ["distill.method", "'fitnet'"]),
     ("distill.alpha=1.5", ["distill.alpha"]),
+    ("student.train.lr=nan", ["student.train.lr", "finite"]),
+    ("distill.temperature=inf", ["distill.temperature", "finite"]),
+    ("student.train.weight_decay=-1", ["student.train.weight_decay"]),
+    ("threads=0", ["threads"]),
+    ("profile.repeats=0", ["profile.repeats"]),
 ])
 def test_bad_config_value_names_the_key(image_root, tmp_path, capsys, override, needles):
     """An unknown key, a wrong type or a value out of range: one line naming the key, no output."""
@@ -200,3 +205,37 @@ def test_train_refuses_a_seeds_list(image_root, tmp_path, capsys):
     code, err = run_cli(["train", str(config), "--role", "baseline", "seeds=[0,1]"], capsys)
     assert_one_line_error(code, err, "seeds", "kdistill run", "seed=K")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("teacher.model=nope", ["teacher.model", "'nope'"]),
+    ("student.model_args={bogus: 1}", ["student.model_args", "bogus"]),
+    ("teacher.model_args={bogus: 1}", ["teacher.model_args", "bogus"]),
+])
+def test_models_that_cannot_be_built_fail_before_anything_is_written(image_root, tmp_path, capsys,
+                                                                     override, needles):
+    """A bad model name or model argument, for either role, is found before config.yaml,
+    splits.json or any checkpoint is written."""
+    code, err, out = run_on(image_root, tmp_path, capsys, override)
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_out_inside_a_file_is_refused_before_work(image_root, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for out in (a_file, a_file / "sub"):
+        config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+        code, err = run_cli(["run", str(config)], capsys)
+        assert_one_line_error(code, err, str(a_file), "inside a file")
+    assert a_file.read_text() == "keep me"
+
+
+def test_a_class_emptied_by_unreadable_files_is_an_error(image_root, tmp_path, capsys):
+    """Every training image of one class unreadable: the folder check passes (files exist) but the
+    training split would hold no image of that class; the run stops naming split and class."""
+    for path in (image_root / "train" / "PNEUMONIA").iterdir():
+        path.write_bytes(b"not an image")
+    code, err, out = run_on(image_root, tmp_path, capsys)
+    assert_one_line_error(code, err, "train split", "'PNEUMONIA'")
+    assert_nothing_half_written(out)
