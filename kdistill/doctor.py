@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from kdistill.data.decode import UNREADABLE_ERRORS
-from kdistill.data.folder import IMAGE_SUFFIXES, SPLIT_NAMES
+from kdistill.data.folder import IMAGE_SUFFIXES, SPLIT_NAMES, is_broken_link
 from kdistill.data.split import patient_keys
 from kdistill.errors import DataError
 
@@ -30,7 +30,8 @@ def examine(root: Path, patient_regex: str) -> dict:
     found = _Findings()
     for split_dir in split_dirs:
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in sorted(p for p in class_dir.iterdir() if p.is_file()):
+            # Broken links are listed as `kdistill run` lists them: unreadable, not invisible.
+            for path in sorted(p for p in class_dir.iterdir() if p.is_file() or is_broken_link(p)):
                 found.add(split_dir.name, class_dir.name, path, patient_regex)
     return found.summary(str(root))
 
@@ -52,7 +53,11 @@ class _Findings:
         if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             self.non_images.append(str(path))
             return
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # a broken or looping symbolic link
+            self.unreadable.append({"path": str(path), "reason": f"cannot read the file ({exc.strerror})"})
+            return
         problem = _decode_problem(data)
         if problem:
             self.unreadable.append({"path": str(path), "reason": problem})

@@ -67,6 +67,19 @@ def test_clean_folder_passes_strict(tmp_path, capsys):
     assert found["splits"] == {"train": {"NORMAL": 24, "PNEUMONIA": 24}, "test": {"NORMAL": 24, "PNEUMONIA": 24}}
 
 
+def test_broken_links_are_unreadable_not_invisible(tmp_path, capsys):
+    """A dangling link and a self-loop named like images are listed, as `kdistill run` lists them,
+    and --strict fails."""
+    root = make_image_folder(tmp_path / "data", splits=("train", "test"))
+    dangling = root / "train" / "NORMAL" / "gone.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    loop = root / "train" / "NORMAL" / "loop.png"
+    loop.symlink_to(loop)
+    code, found = doctor_json(root, capsys, "--strict")
+    assert code == 1
+    assert sorted(u["path"] for u in found["unreadable"]) == sorted([str(dangling), str(loop)])
+
+
 def test_missing_folder_is_one_line_error(tmp_path, capsys):
     code = main(["doctor", "--data", str(tmp_path / "nope")])
     assert code == 2

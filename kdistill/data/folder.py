@@ -55,7 +55,7 @@ def scan_split(split_dir: Path, classes: list[str]) -> FolderSplit:
     labels: list[int] = []
     for index, name in enumerate(classes):
         class_dir = split_dir / name
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() or _is_broken_link(p))
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() or is_broken_link(p))
         # Hidden files (.DS_Store, macOS "._IM-0001.jpeg" resource forks) are never images.
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
         for skipped in sorted(set(files) - set(images)):
@@ -67,7 +67,7 @@ def scan_split(split_dir: Path, classes: list[str]) -> FolderSplit:
     return FolderSplit(paths, labels)
 
 
-def _is_broken_link(path: Path) -> bool:
+def is_broken_link(path: Path) -> bool:
     """A symbolic link that loops or points nowhere. It is kept in the listing (when its name is an
     image's) so that decoding reports it under ``on_bad_image`` instead of it vanishing silently.
     Sub-folders, including linked ones, are never entered, so a link to a parent cannot loop the scan."""
