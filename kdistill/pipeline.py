@@ -323,7 +323,12 @@ def check_resume_config(out: Path, config: Config) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = to_dict(from_dict(yaml.safe_load(saved_path.read_text())))
+    try:
+        saved = to_dict(from_dict(yaml.safe_load(saved_path.read_text())))
+    except (yaml.YAMLError, ConfigError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{saved_path}: cannot compare with the saved config ({reason}); "
+                          f"restore it or start over without --resume") from None
     current = to_dict(config)
     for settings in (saved, current):  # where decoded images are cached does not change them
         settings["data"].pop("cache_dir", None)

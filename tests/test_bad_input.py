@@ -239,3 +239,12 @@ def test_a_class_emptied_by_unreadable_files_is_an_error(image_root, tmp_path, c
     code, err, out = run_on(image_root, tmp_path, capsys)
     assert_one_line_error(code, err, "train split", "'PNEUMONIA'")
     assert_nothing_half_written(out)
+
+
+def test_resume_with_a_damaged_saved_config_names_the_file(image_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("data: [unclosed\n")
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+    code, err = run_cli(["run", str(config), "--resume"], capsys)
+    assert_one_line_error(code, err, str(out / "config.yaml"), "--resume")
