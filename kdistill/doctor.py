@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from kdistill.data.decode import UNREADABLE_ERRORS
-from kdistill.data.folder import IMAGE_SUFFIXES, SPLIT_NAMES, is_broken_link
+from kdistill.data.folder import IMAGE_SUFFIXES, SPLIT_NAMES, class_folder_files
 from kdistill.data.split import patient_keys
 from kdistill.errors import DataError
 
@@ -30,8 +30,8 @@ def examine(root: Path, patient_regex: str) -> dict:
     found = _Findings()
     for split_dir in split_dirs:
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            # Broken links are listed as `kdistill run` lists them: unreadable, not invisible.
-            for path in sorted(p for p in class_dir.iterdir() if p.is_file() or is_broken_link(p)):
+            # The files `kdistill run` reads: a broken link is unreadable, not invisible.
+            for path in class_folder_files(class_dir):
                 found.add(split_dir.name, class_dir.name, path, patient_regex)
     return found.summary(str(root))
 

@@ -70,6 +70,7 @@ def run(config: Config, resume: bool = False) -> dict:
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
         data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
+    _require_every_class(data)
     world = distributed.current()  # under torchrun: rank 0 checks, evaluates and writes
     findings = _run_doctor(config) if world.is_main else None
     # Fail now, before anything is written or the teacher has trained.
@@ -424,21 +425,33 @@ def remove_if_empty(folder: Path) -> None:
 
 
 def _log_data(data: DatasetBundle) -> None:
-    """Each split's size and class counts in the log; a split left without one of the classes (its
-    files unreadable, or all from patients carved into another split) is an error: training without
-    a class, or a test set that cannot measure it, would give numbers that mean nothing."""
-    for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
-        counts = split.class_counts(len(data.classes))
-        shown = " / ".join(f"{c} {n}" for c, n in zip(data.classes, counts))
-        log.info(f"data {name}: {len(split)} images ({shown}); {data.info['sources'].get(name, '')}")
-        empty = [c for c, n in zip(data.classes, counts) if n == 0]
-        if empty:
-            raise DataError(f"{name} split: no {empty[0]!r} images ({shown}; "
-                            f"{data.info['sources'].get(name, '')}); unreadable files and patient "
-                            f"grouping can empty a class: check the folder with kdistill doctor")
+    for name, split in _splits(data):
+        log.info(f"data {name}: {len(split)} images ({_class_counts(data, split)}); "
+                 f"{data.info['sources'].get(name, '')}")
     skipped = data.info.get("skipped_files", [])
     if skipped:
         log.info(f"data: {len(skipped)} unreadable files skipped (listed in results.json)")
+
+
+def _splits(data: DatasetBundle) -> tuple:
+    return ("train", data.train), ("val", data.val), ("test", data.test)
+
+
+def _class_counts(data: DatasetBundle, split) -> str:
+    return " / ".join(f"{c} {n}" for c, n in zip(data.classes, split.class_counts(len(data.classes))))
+
+
+def _require_every_class(data: DatasetBundle) -> None:
+    """A split left without one of the classes (its files unreadable, or all from patients carved
+    into another split) is an error: training without a class, or a test set that cannot measure
+    it, would give numbers that mean nothing."""
+    for name, split in _splits(data):
+        counts = split.class_counts(len(data.classes))
+        if 0 in counts:
+            raise DataError(f"{name} split: no {data.classes[counts.index(0)]!r} images "
+                            f"({_class_counts(data, split)}; {data.info['sources'].get(name, '')}); "
+                            f"unreadable files and patient grouping can empty a class: check the "
+                            f"folder with kdistill doctor")
 
 
 def seed_everything(seed: int, deterministic: bool, threads: int | None = None) -> None:
@@ -465,6 +478,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
         data = load_dataset(**dataclasses.asdict(config.data))
     _log_data(data)
+    _require_every_class(data)
     if role == "distilled":
         teacher_path = Path(teacher_dir or config.teacher.checkpoint or out / "teacher")
         if not (teacher_path / "model.json").is_file():

@@ -55,7 +55,7 @@ def scan_split(split_dir: Path, classes: list[str]) -> FolderSplit:
     labels: list[int] = []
     for index, name in enumerate(classes):
         class_dir = split_dir / name
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() or is_broken_link(p))
+        files = class_folder_files(class_dir)
         # Hidden files (.DS_Store, macOS "._IM-0001.jpeg" resource forks) are never images.
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
         for skipped in sorted(set(files) - set(images)):
@@ -65,6 +65,12 @@ def scan_split(split_dir: Path, classes: list[str]) -> FolderSplit:
         paths.extend(images)
         labels.extend([index] * len(images))
     return FolderSplit(paths, labels)
+
+
+def class_folder_files(class_dir: Path) -> list[Path]:
+    """The files of a class folder, sorted, broken links included (see below); the data loader and
+    the doctor list the same files."""
+    return sorted(p for p in class_dir.iterdir() if p.is_file() or is_broken_link(p))
 
 
 def is_broken_link(path: Path) -> bool:
