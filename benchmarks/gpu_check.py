@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdistill.checkpoint import architecture
+from kdistill.models.checkpoint import architecture
 from kdistill.data import load_dataset
 from kdistill.distill import LiveTeacher, build_method, freeze
 from kdistill.models import build_model
-from kdistill.train import fit
+from kdistill.engine.loop import fit
 
 
 def write_images(root: Path, count: int, size: int) -> None:

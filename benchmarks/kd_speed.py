@@ -8,15 +8,15 @@ reference student, a ResNet-18 teacher (random weights: speed does not depend on
 (a) naive: the common recipe, an ImageFolder-style dataset that opens, decodes, resizes, flips and
     normalizes every image with PIL/torchvision at every epoch (a DataLoader), and the
     teacher run live on every batch. Only ``--naive-steps`` steps are timed (it is slow).
-(b) kdistill training the student alone (``kdistill.train.fit``, cross-entropy).
+(b) kdistill training the student alone (``kdistill.engine.loop.fit``, cross-entropy).
 (c) kdistill distilling the same student with the decoded-image cache and the teacher-output cache.
     Building both caches is timed separately (``cache_build_s``); later runs reuse them.
 (a') the naive loop once more at the end: kdistill's training raises glibc's malloc thresholds for
-    the whole process (kdistill/allocator.py), so this is the naive recipe with that one setting.
+    the whole process (kdistill/engine/allocator.py), so this is the naive recipe with that one setting.
 
 (b) and (c) alternate for ``--rounds`` rounds and each reports its median epoch. ``data_wait_share``
 is the time the kdistill loop spends producing its batches (one pass of the batch iterator the
-distillation loop uses, ``kdistill.train.training_batches``, memory-mapped decoded cache) over the
+distillation loop uses, ``kdistill.engine.loop.training_batches``, memory-mapped decoded cache) over the
 median distillation epoch. The caches go to a
 temporary folder, never to ``~/.cache``.
 """
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from kdistill.checkpoint import architecture
+from kdistill.models.checkpoint import architecture
 from kdistill.data import DatasetBundle, ImageSplit
 from kdistill.data.cache import cached_decode
 from kdistill.data.folder import class_names, scan_split
@@ -46,7 +46,7 @@ from kdistill.distill import CachedTeacher, build_method
 from kdistill.distill.losses import kd_loss
 from kdistill.log import log
 from kdistill.models import build_model
-from kdistill.train import fit, training_batches
+from kdistill.engine.loop import fit, training_batches
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 ALPHA, TEMPERATURE = 0.5, 4.0
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         naive_img_s, naive_wait = time_naive(paths, labels, args)
         with tempfile.TemporaryDirectory(prefix="kd_speed_cache_") as cache_dir:
             figures = time_kdistill(classes, paths, labels, Path(cache_dir), args)
-        # kdistill's fit raised glibc's malloc thresholds for this process (kdistill/allocator.py);
+        # kdistill's fit raised glibc's malloc thresholds for this process (kdistill/engine/allocator.py);
         # the naive loop timed again under the same allocator shows what that alone would give it.
         figures["naive_same_allocator_img_s"], _ = time_naive(paths, labels, args)
     finally:

@@ -6,7 +6,7 @@ measured side by side in one process.
 ``kdistill bench`` compares whole models. This script asks what any exact rewrite of the student's
 classifier half could still gain, by timing the parts no rewrite can skip. Every variant is an ONNX
 file run by ONNX Runtime (all graph optimizations, the same thread count), timed interleaved round
-by round (``kdistill.profile.time_interleaved``), random weights and inputs (speed does not depend
+by round (``kdistill.deploy.profile.time_interleaved``), random weights and inputs (speed does not depend
 on them):
 
 - ``resnet18 int8``: ResNet-18 quantized as ``kdistill export --int8`` does (random calibration
@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.export import quantize_int8, torch_to_onnx
+from kdistill.deploy.export import quantize_int8, torch_to_onnx
 from kdistill.models import build_model, deploy_form
-from kdistill.onnxmodel import open_session
-from kdistill.profile import time_interleaved
+from kdistill.deploy.onnx_model import open_session
+from kdistill.deploy.profile import time_interleaved
 
 CHANNELS, CLASSES = 3, 2
 TARGET_RATIO = 40.0

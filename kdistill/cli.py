@@ -149,8 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(_deploy(args))
         return 0
     if args.command == "evaluate":
-        from kdistill.evaluate import evaluate_checkpoint
-        from kdistill.report import comparison_table
+        from kdistill.eval.evaluate import evaluate_checkpoint
+        from kdistill.report.markdown import comparison_table
 
         out = Path(args.out) if args.out else None
         results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out,
@@ -171,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _train_or_run(args: argparse.Namespace, config) -> int:
     """``train``, ``run`` and ``demo``, inside a torch.distributed session when torchrun started
     this process (one process per device; only rank 0 logs progress and writes files)."""
-    from kdistill import distributed
+    from kdistill.engine import distributed
     from kdistill.pipeline import run, train_one
 
     with distributed.session() as world:
@@ -201,7 +201,7 @@ def _doctor(args: argparse.Namespace) -> int:
     import json
 
     from kdistill.config import DEFAULT_PATIENT_REGEX
-    from kdistill.doctor import examine, format_summary, has_blocking_problems
+    from kdistill.data.doctor import examine, format_summary, has_blocking_problems
 
     findings = examine(Path(args.data), args.patient_regex or DEFAULT_PATIENT_REGEX)
     print(json.dumps(findings, indent=2) if args.json else format_summary(findings))
@@ -215,17 +215,17 @@ def _doctor(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> str:
     """Run ``export``, ``predict`` or ``bench``; return the text to print."""
     if args.command == "export":
-        from kdistill.export import export_checkpoint, format_report
+        from kdistill.deploy.export import export_checkpoint, format_report
 
         return format_report(export_checkpoint(args.checkpoint, args.format, out=args.out, int8=args.int8,
                                                calibration=args.calibration, check_images=args.data,
                                                threads=args.threads))
     if args.command == "predict":
-        from kdistill.predict import run_predict
+        from kdistill.deploy.predict import run_predict
 
         return run_predict(Path(args.checkpoint), [Path(p) for p in args.paths], as_json=args.json,
                            threads=args.threads)
-    from kdistill.bench import bench_command
+    from kdistill.deploy.bench import bench_command
 
     return bench_command(args.checkpoint, args.model, input_size=args.input_size, num_classes=args.num_classes,
                          threads=args.threads, int8=args.int8, calibration=args.calibration,

@@ -20,7 +20,7 @@ in ``seed<k>/resume/``); baseline and distilled of one seed start from the same 
 The exported ONNX copy is the distilled student of the first seed listed.
 
 Every checkpoint's decision threshold and temperature are fitted on the validation split right
-after training (``kdistill.calibration``) and written into its model.json.
+after training (``kdistill.eval.calibration``) and written into its model.json.
 """
 
 from __future__ import annotations
@@ -36,24 +36,25 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdistill import __version__, distributed
-from kdistill.calibration import calibrate
-from kdistill.checkpoint import architecture, load_checkpoint, read_meta, update_meta
+from kdistill import __version__
+from kdistill.engine import distributed
+from kdistill.eval.calibration import calibrate
+from kdistill.models.checkpoint import architecture, load_checkpoint, read_meta, update_meta
 from kdistill.config import TUNED_KEYS, Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
-from kdistill.doctor import examine
+from kdistill.data.doctor import examine
 from kdistill.errors import CheckpointError, ConfigError, DataError
-from kdistill.evaluate import add_speed, evaluate_model, run_statistics
-from kdistill.inference import predict_logits
+from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
+from kdistill.eval.inference import predict_logits
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
-from kdistill.precision import resolve_device
-from kdistill.report import comparison_table, markdown_report
-from kdistill.report_html import html_report
-from kdistill.train import class_weights, fit
+from kdistill.engine.precision import resolve_device
+from kdistill.report.markdown import comparison_table, markdown_report
+from kdistill.report.html import html_report
+from kdistill.engine.loop import class_weights, fit
 
 
 RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "calibration"}  # do not change what is trained
@@ -365,7 +366,7 @@ def _export_student(checkpoint: Path, data: DatasetBundle) -> dict | None:
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
         log.info("export: skipped (pip install 'kdistill[export]' for ONNX and int8 copies)")
         return None
-    from kdistill.export import export_checkpoint
+    from kdistill.deploy.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, "onnx", int8=True,
                                calibration=(data.train, "training split"),

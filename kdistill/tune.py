@@ -31,7 +31,7 @@ from kdistill.fileio import write_text_atomic
 from kdistill.log import log
 from kdistill.pipeline import (prepare_teacher_outputs, remove_if_empty, seed_everything, train_student,
                                train_teacher)
-from kdistill.train import LOWER_IS_BETTER
+from kdistill.engine.loop import LOWER_IS_BETTER
 
 # Search name -> config key; log=True where the search runs on a log scale.
 SEARCH = {"alpha": ("distill.alpha", False), "temperature": ("distill.temperature", True),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kdistill.checkpoint import architecture, save_checkpoint
+from kdistill.models.checkpoint import architecture, save_checkpoint
 from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdistill.models import build_model
 

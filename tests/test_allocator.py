@@ -1,4 +1,4 @@
-"""kdistill.allocator: freed memory is kept for reuse while training, and handed back after.
+"""kdistill.engine.allocator: freed memory is kept for reuse while training, and handed back after.
 
 Page faults are counted in a fresh interpreter running a fixed allocation pattern (plain
 malloc/free through ctypes, one thread, so glibc's behaviour is deterministic), the one that made
@@ -19,7 +19,7 @@ import pytest
 
 ROUNDS = """
 import ctypes, resource, sys
-from kdistill.allocator import keep_freed_memory, release_freed_memory
+from kdistill.engine.allocator import keep_freed_memory, release_freed_memory
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

@@ -10,7 +10,7 @@ from torch import nn
 
 from kdistill.cli import main
 from kdistill.models import build_model
-from kdistill.profile import count_bytes, count_macs, time_interleaved
+from kdistill.deploy.profile import count_bytes, count_macs, time_interleaved
 
 pytest.importorskip("onnxruntime")
 
@@ -64,7 +64,7 @@ def test_count_bytes_sums_operator_tensors_and_skips_views():
 
 def test_bench_rows_have_bytes_and_ratios():
     """Both ratios against the largest model; the student moves far fewer bytes than the teacher."""
-    from kdistill.bench import load_bench_models, run_bench
+    from kdistill.deploy.bench import load_bench_models, run_bench
 
     models = load_bench_models([], ["tiny_cnn_d2", "reference_student"], input_size=32, num_classes=2)
     rows = run_bench(models, rounds=2)
@@ -77,16 +77,16 @@ def test_bench_rows_have_bytes_and_ratios():
 
 def test_bench_times_the_deploy_form_and_counts_the_architecture(tmp_path, monkeypatch):
     """ONNX Runtime and PyTorch rows run deploy_form(model); params/MACs/bytes stay the original's."""
-    import kdistill.bench
-    from kdistill.bench import load_bench_models, model_size, runtimes
-    from kdistill.models.deploy import DeployedReferenceStudent
+    import kdistill.deploy.bench
+    from kdistill.deploy.bench import load_bench_models, model_size, runtimes
+    from kdistill.models.reference.deploy_form import DeployedReferenceStudent
 
     exported = []
-    real_export = kdistill.bench.torch_to_onnx
-    monkeypatch.setattr(kdistill.bench, "torch_to_onnx",
+    real_export = kdistill.deploy.bench.torch_to_onnx
+    monkeypatch.setattr(kdistill.deploy.bench, "torch_to_onnx",
                         lambda model, *args: exported.append(model) or real_export(model, *args))
     ran = []
-    monkeypatch.setattr(kdistill.bench, "_torch_call", lambda model, x: ran.append(model) or (lambda: model(x)))
+    monkeypatch.setattr(kdistill.deploy.bench, "_torch_call", lambda model, x: ran.append(model) or (lambda: model(x)))
     [bench_model] = load_bench_models([], ["reference_student"], input_size=32, num_classes=2)
     made = runtimes(bench_model, tmp_path, threads=1, int8=False)
     assert set(made) == {"torch eager", "torch channels-last", "onnxruntime fp32"}
@@ -130,7 +130,7 @@ def test_bench_models_take_the_checkpoints_input_and_mixed_inputs_are_refused(tm
     sizes are refused with one line naming both (their ratios would compare different work)."""
     from deploy_helpers import make_checkpoint
 
-    from kdistill.bench import load_bench_models
+    from kdistill.deploy.bench import load_bench_models
 
     checkpoint = make_checkpoint(tmp_path / "student", size=32)
     models = load_bench_models([str(checkpoint)], ["tiny_cnn_d2"], input_size=None, num_classes=2)

@@ -1,6 +1,6 @@
 """Training the reference student on raw 2x2 pixel blocks computes what the ordinary model computes.
 
-The block path (kdistill/data/pixel_blocks.py, kdistill/models/block_conv.py and
+The block path (kdistill/models/reference/pixel_blocks.py, kdistill/models/reference/block_conv.py and
 ``bn_relu_maxpool2_blocks``) folds normalization into the convolution, rewrites it on the block
 grid and pools over channel groups. Each test runs it side by side with PyTorch's own layers in
 float64 on the normalized images and compares the logits, every parameter's gradient and the
@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.data import DatasetBundle, ImageSplit
-from kdistill.data.pixel_blocks import BlockImages, can_use_blocks, to_blocks
+from kdistill.models.reference.pixel_blocks import BlockImages, can_use_blocks, to_blocks
 from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalization, to_model_input
 from kdistill.distill import CachedTeacher
 from kdistill.distill.teacher import LiveTeacher
 from kdistill.models import build_model
-from kdistill.models.fused import bn_relu_maxpool2_blocks
-from kdistill.train import _StepRunner, uses_block_images
+from kdistill.models.reference.fused import bn_relu_maxpool2_blocks
+from kdistill.engine.loop import _StepRunner, uses_block_images
 
 GRAY = normalization(1)
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-import kdistill.calibration as calibration
+import kdistill.eval.calibration as calibration
 from conftest import make_image_folder, tiny_config, write_config
 from deploy_helpers import make_checkpoint
-from kdistill.calibration import calibrate, choose_threshold, fit_temperature, scaled_probs
-from kdistill.checkpoint import load_checkpoint, update_meta
+from kdistill.eval.calibration import calibrate, choose_threshold, fit_temperature, scaled_probs
+from kdistill.models.checkpoint import load_checkpoint, update_meta
 from kdistill.cli import main
 from kdistill.config import from_dict
 from kdistill.data import load_dataset
-from kdistill.evaluate import score_logits
-from kdistill.metrics import expected_calibration_error
+from kdistill.eval.evaluate import score_logits
+from kdistill.eval.metrics import expected_calibration_error
 from kdistill.pipeline import _calibration
 
 
@@ -158,8 +158,8 @@ def test_temperature_is_applied_by_predict_and_in_onnx(tmp_path, capsys):
     """A checkpoint with T = 3: `predict` from the checkpoint and from its ONNX copy both report
     softmax(logits / 3), and the ONNX metadata carries the temperature."""
     pytest.importorskip("onnxruntime")
-    from kdistill.export import export_checkpoint
-    from kdistill.onnxmodel import read_contract
+    from kdistill.deploy.export import export_checkpoint
+    from kdistill.deploy.onnx_model import read_contract
 
     root = make_image_folder(tmp_path / "data", per_class=3, size=32) / "train"
     checkpoint = make_checkpoint(tmp_path / "ckpt")
@@ -168,7 +168,7 @@ def test_temperature_is_applied_by_predict_and_in_onnx(tmp_path, capsys):
     assert read_contract(checkpoint / "model.onnx")["temperature"] == 3.0
     model, meta = load_checkpoint(checkpoint)
     from kdistill.data import load_eval_folder
-    from kdistill.inference import predict_logits
+    from kdistill.eval.inference import predict_logits
 
     split, _ = load_eval_folder(root, meta["classes"], 32, 3, "skip")
     logits = predict_logits(model, split, channels=3, mean=meta["mean"], std=meta["std"])

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import leftover_temp_files
-from kdistill.checkpoint import architecture, load_checkpoint, save_checkpoint
+from kdistill.models.checkpoint import architecture, load_checkpoint, save_checkpoint
 from kdistill.data.transforms import normalization
 from kdistill.errors import CheckpointError
 from kdistill.models import build_model
@@ -57,7 +57,7 @@ def test_checkpoint_loads_in_a_fresh_process(tmp_path):
     script = (
         "import sys, torch\n"
         "from safetensors.torch import load_file, save_file\n"
-        "from kdistill.checkpoint import load_checkpoint\n"
+        "from kdistill.models.checkpoint import load_checkpoint\n"
         "model, _ = load_checkpoint(sys.argv[1])\n"
         "with torch.no_grad():\n"
         "    y = model(load_file(sys.argv[2])['x'])\n"

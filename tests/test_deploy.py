@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kdistill.models import build_model, deploy_form
-from kdistill.models.deploy import DeployedReferenceStudent
+from kdistill.models.reference.deploy_form import DeployedReferenceStudent
 
 TOLERANCE = 1e-5  # max |logit difference|: float32 reordering noise is ~1e-7
 
@@ -99,8 +99,8 @@ def test_onnx_round_trip_of_the_deploy_form(in_channels, classes, size, tmp_path
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from kdistill.export import torch_to_onnx
-    from kdistill.onnxmodel import INPUT_NAME, open_session
+    from kdistill.deploy.export import torch_to_onnx
+    from kdistill.deploy.onnx_model import INPUT_NAME, open_session
 
     model = student(in_channels, classes, size)
     path = tmp_path / "deployed.onnx"

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from kdistill.checkpoint import architecture
+from kdistill.models.checkpoint import architecture
 from kdistill.data import ImageSplit, iterate_batches, load_dataset
 from kdistill.data.transforms import normalization
 from kdistill.distill import CachedTeacher, LiveTeacher, build_method
 from kdistill.distill.losses import kd_loss
 from kdistill.models import build_model, find_head
 from kdistill.pipeline import freeze_all_but_head
-from kdistill.train import fit, set_train_mode
+from kdistill.engine.loop import fit, set_train_mode
 
 MEAN, STD = normalization(3)
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PROJECT_ROOT, leftover_temp_files, make_image_folder, tiny_config, write_config
-from kdistill.distributed import World, shard
+from kdistill.engine.distributed import World, shard
 
 ENTRY = Path(__file__).with_name("ddp_entry.py")
 TOLERANCE = 1e-4

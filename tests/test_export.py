@@ -16,12 +16,12 @@ import onnx  # noqa: E402
 
 from conftest import leftover_temp_files, make_image_folder  # noqa: E402
 from deploy_helpers import CLASSES, make_checkpoint, write_foreign_onnx  # noqa: E402
-from kdistill.checkpoint import load_checkpoint  # noqa: E402
+from kdistill.models.checkpoint import load_checkpoint  # noqa: E402
 from kdistill.cli import main  # noqa: E402
 from kdistill.data import load_eval_folder  # noqa: E402
 from kdistill.data.transforms import to_model_input  # noqa: E402
-from kdistill.export import export_checkpoint  # noqa: E402
-from kdistill.onnxmodel import (CONTRACT_KEYS, ExportError, open_session, read_contract,  # noqa: E402
+from kdistill.deploy.export import export_checkpoint  # noqa: E402
+from kdistill.deploy.onnx_model import (CONTRACT_KEYS, ExportError, open_session, read_contract,  # noqa: E402
                                 session_probs)
 
 
@@ -159,7 +159,7 @@ def test_in_memory_splits_as_the_pipeline_passes_them(tmp_path, images):
 def test_onnx_export_ships_the_deploy_form_checked_against_the_original(tmp_path, images, monkeypatch):
     """The reference student's model.onnx is its deploy form (no BatchNorm, pooling or Gemm), and
     the parity check compares it with the original model: a wrong rewrite is refused."""
-    import kdistill.export
+    import kdistill.deploy.export
     from kdistill.models import deploy_form
 
     checkpoint = make_checkpoint(tmp_path / "ckpt")
@@ -174,7 +174,7 @@ def test_onnx_export_ships_the_deploy_form_checked_against_the_original(tmp_path
             deployed.conv.bias.add_(0.5)
         return deployed
 
-    monkeypatch.setattr(kdistill.export, "deploy_form", wrong_rewrite)
+    monkeypatch.setattr(kdistill.deploy.export, "deploy_form", wrong_rewrite)
     with pytest.raises(ExportError, match="disagree"):
         export_checkpoint(checkpoint, out=tmp_path / "wrong.onnx", check_images=images)
     assert not (tmp_path / "wrong.onnx").exists()
@@ -183,7 +183,7 @@ def test_onnx_export_ships_the_deploy_form_checked_against_the_original(tmp_path
 def test_failed_int8_step_leaves_the_previous_pair_untouched(tmp_path, images, monkeypatch, capsys):
     """An int8 export that fails (empty calibration folder, or quantization itself) changes neither
     model.onnx nor model.int8.onnx: the fp32 file only replaces the old one once both passed."""
-    import kdistill.export
+    import kdistill.deploy.export
 
     checkpoint = make_checkpoint(tmp_path / "ckpt", "tiny_cnn_d2")
     export_checkpoint(checkpoint, int8=True, calibration=images)
@@ -200,7 +200,7 @@ def test_failed_int8_step_leaves_the_previous_pair_untouched(tmp_path, images, m
     def broken_quantizer(*args):
         raise ExportError("quantization failed")
 
-    monkeypatch.setattr(kdistill.export, "quantize_int8", broken_quantizer)
+    monkeypatch.setattr(kdistill.deploy.export, "quantize_int8", broken_quantizer)
     with pytest.raises(ExportError, match="quantization failed"):
         export_checkpoint(checkpoint, int8=True, calibration=images)
     assert {name: (checkpoint / name).read_bytes() for name in before} == before

@@ -22,14 +22,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import kdistill.train as train_module
+import kdistill.engine.loop as train_module
 from conftest import PROJECT_ROOT, leftover_temp_files
-from kdistill.checkpoint import architecture
+from kdistill.models.checkpoint import architecture
 from kdistill.data import load_dataset
 from kdistill.distill import build_method
 from kdistill.errors import KdistillError
 from kdistill.models import build_model
-from kdistill.train import fit
+from kdistill.engine.loop import fit
 
 DIGITS_CONFIG = {
     # 1,320 training images in batches of 2: an epoch lasts about a second, long enough to be

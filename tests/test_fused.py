@@ -16,7 +16,7 @@ from torch import nn
 
 import kdistill.models.students as students
 from kdistill.models import build_model
-from kdistill.models.fused import bn_relu_maxpool2, can_fuse
+from kdistill.models.reference.fused import bn_relu_maxpool2, can_fuse
 
 
 def _layers(in_channels: int, gamma: list[float], momentum: float | None = 0.1):

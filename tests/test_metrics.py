@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from kdistill.evaluate import paired_tests, run_statistics, summarize
-from kdistill.metrics import (Resamples, bootstrap_auc, bootstrap_ci, bootstrap_indices, mcnemar_exact,
+from kdistill.eval.evaluate import paired_tests, run_statistics, summarize
+from kdistill.eval.metrics import (Resamples, bootstrap_auc, bootstrap_ci, bootstrap_indices, mcnemar_exact,
                               mean_std, paired_auc_difference, percentile_interval)
-from kdistill.report import markdown_report, verdict
+from kdistill.report.markdown import markdown_report, verdict
 
 
 def binary_probs(scores: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import leftover_temp_files, make_image_folder, tiny_config, write_config
-from kdistill.checkpoint import load_checkpoint
+from kdistill.models.checkpoint import load_checkpoint
 from kdistill.cli import main
 from kdistill.config import load_config, to_dict
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdistill.checkpoint import architecture
+from kdistill.models.checkpoint import architecture
 from kdistill.config import load_config
 from kdistill.data import load_dataset
 from kdistill.distill import CachedTeacher, LiveTeacher, build_method
 from kdistill.errors import ConfigError
 from kdistill.models import build_model
-from kdistill.precision import resolve_device
-from kdistill.train import fit
+from kdistill.engine.precision import resolve_device
+from kdistill.engine.loop import fit
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 from conftest import make_image_folder  # noqa: E402
 from deploy_helpers import make_checkpoint  # noqa: E402
 from kdistill.cli import main  # noqa: E402
-from kdistill.export import export_checkpoint  # noqa: E402
+from kdistill.deploy.export import export_checkpoint  # noqa: E402
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import make_image_folder, tiny_config, write_config
 from kdistill.cli import main
-from kdistill.report_html import html_report
+from kdistill.report.html import html_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

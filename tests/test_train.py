@@ -13,14 +13,14 @@ import json
 import pytest
 import torch
 
-import kdistill.train as train_module
+import kdistill.engine.loop as train_module
 from conftest import leftover_temp_files, tiny_config, write_config
-from kdistill.checkpoint import architecture, load_checkpoint
+from kdistill.models.checkpoint import architecture, load_checkpoint
 from kdistill.cli import main
 from kdistill.data import load_dataset
 from kdistill.distill import CachedTeacher, build_method
 from kdistill.models import build_model
-from kdistill.train import fit
+from kdistill.engine.loop import fit
 
 EPOCHS = 4
 INTERRUPT_AT = 3  # the run dies at the start of epoch 3, so the saved state is that of epoch 2

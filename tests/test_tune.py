@@ -15,7 +15,7 @@ pytest.importorskip("optuna")
 
 import kdistill.tune as tune_module  # noqa: E402
 from conftest import write_config  # noqa: E402
-from kdistill.checkpoint import load_checkpoint  # noqa: E402
+from kdistill.models.checkpoint import load_checkpoint  # noqa: E402
 from kdistill.cli import main  # noqa: E402
 from kdistill.config import load_config  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402

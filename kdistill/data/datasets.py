@@ -12,7 +12,6 @@ import torch
 from kdistill.data.cache import cached_decode, resolve_cache_dir
 from kdistill.data.digits import digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
-from kdistill.data.pixel_blocks import BlockImages, to_blocks
 from kdistill.data.split import grouped_holdout, patient_keys, shared_groups
 from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
 from kdistill.errors import DataError
@@ -63,7 +62,7 @@ class DatasetBundle:
 class Batch:
     """A training or evaluation batch; ``index`` and ``flipped`` identify the exact view seen."""
 
-    images: torch.Tensor | BlockImages  # float32 [B, C, S, S], normalized; or raw 2x2 blocks
+    images: torch.Tensor  # float32 [B, C, S, S], normalized (or what ``iterate_batches``'s ``to_input`` made)
     labels: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B], positions in the split
     flipped: torch.Tensor  # bool [B]
@@ -243,13 +242,13 @@ def iterate_batches(
     augment: bool = False,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
-    blocks: bool = False,
+    to_input: Callable[[torch.Tensor], object] | None = None,
     shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[Batch]:
     """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
     ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU).
-    ``blocks`` yields raw pixels in 2x2 blocks instead (:class:`kdistill.data.pixel_blocks.BlockImages`),
-    for a model that takes them.
+    ``to_input`` replaces the normalization: it turns the uint8 ``[B, S, H, W]`` batch into what
+    the model takes (a model's own fast input form).
     ``shard`` picks this process's part of the drawn order (distributed training); every process
     draws the same permutation and flips, so the parts are disjoint."""
     count = len(split)
@@ -263,8 +262,8 @@ def iterate_batches(
         index = order[start:start + batch_size]
         flipped = flips[index]
         images = apply_flips(split.images[index], flipped)
-        if blocks:
-            images = to_blocks(images, channels, mean, std)
+        if to_input is not None:
+            images = to_input(images)
         else:
             images = to_model_input(images, channels, mean, std)
             if channels_last:

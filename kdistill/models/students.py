@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdistill.data.pixel_blocks import BlockImages
+from kdistill.models.reference.pixel_blocks import BlockImages
 from kdistill.errors import ConfigError
-from kdistill.models.block_conv import block_conv
-from kdistill.models.fused import bn_relu_maxpool2, bn_relu_maxpool2_blocks, can_fuse, fusable
+from kdistill.models.reference.block_conv import block_conv
+from kdistill.models.reference.fused import bn_relu_maxpool2, bn_relu_maxpool2_blocks, can_fuse, fusable
 
 
 class ReferenceStudent(nn.Module):
@@ -37,7 +37,7 @@ class ReferenceStudent(nn.Module):
 
     def forward(self, x: torch.Tensor | BlockImages) -> torch.Tensor:
         conv, batchnorm, relu, pool = self.features
-        if isinstance(x, BlockImages):  # CPU training batches (kdistill/models/block_conv.py)
+        if isinstance(x, BlockImages):  # CPU training batches (kdistill/models/reference/block_conv.py)
             return self._forward_blocks(x)
         z = conv(x)  # training batches arrive channels-last, which suits this convolution
         if can_fuse(z, batchnorm, self.training):

@@ -5,7 +5,7 @@ the source is grayscale) arranged as ``F.pixel_unshuffle`` arranges them: ``[N, 
 channels ordered (source channel, row in block, column in block), plus the normalization the
 model expects. It carries a third of the bytes of the normalized 3-channel batch for a grayscale
 source, and costs one conversion pass. The reference student computes on it directly
-(kdistill/models/block_conv.py); ``to_images`` gives the ordinary normalized batch for anything
+(kdistill/models/reference/block_conv.py); ``to_images`` gives the ordinary normalized batch for anything
 else.
 """
 

@@ -4,7 +4,7 @@ A 3x3 convolution with 4 output channels is a poor fit for CPU convolution kerne
 vectorize over output channels, and a grayscale X-ray expanded to 3 normalized channels is read as
 three times the data it holds. Both costs go away with an exact rewrite:
 
-* The batch stays raw pixel values in 2x2 blocks (:class:`kdistill.data.pixel_blocks.BlockImages`).
+* The batch stays raw pixel values in 2x2 blocks (:class:`kdistill.models.reference.pixel_blocks.BlockImages`).
   Normalization ``x * scale + shift`` is linear, so its ``scale`` is folded into the weights and
   its ``shift`` into the bias; a grayscale image expanded to three channels sums the three
   channels' weights.
@@ -12,7 +12,7 @@ three times the data it holds. Both costs go away with an exact rewrite:
   channels, one group per position in the block (taps that fall outside the original 3x3 window
   are zero). In the default (NCHW) layout each group is a run of whole channel planes, so the
   following 2x2 max pooling is an elementwise maximum of four long contiguous runs
-  (:func:`kdistill.models.fused.bn_relu_maxpool2_blocks`), and the pooled result is already laid
+  (:func:`kdistill.models.reference.fused.bn_relu_maxpool2_blocks`), and the pooled result is already laid
   out as the classifier reads it.
 * The convolution's weight gradient runs on channels-last copies of its input and output
   gradient: measured ~4x faster than in NCHW on CPU, copies included (:class:`_BlockConvolution`).
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.data.pixel_blocks import CENTER, BlockImages
+from kdistill.models.reference.pixel_blocks import CENTER, BlockImages
 from kdistill.data.transforms import normalization_affine
 
 

@@ -12,9 +12,9 @@ import base64
 from collections.abc import Sequence
 from html import escape
 
-from kdistill import plots
-from kdistill.report import ROLE_LABELS, _count, _num, _p_value, _pct, verdict
-from kdistill.report import _mean_std as report_mean_std
+from kdistill.report import plots
+from kdistill.report.markdown import ROLE_LABELS, _count, _num, _p_value, _pct, verdict
+from kdistill.report.markdown import _mean_std as report_mean_std
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete

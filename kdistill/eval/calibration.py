@@ -29,7 +29,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.metrics import roc_curve
 
 from kdistill.log import log
-from kdistill.metrics import expected_calibration_error
+from kdistill.eval.metrics import expected_calibration_error
 
 THRESHOLD_RULES = ("balanced_accuracy", "youden")
 LOG_T_BOUNDS = (-4.0, 4.0)  # T between 0.018 and 55: wider would only fit degenerate logits

@@ -14,10 +14,10 @@ import torch
 
 from kdistill.data.transforms import to_model_input
 from kdistill.errors import DataError
-from kdistill.imagefiles import decode_images, find_images
-from kdistill.metrics import predict as decide
-from kdistill.onnxmodel import ExportError, open_session, read_contract, session_probs
-from kdistill.profile import torch_threads
+from kdistill.data.imagefiles import decode_images, find_images
+from kdistill.eval.metrics import predict as decide
+from kdistill.deploy.onnx_model import ExportError, open_session, read_contract, session_probs
+from kdistill.deploy.profile import torch_threads
 
 CHUNK = 64  # files decoded at a time, so memory stays flat for large folders
 
@@ -34,7 +34,7 @@ class Predictor:
 def load_predictor(path: Path, threads: int = 1) -> Predictor:
     """A checkpoint directory runs in PyTorch; an ``.onnx`` file in ONNX Runtime."""
     if path.is_dir():
-        from kdistill.checkpoint import load_checkpoint
+        from kdistill.models.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(path)
         temperature = meta.get("temperature") or 1.0  # fitted on validation; the threshold assumes it

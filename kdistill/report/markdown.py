@@ -4,7 +4,7 @@ seeds, no intervals) still render: every added key is optional."""
 
 from __future__ import annotations
 
-from kdistill.metrics import BOOTSTRAP_RESAMPLES
+from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
 
 ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
 SIGNIFICANCE = 0.05

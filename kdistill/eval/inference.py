@@ -1,5 +1,5 @@
 """Run a model over a split and return its logits (eval mode, no_grad, fixed order);
-``kdistill.calibration.scaled_probs`` turns them into probabilities at a checkpoint's temperature."""
+``kdistill.eval.calibration.scaled_probs`` turns them into probabilities at a checkpoint's temperature."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kdistill.data import ImageSplit, iterate_batches
-from kdistill.models.deploy import deploy_form
+from kdistill.models.reference.deploy_form import deploy_form
 
 
 def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from kdistill import __version__
-from kdistill.bench import model_size, speed_side_by_side
-from kdistill.calibration import scaled_probs
-from kdistill.checkpoint import load_checkpoint
+from kdistill.deploy.bench import model_size, speed_side_by_side
+from kdistill.eval.calibration import scaled_probs
+from kdistill.models.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
 from kdistill.fileio import write_json_atomic
-from kdistill.inference import predict_logits
-from kdistill.metrics import (bootstrap_ci, bootstrap_indices, classification_metrics,
+from kdistill.eval.inference import predict_logits
+from kdistill.eval.metrics import (bootstrap_ci, bootstrap_indices, classification_metrics,
                               expected_calibration_error, mcnemar_exact, mean_std,
                               paired_auc_difference, predict)
 

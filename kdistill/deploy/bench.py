@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.checkpoint import architecture, load_checkpoint
+from kdistill.models.checkpoint import architecture, load_checkpoint
 from kdistill.data import ImageSplit
 from kdistill.data.transforms import normalization
 from kdistill.errors import KdistillError
-from kdistill.export import model_batches, quantize_int8, torch_to_onnx
-from kdistill.imagefiles import load_images
+from kdistill.deploy.export import model_batches, quantize_int8, torch_to_onnx
+from kdistill.data.imagefiles import load_images
 from kdistill.models import build_model, deploy_form
-from kdistill.onnxmodel import INPUT_NAME, open_session
-from kdistill.profile import count_bytes, count_macs, count_parameters, time_interleaved, torch_threads
+from kdistill.deploy.onnx_model import INPUT_NAME, open_session
+from kdistill.deploy.profile import count_bytes, count_macs, count_parameters, time_interleaved, torch_threads
 
 RANDOM_CALIBRATION = "random N(0,1) inputs (latency only: says nothing about int8 accuracy)"
 

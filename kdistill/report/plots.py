@@ -15,10 +15,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from kdistill.report import ROLE_LABELS
+from kdistill.report.markdown import ROLE_LABELS
 
 DPI = 100
-CALIBRATION_BINS = 15  # the binning of kdistill.metrics.expected_calibration_error
+CALIBRATION_BINS = 15  # the binning of kdistill.eval.metrics.expected_calibration_error
 ROLE_COLORS = {"teacher": "#4c72b0", "baseline": "#dd8452", "distilled": "#55a868"}
 
 

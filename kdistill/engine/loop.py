@@ -30,18 +30,18 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from tqdm import tqdm
 
-from kdistill import distributed
-from kdistill.allocator import keep_freed_memory, release_freed_memory
-from kdistill.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
+from kdistill.engine import distributed
+from kdistill.engine.allocator import keep_freed_memory, release_freed_memory
+from kdistill.models.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
 from kdistill.data import DatasetBundle, iterate_batches
-from kdistill.data.pixel_blocks import can_use_blocks
+from kdistill.models.reference.pixel_blocks import can_use_blocks, to_blocks
 from kdistill.distill.teacher import CachedTeacher, LiveTeacher
-from kdistill.precision import autocast, check_precision, grad_scaler
+from kdistill.engine.precision import autocast, check_precision, grad_scaler
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.fileio import atomic_directory, sha256_file
-from kdistill.inference import predict_logits
+from kdistill.eval.inference import predict_logits
 from kdistill.log import log
-from kdistill.metrics import classification_metrics
+from kdistill.eval.metrics import classification_metrics
 
 LOWER_IS_BETTER = {"loss"}
 
@@ -196,13 +196,18 @@ def training_batches(model, teacher, data: DatasetBundle, batch_size: int, gener
                            shuffle=True, augment=data.hflip, generator=generator,
                            # channels_last: the reference student's step measured 1.4-2x faster on
                            # 2 CPU cores (issue 3); blocks: see uses_block_images.
-                           channels_last=True, blocks=uses_block_images(model, teacher, data, runner, world),
+                           channels_last=True, to_input=_block_input(data) if uses_block_images(model, teacher, data, runner, world) else None,
                            shard=functools.partial(distributed.shard, world=world) if world.active else None)
+
+
+def _block_input(data: DatasetBundle):
+    mean, std = data.normalization
+    return functools.partial(to_blocks, channels=data.channels, mean=mean, std=std)
 
 
 def uses_block_images(model, teacher, data: DatasetBundle, runner: _StepRunner | None = None,
                       world: distributed.World = distributed.World()) -> bool:
-    """Whether the loop feeds ``model`` raw 2x2 pixel blocks (kdistill/data/pixel_blocks.py): for a
+    """Whether the loop feeds ``model`` raw 2x2 pixel blocks (kdistill/models/reference/pixel_blocks.py): for a
     model that takes them (the reference student), CPU float32 in one process, and a teacher that
     does not read the images (none, or outputs replayed from the cache)."""
     device, precision = (runner.device, runner.precision) if runner else (torch.device("cpu"), "fp32")

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.checkpoint import load_checkpoint
+from kdistill.models.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, iterate_batches
 from kdistill.fileio import atomic_file
-from kdistill.imagefiles import evenly_spaced, load_images
-from kdistill.metrics import predict as decide
+from kdistill.data.imagefiles import evenly_spaced, load_images
+from kdistill.eval.metrics import predict as decide
 from kdistill.models import deploy_form
-from kdistill.onnxmodel import (INPUT_NAME, OUTPUT_NAME, ExportError, contract_from_meta,
+from kdistill.deploy.onnx_model import (INPUT_NAME, OUTPUT_NAME, ExportError, contract_from_meta,
                                 open_session, require_onnx, require_onnxruntime, session_probs,
                                 write_contract)
 

@@ -210,7 +210,7 @@ class _BatchNormReluMaxPool(torch.autograd.Function):
         return grad_z, grad_weight, grad_bias, None, None, None
 
 
-# --- the same three layers on the block layout of kdistill/models/block_conv.py ---------------
+# --- the same three layers on the block layout of kdistill/models/reference/block_conv.py ---------------
 #
 # There the convolution's output is ``[N, 4*C, H/2, W/2]`` in the default layout: four groups of C
 # channel planes, one group per position in the 2x2 pooling window. Each group is one contiguous

@@ -1,0 +1,1 @@
+"""Deployment: export to ONNX/TorchScript/int8, the exported model's contract, predict, bench, profile."""

@@ -1,0 +1,1 @@
+"""Training: the one loop, its resume state, numeric precision, multi-process training."""
