@@ -74,6 +74,9 @@ class StudentConfig:
     model: str = "reference_student"
     model_args: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # auto: a student with a CPU fast path (the reference student) uses it where it applies;
+    # off: every student runs through its own modules (forward hooks on them fire).
+    fast_path: Literal["auto", "off"] = "auto"
 
 
 @dataclass
