@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from html import escape
 
 from kdistill.report import plots
-from kdistill.report.markdown import ROLE_LABELS, _count, _num, _p_value, _pct, verdict
-from kdistill.report.markdown import _mean_std as report_mean_std
+from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct
+from kdistill.report.markdown import verdict
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
@@ -72,11 +72,11 @@ def _row_id(row: dict, index: int) -> str:
 
 
 def _mean_std(entry: dict | None, percent: bool) -> str:
-    return report_mean_std(entry, percent, std_of_one=False)  # one model: its value, no "± 0"
+    return mean_std(entry, percent, std_of_one=False)  # one model: its value, no "± 0"
 
 
 def _with_ci(value, interval, percent: bool) -> str:
-    show = _pct if percent else _num
+    show = pct if percent else num
     if not interval or len(interval) != 2 or None in interval:
         return show(value)
     return f'{show(value)} <span class="muted">[{show(interval[0])}, {show(interval[1])}]</span>'
@@ -87,7 +87,7 @@ def _temperature(value) -> str:
 
 
 def _p(value) -> str:
-    return "n/a" if value is None else _p_value(value)  # written as report.md writes it
+    return "n/a" if value is None else p_value(value)  # written as report.md writes it
 
 
 def _signed_points(value) -> str:
@@ -135,8 +135,8 @@ def _accuracy_sentence(results: dict, summary: dict) -> str:
                 f"({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}).")
     rows = {row.get("role"): row for row in results.get("models") or []}
     if "baseline" in rows and "distilled" in rows:
-        return (f"Test accuracy of the student distilled {_pct(rows['distilled'].get('accuracy'))} % vs "
-                f"the student alone {_pct(rows['baseline'].get('accuracy'))} %.")
+        return (f"Test accuracy of the student distilled {pct(rows['distilled'].get('accuracy'))} % vs "
+                f"the student alone {pct(rows['baseline'].get('accuracy'))} %.")
     return ""
 
 
@@ -152,7 +152,7 @@ def _summary_table(results: dict) -> str:
         members = [r for r in results.get("models") or [] if r.get("role") == role]
         seeds = max(((entry or {}).get(m) or {}).get("n") or 1 for m, _ in metrics)
         rows.append([escape(ROLE_LABELS.get(role, role)), str(seeds)]
-                    + [_mean_std((entry or {}).get(m), pct) for m, pct in metrics]
+                    + [_mean_std((entry or {}).get(m), percent) for m, percent in metrics]
                     + _size_speed(members))
     header = ["role", "seeds", "accuracy %", "balanced acc %", "sensitivity %", "specificity %", "AUC",
               "ECE", "params", "MACs", "latency b1 (ms)", "speed-up vs teacher"]
@@ -165,8 +165,8 @@ def _size_speed(rows: list[dict]) -> list[str]:
         return sum(values) / len(values) if values else None
 
     params, macs, latency, speedup = (mean(k) for k in ("params", "macs", "latency_ms_batch1", "speedup_vs_teacher"))
-    return ["n/a" if params is None else _count(round(params)), "n/a" if macs is None else _count(round(macs)),
-            _num(latency, 2), "n/a" if speedup is None else f"{speedup:.1f}x"]
+    return ["n/a" if params is None else count(round(params)), "n/a" if macs is None else count(round(macs)),
+            num(latency, 2), "n/a" if speedup is None else f"{speedup:.1f}x"]
 
 
 def _models_table(results: dict) -> str:
@@ -183,14 +183,14 @@ def _models_table(results: dict) -> str:
 
 def _model_row(row: dict, index: int) -> list[str]:
     ci = row.get("ci") or {}
-    ece = _num(row.get("ece"))
+    ece = num(row.get("ece"))
     if row.get("ece_uncalibrated") is not None:
-        ece = f"{_num(row['ece_uncalibrated'])} → {ece}"
+        ece = f"{num(row['ece_uncalibrated'])} → {ece}"
     cells = [f'{escape(_row_id(row, index))}<span class="muted">{escape(str(row.get("name", "")))}</span>',
              "" if row.get("seed") is None else str(row["seed"]),
              _with_ci(row.get("accuracy"), ci.get("accuracy"), True),
-             _pct(row.get("balanced_accuracy")), _pct(row.get("sensitivity")), _pct(row.get("specificity")),
-             _with_ci(row.get("auc"), ci.get("auc"), False), _num(row.get("threshold"), 3),
+             pct(row.get("balanced_accuracy")), pct(row.get("sensitivity")), pct(row.get("specificity")),
+             _with_ci(row.get("auc"), ci.get("auc"), False), num(row.get("threshold"), 3),
              _temperature(row.get("temperature")), ece] + _size_speed([row])
     if row.get("runtime"):  # the fastest runtime measured; the latency shown is its own
         cells[-2] += f'<span class="muted">{escape(str(row["runtime"]))}</span>'
@@ -217,8 +217,8 @@ def _threshold_table(results: dict) -> str:
     if not models:
         return ""
     keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
-    rows = [[escape(_row_id(row, i)), _num(row.get("threshold"), 3)]
-            + [f"{_pct(row['at_0.5'].get(k))} / {_pct(row.get(k))}" for k in keys] for i, row in models]
+    rows = [[escape(_row_id(row, i)), num(row.get("threshold"), 3)]
+            + [f"{pct(row['at_0.5'].get(k))} / {pct(row.get(k))}" for k in keys] for i, row in models]
     header = ["model", "threshold", "accuracy % (0.5 / chosen)", "balanced acc %", "sensitivity %", "specificity %"]
     return "<h2>Threshold 0.5 vs chosen on validation</h2>\n" + _table(header, rows)
 

@@ -5,27 +5,12 @@ seeds, no intervals) still render: every added key is optional."""
 from __future__ import annotations
 
 from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
+from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct
 
-ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
 SIGNIFICANCE = 0.05
 SUMMARY_COLUMNS = (("accuracy", "accuracy %", True), ("balanced_accuracy", "balanced acc %", True),
                    ("sensitivity", "sensitivity %", True), ("specificity", "specificity %", True),
                    ("auc", "AUC", False), ("ece", "ECE", False))
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _num(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _count(value: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:.2f} {unit}"
-    return str(value)
 
 
 def comparison_table(results: dict) -> str:
@@ -39,11 +24,11 @@ def comparison_table(results: dict) -> str:
         speedup = row.get("speedup_vs_teacher")
         ci = row.get("ci") or {}
         lines.append(
-            f"| {row['name']} | {_role_label(row, seeded)} | {_pct(row['accuracy'])}{_interval(ci.get('accuracy'), True)} "
-            f"| {_pct(row['balanced_accuracy'])} | {_pct(row['sensitivity'])} | {_pct(row['specificity'])} "
-            f"| {_num(row['auc'])}{_interval(ci.get('auc'), False)} | {_num(row['ece'])} "
-            f"| {_count(row['params'])} | {_count(row['macs'])} "
-            f"| {_num(row['latency_ms_batch1'], 2)} | {row['throughput_img_s']:.0f} "
+            f"| {row['name']} | {_role_label(row, seeded)} | {pct(row['accuracy'])}{interval(ci.get('accuracy'), True)} "
+            f"| {pct(row['balanced_accuracy'])} | {pct(row['sensitivity'])} | {pct(row['specificity'])} "
+            f"| {num(row['auc'])}{interval(ci.get('auc'), False)} | {num(row['ece'])} "
+            f"| {count(row['params'])} | {count(row['macs'])} "
+            f"| {num(row['latency_ms_batch1'], 2)} | {row['throughput_img_s']:.0f} "
             f"| {'n/a' if speedup is None else f'{speedup:.1f}x'} |"
         )
     return "\n".join(lines)
@@ -54,24 +39,6 @@ def _role_label(row: dict, seeded: bool) -> str:
     return f"{label}, seed {row.get('seed')}" if seeded and row["role"] != "teacher" else label
 
 
-def _interval(bounds, percent: bool) -> str:
-    """`` [lo, hi]`` after a value, in the value's unit; empty when there is no interval."""
-    if not bounds:
-        return ""
-    fmt = _pct if percent else _num
-    return f" [{fmt(bounds[0])}, {fmt(bounds[1])}]"
-
-
-def _mean_std(entry: dict | None, percent: bool, std_of_one: bool = True) -> str:
-    """``mean ± std`` of a summary entry; ``std_of_one=False`` shows a single model's value alone."""
-    if not entry or entry.get("mean") is None:
-        return "n/a"
-    fmt = _pct if percent else _num
-    if not std_of_one and (entry.get("n") or 1) <= 1:
-        return fmt(entry["mean"])
-    return f"{fmt(entry['mean'])} ± {fmt(entry.get('std') or 0.0)}"
-
-
 def summary_table(results: dict) -> str:
     """Mean ± std over seeds per role (sample std; 0 for a single model), with n."""
     summary = results.get("summary") or {}
@@ -79,7 +46,7 @@ def summary_table(results: dict) -> str:
              "|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
     for role, metrics in summary.items():
         n = max((m.get("n") or 0 for m in metrics.values()), default=0)
-        cells = [_mean_std(metrics.get(key), percent) for key, _, percent in SUMMARY_COLUMNS]
+        cells = [mean_std(metrics.get(key), percent) for key, _, percent in SUMMARY_COLUMNS]
         lines.append(f"| {ROLE_LABELS.get(role, role)} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -89,14 +56,10 @@ def paired_table(tests: list[dict]) -> str:
     lines = ["| seed | right only alone | right only distilled | McNemar p | accuracy diff (points) "
              "| AUC diff [95% paired bootstrap] |", "|---|---|---|---|---|---|"]
     for t in tests:
-        auc = "n/a" if t.get("auc_diff") is None else f"{t['auc_diff']:+.3f}{_interval(t.get('auc_diff_ci'), False)}"
+        auc = "n/a" if t.get("auc_diff") is None else f"{t['auc_diff']:+.3f}{interval(t.get('auc_diff_ci'), False)}"
         lines.append(f"| {t['seed']} | {t['baseline_only_correct']} | {t['distilled_only_correct']} "
-                     f"| {_p_value(t['p_value'])} | {100 * t['accuracy_diff']:+.1f} | {auc} |")
+                     f"| {p_value(t['p_value'])} | {100 * t['accuracy_diff']:+.1f} | {auc} |")
     return "\n".join(lines)
-
-
-def _p_value(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def verdict(tests: list[dict]) -> str:
@@ -105,7 +68,7 @@ def verdict(tests: list[dict]) -> str:
     significant = [t for t in tests if t["p_value"] < SIGNIFICANCE]
     better = sum(t["accuracy_diff"] > 0 for t in significant)
     worse = len(significant) - better
-    evidence = f"McNemar p = {', '.join(_p_value(t['p_value']) for t in tests)}"
+    evidence = f"McNemar p = {', '.join(p_value(t['p_value']) for t in tests)}"
     every = "this seed" if n == 1 else f"every one of the {n} seeds"
     if not significant:
         where = "" if n == 1 else f" in any of the {n} seeds"
@@ -130,11 +93,11 @@ def calibration_table(results: dict) -> str:
     for row in results["models"]:
         half = row.get("at_0.5") or {}
         rule = f" ({row['threshold_rule']})" if row.get("threshold_rule") else ""
-        lines.append(f"| {_role_label(row, seeded)} | {_num(row.get('threshold'))}{rule} "
-                     f"| {_pct(row.get('sensitivity'))} / {_pct(row.get('specificity'))} "
-                     f"| {_pct(half.get('accuracy'))} | {_pct(half.get('sensitivity'))} / "
-                     f"{_pct(half.get('specificity'))} | {_num(row.get('temperature'), 2)} "
-                     f"| {_num(row.get('ece_uncalibrated'))} -> {_num(row.get('ece'))} |")
+        lines.append(f"| {_role_label(row, seeded)} | {num(row.get('threshold'))}{rule} "
+                     f"| {pct(row.get('sensitivity'))} / {pct(row.get('specificity'))} "
+                     f"| {pct(half.get('accuracy'))} | {pct(half.get('sensitivity'))} / "
+                     f"{pct(half.get('specificity'))} | {num(row.get('temperature'), 2)} "
+                     f"| {num(row.get('ece_uncalibrated'))} -> {num(row.get('ece'))} |")
     return "\n".join(lines)
 
 
@@ -208,8 +171,8 @@ def markdown_report(results: dict) -> str:
                      f"PyTorch {export['max_prob_diff']:.1e} on {export['checked_on']}).")
         int8 = export.get("int8")
         if int8 and int8.get("accuracy_delta") is not None:
-            lines.append(f"- Int8 copy: {int8['path']}; accuracy {_pct(int8['accuracy_int8'])}% vs fp32 "
-                         f"{_pct(int8['accuracy_fp32'])}% on {int8['checked_on']}.")
+            lines.append(f"- Int8 copy: {int8['path']}; accuracy {pct(int8['accuracy_int8'])}% vs fp32 "
+                         f"{pct(int8['accuracy_fp32'])}% on {int8['checked_on']}.")
     if dataset.get("unused"):
         lines.append(f"- Not used: {dataset['unused']} (too small to select on).")
     if dataset.get("skipped_files"):
@@ -222,7 +185,7 @@ def _threshold_note(rows: list[dict], positive: str) -> str:
     if any("threshold_rule" in row for row in rows):
         return (f"Each model calls {positive} when its temperature-scaled {positive} probability reaches "
                 f"its own threshold, chosen on the validation split (table above).")
-    return f"Decision threshold {_num(next(iter(thresholds)), 2)} on the {positive} probability."
+    return f"Decision threshold {num(next(iter(thresholds)), 2)} on the {positive} probability."
 
 
 def _training_summary(row: dict) -> str:
@@ -237,5 +200,5 @@ def _training_summary(row: dict) -> str:
                      f"{training.get('class_weighting', 'none')}")
     if selected:
         value = selected["val"].get(selected["metric"])
-        parts.append(f"epoch {selected['epoch']} kept (validation {selected['metric']} {_num(value, 4)})")
+        parts.append(f"epoch {selected['epoch']} kept (validation {selected['metric']} {num(value, 4)})")
     return "; ".join(parts) or "loaded from a checkpoint"

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from kdistill.report.markdown import ROLE_LABELS
+from kdistill.report.format import ROLE_LABELS
 
 DPI = 100
 CALIBRATION_BINS = 15  # the binning of kdistill.eval.metrics.expected_calibration_error

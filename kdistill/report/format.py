@@ -1,0 +1,48 @@
+"""Number and label formatting shared by ``report.md``, ``report.html`` and the plots, so a figure
+reads the same in every output. Every helper accepts ``None`` (an optional key of an older
+``results.json``) and writes ``n/a`` for it."""
+
+from __future__ import annotations
+
+ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal: ``0.9123`` -> ``91.2``."""
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    """A plain number with ``digits`` decimals."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def count(value: int) -> str:
+    """A parameter or MAC count with a unit: ``1_810_000_000`` -> ``1.81 G``."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return str(value)
+
+
+def p_value(p: float) -> str:
+    """A test's p-value, with the smallest ones as ``< 0.001``."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def interval(bounds, percent: bool) -> str:
+    """`` [lo, hi]`` after a value, in the value's unit; empty when there is no interval."""
+    if not bounds:
+        return ""
+    fmt = pct if percent else num
+    return f" [{fmt(bounds[0])}, {fmt(bounds[1])}]"
+
+
+def mean_std(entry: dict | None, percent: bool, std_of_one: bool = True) -> str:
+    """``mean ± std`` of a summary entry; ``std_of_one=False`` shows a single model's value alone."""
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    fmt = pct if percent else num
+    if not std_of_one and (entry.get("n") or 1) <= 1:
+        return fmt(entry["mean"])
+    return f"{fmt(entry['mean'])} ± {fmt(entry.get('std') or 0.0)}"
