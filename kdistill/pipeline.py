@@ -163,7 +163,7 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     if cfg.checkpoint:
         model, meta = load_checkpoint(cfg.checkpoint)
         _check_same_data(meta, data, cfg.checkpoint)
-        meta = {**meta, **_calibration(model, meta, data, config)}  # in memory: not the user's folder
+        meta = {**meta, **fit_calibration(model, meta, data, config)}  # in memory: not the user's folder
         return freeze(model), meta
     checkpoint_dir = out / "teacher"
     if resume and (checkpoint_dir / "model.json").is_file():
@@ -222,13 +222,13 @@ def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config):
     """Load a trained checkpoint and store its validation-fitted temperature and threshold in its
     model.json. Deterministic, so a resumed run writes the same values again."""
     model, meta = load_checkpoint(checkpoint_dir)
-    fitted = _calibration(model, meta, data, config)
+    fitted = fit_calibration(model, meta, data, config)
     if not distributed.current().is_main:  # only rank 0 writes; the other ranks keep it in memory
         return model, {**meta, **fitted}
     return model, update_meta(checkpoint_dir, fitted)
 
 
-def _calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict:
+def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict:
     """Temperature and threshold fitted on the VALIDATION split (never the test split)."""
     logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
     fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index,

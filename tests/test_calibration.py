@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kdistill.eval.calibration as calibration
-from conftest import make_image_folder, tiny_config, write_config
+from conftest import make_image_folder, require_or_skip, tiny_config, write_config
 from deploy_helpers import make_checkpoint
 from kdistill.eval.calibration import calibrate, choose_threshold, fit_temperature, scaled_probs
 from kdistill.models.checkpoint import load_checkpoint, update_meta
@@ -20,7 +20,7 @@ from kdistill.config import from_dict
 from kdistill.data import load_dataset
 from kdistill.eval.evaluate import score_logits
 from kdistill.eval.metrics import expected_calibration_error
-from kdistill.pipeline import _calibration
+from kdistill.pipeline import fit_calibration
 
 
 def overconfident_logits(n: int = 20000, factor: float = 3.0, seed: int = 0):
@@ -107,8 +107,8 @@ def test_pipeline_calibration_never_touches_the_test_split(image_root):
     config = from_dict(tiny_config(image_root, image_root / "unused"))
     data = load_dataset(**dataclasses.asdict(config.data))
     model, meta = load_checkpoint(make_checkpoint(image_root / "ckpt", size=16))
-    clean = _calibration(model, meta, data, config)
-    poisoned = _calibration(model, meta, dataclasses.replace(data, test=_Poisoned()), config)
+    clean = fit_calibration(model, meta, data, config)
+    poisoned = fit_calibration(model, meta, dataclasses.replace(data, test=_Poisoned()), config)
     assert poisoned == clean and clean["calibration"]["images"] == len(data.val)
 
 
@@ -157,7 +157,7 @@ def test_run_stores_calibration_in_each_checkpoint_and_results_agree(spied_run):
 def test_temperature_is_applied_by_predict_and_in_onnx(tmp_path, capsys):
     """A checkpoint with T = 3: `predict` from the checkpoint and from its ONNX copy both report
     softmax(logits / 3), and the ONNX metadata carries the temperature."""
-    pytest.importorskip("onnxruntime")
+    require_or_skip("onnxruntime")
     from kdistill.deploy.export import export_checkpoint
     from kdistill.deploy.onnx_model import read_contract
 
