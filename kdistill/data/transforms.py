@@ -24,8 +24,8 @@ def random_flips(batch_size: int, generator: torch.Generator) -> torch.Tensor:
 def apply_flips(images: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
     """Mirror the images whose ``flipped`` entry is True; ``images`` is a CPU ``[B, C, H, W]``.
 
-    Only the mirrored images are copied, through NumPy: its reversed-stride copy of a uint8 batch
-    of 32 chest X-rays at 224 took 0.8 ms, ``torch.where`` over ``images.flip(-1)`` 2.2 ms."""
+    Only the mirrored images are copied, through NumPy's reversed-stride copy: ``torch.where`` over
+    ``images.flip(-1)`` would copy the whole batch twice (the flip, then the selection)."""
     if not bool(flipped.any()):
         return images
     out = images.clone()

@@ -112,8 +112,7 @@ def open_session(path: Path, threads: int = 1):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.enable_cpu_mem_arena = False  # return batch buffers after each run, not keep the peak
     # Idle workers would otherwise spin after every run, taking the cores from whatever runs next:
-    # in bench's interleaved rounds at 2 threads, ResNet-18 in PyTorch measured 87-103 ms after
-    # spinning sessions against 41 ms without, and its int8 session 13-15 ms against 7.9 ms.
+    # in interleaved timing rounds (kdistill bench) they slow the model timed after this session.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
     try:

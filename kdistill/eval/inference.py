@@ -16,8 +16,8 @@ def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, 
 
     Runs the model's inference form (:func:`kdistill.models.deploy_form`, the same function
     rewritten to run faster) on channels-last batches, which CPU convolutions with few input
-    channels run several times faster. Batches of 32: a ResNet-18 at 224 holds ~1 GB more with
-    batches of 128, for no speed on a CPU, and validation runs while training still holds its memory.
+    channels run faster. Batches of 32: larger batches hold far more activation memory for no
+    speed on a CPU, and validation runs while training still holds its memory.
     """
     was_training = model.training
     model.eval()
