@@ -24,70 +24,100 @@ from kdistill.errors import ConfigError
 DEFAULT_PATIENT_REGEX = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"
 
 
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its meaning kept beside it (``metadata["help"]``), so the key reference
+    in docs/config.md is generated from this file (``python -m kdistill.configdoc``)."""
+    return field(default=default, default_factory=factory, metadata={"help": doc})
+
+
 @dataclass
 class TrainConfig:
     """One training recipe (the teacher has its own; baseline and distilled students share one)."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["cosine", "constant"] = "cosine"
-    select_metric: Literal["balanced_accuracy", "accuracy", "auc", "loss"] = "balanced_accuracy"
-    class_weighting: Literal["none", "balanced"] = "none"
+    epochs: int = setting(10, "passes over the training split")
+    batch_size: int = setting(32, "images per optimizer step")
+    lr: float = setting(1e-3, "starting learning rate (cosine decays it to 0)")
+    weight_decay: float = setting(1e-4, "decoupled (adamw) or L2 (sgd) weight decay")
+    optimizer: Literal["adamw", "sgd"] = setting("adamw", "sgd: momentum 0.9, Nesterov")
+    schedule: Literal["cosine", "constant"] = setting(
+        "cosine", "learning rate over the steps: cosine decay to 0, or constant")
+    select_metric: Literal["balanced_accuracy", "accuracy", "auc", "loss"] = setting(
+        "balanced_accuracy", "validation metric that picks the epoch whose weights are kept")
+    class_weighting: Literal["none", "balanced"] = setting(
+        "none", "balanced: cross-entropy weighted `N / (K * count)` per class, from the training labels")
 
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # a folder with train/ [val/] [test/], one sub-folder per class
-    dataset: Optional[Literal["digits"]] = None  # or a built-in dataset instead of root
-    input_size: int = 224
-    hflip: bool = True  # random horizontal flip in training (off for data where mirroring misleads)
-    channels: Literal[1, 3] = 3
-    positive_class: Optional[str] = None  # binary data: the class that sensitivity refers to
-    patient_regex: str = DEFAULT_PATIENT_REGEX
-    val_fraction: float = 0.15  # carved from train, grouped by patient, when val/ is too small
-    test_fraction: float = 0.15  # carved from train the same way when test/ is missing
-    min_val_images: int = 100  # a val/ folder smaller than this is not trusted for selection
-    split_seed: int = 0  # fixed apart from the training seed so every run sees the same split
-    max_images_per_class: Optional[int] = None  # per split; for quick trials and tests
-    on_bad_image: Literal["skip", "error"] = "skip"
-    # Decoded images (and teacher outputs) cached on disk and reused across runs. auto:
-    # $KDISTILL_CACHE_DIR or ~/.cache/kdistill; null or off: decode into memory every run.
-    cache_dir: Optional[str] = "auto"
+    """Where the images come from, how they are split and decoded."""
+
+    root: Optional[str] = setting(None, "a folder with `train/` [`val/`] [`test/`], one sub-folder per class")
+    dataset: Optional[Literal["digits"]] = setting(
+        None, "a built-in dataset instead of root (digits: scikit-learn's 8x8 digits, upscaled)")
+    input_size: int = setting(224, "images are resized to input_size x input_size (minimum 8)")
+    hflip: bool = setting(
+        True, "random horizontal flip in training (off for data where mirroring misleads)")
+    channels: Literal[1, 3] = setting(3, "1: grayscale, 3: RGB (torchvision and timm models need 3)")
+    positive_class: Optional[str] = setting(
+        None, "binary data: the class that sensitivity refers to (null: the second class by name)")
+    patient_regex: str = setting(
+        DEFAULT_PATIENT_REGEX, "its first group in a file name is the patient key; one patient never "
+        "spans two carved splits (files that do not match are their own group)")
+    val_fraction: float = setting(
+        0.15, "carved from train, grouped by patient, when `val/` is missing or too small")
+    test_fraction: float = setting(0.15, "carved from train the same way when `test/` is missing")
+    min_val_images: int = setting(100, "a `val/` folder smaller than this is not trusted for selection")
+    split_seed: int = setting(0, "fixed apart from the training seed so every run sees the same split")
+    max_images_per_class: Optional[int] = setting(None, "per split; for quick trials and tests")
+    on_bad_image: Literal["skip", "error"] = setting(
+        "skip", "an unreadable image file is logged and skipped, or stops the run")
+    cache_dir: Optional[str] = setting(
+        "auto", "decoded images (and teacher outputs) cached on disk and reused across runs; auto: "
+        "`$KDISTILL_CACHE_DIR` or `~/.cache/kdistill`; null or off: decode into memory every run")
 
 
 @dataclass
 class TeacherConfig:
-    model: str = "resnet18"
-    model_args: dict = field(default_factory=dict)
-    pretrained: bool = True  # ImageNet weights through torchvision's weights API
-    weights: Optional[str] = None  # a local weights file (.safetensors or .pth) instead
-    mode: Literal["full", "head"] = "full"  # head: backbone frozen, only the classifier trains
-    checkpoint: Optional[str] = None  # reuse an already fine-tuned teacher checkpoint directory
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-3))
+    """The large model fine-tuned first and distilled from."""
+
+    model: str = setting("resnet18", "a torchvision classification model, `timm:NAME`, or a kdistill student")
+    model_args: dict = setting(doc="extra keyword arguments for the model's builder", factory=dict)
+    pretrained: bool = setting(True, "ImageNet weights through torchvision's weights API")
+    weights: Optional[str] = setting(None, "a local weights file (.safetensors or .pth) instead")
+    mode: Literal["full", "head"] = setting("full", "head: backbone frozen, only the classifier trains")
+    checkpoint: Optional[str] = setting(None, "reuse an already fine-tuned teacher checkpoint directory")
+    train: TrainConfig = setting(doc="the teacher's recipe", factory=lambda: TrainConfig(epochs=5, lr=1e-3))
 
 
 @dataclass
 class StudentConfig:
-    model: str = "reference_student"
-    model_args: dict = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    # auto: a student with a CPU fast path (the reference student) uses it where it applies;
-    # off: every student runs through its own modules (forward hooks on them fire).
-    fast_path: Literal["auto", "off"] = "auto"
+    """The small model, trained alone (baseline) and distilled with the same recipe."""
+
+    model: str = setting("reference_student", "a kdistill student (`reference_student`, `tiny_cnn_d2` .. "
+                         "`tiny_cnn_d4`) or any name the teacher accepts")
+    model_args: dict = setting(doc="extra keyword arguments for the model's builder, e.g. width",
+                               factory=dict)
+    train: TrainConfig = setting(doc="the recipe of both the baseline and the distilled student",
+                                 factory=TrainConfig)
+    fast_path: Literal["auto", "off"] = setting(
+        "auto", "auto: a student with a CPU fast path (the reference student) uses it where it "
+        "applies; off: every student runs through its own modules (forward hooks on them fire)")
 
 
 @dataclass
 class DistillConfig:
-    method: Literal["kd", "article"] = "kd"
-    alpha: float = 0.5
-    temperature: float = 4.0
-    teacher_cache: bool = True  # teacher logits computed once per (image, flip) instead of per step
-    # dtype of the stored teacher logits (on disk under data.cache_dir and in memory); float16
-    # halves the table at ~1e-3 relative error, float32 replays the live teacher exactly.
-    cache_dtype: Literal["float32", "float16"] = "float32"
+    """How the distilled student learns from the teacher."""
+
+    method: Literal["kd", "article"] = setting(
+        "kd", "kd: Hinton's `(1 - alpha) * CE + alpha * T**2 * KL`; article: a popular tutorial's "
+        "recipe as written (fixed T=1, alpha=0.25), to compare against")
+    alpha: float = setting(0.5, "weight of the distillation term, in [0, 1]")
+    temperature: float = setting(4.0, "softmax temperature T of both models' logits in the KD term")
+    teacher_cache: bool = setting(
+        True, "teacher logits computed once per (image, flip) instead of per step")
+    cache_dtype: Literal["float32", "float16"] = setting(
+        "float32", "stored teacher logits (on disk under data.cache_dir and in memory); float16 "
+        "halves the table at ~1e-3 relative error, float32 replays the live teacher exactly")
 
 
 @dataclass
@@ -95,10 +125,12 @@ class TuneConfig:
     """``kdistill tune`` search ranges, ``[low, high]``; temperature and lr on a log scale, since
     their effect is multiplicative (T divides the logits, lr scales every step)."""
 
-    alpha: list[float] = field(default_factory=lambda: [0.1, 0.9])
-    temperature: list[float] = field(default_factory=lambda: [1.0, 8.0])
-    lr: list[float] = field(default_factory=lambda: [1e-4, 3e-3])
-    trials: int = 20
+    alpha: list[float] = setting(doc="range searched for `distill.alpha`", factory=lambda: [0.1, 0.9])
+    temperature: list[float] = setting(doc="range searched for `distill.temperature` (log scale)",
+                                       factory=lambda: [1.0, 8.0])
+    lr: list[float] = setting(doc="range searched for `student.train.lr` (log scale)",
+                              factory=lambda: [1e-4, 3e-3])
+    trials: int = setting(20, "number of trials (the `--trials` option overrides it)")
 
 
 # The values ``kdistill tune`` searches, as config keys; a ``tuned`` file may set only these.
@@ -109,46 +141,52 @@ TUNED_KEYS = ("distill.alpha", "distill.temperature", "student.train.lr")
 class CalibrationConfig:
     """Fitted on the validation split after training and stored in each checkpoint's model.json."""
 
-    # Binary data: the decision threshold maximizes balanced accuracy (= Youden's J); the rules
-    # differ only in where inside the best interval it sits (see kdistill/calibration.py).
-    threshold_rule: Literal["balanced_accuracy", "youden"] = "balanced_accuracy"
-    temperature: bool = True  # temperature scaling of the logits (false: T = 1)
+    threshold_rule: Literal["balanced_accuracy", "youden"] = setting(
+        "balanced_accuracy", "binary data: the decision threshold maximizes balanced accuracy "
+        "(= Youden's J); the rules differ only in where inside the best interval it sits")
+    temperature: bool = setting(True, "temperature scaling of the logits (false: T = 1)")
 
 
 @dataclass
 class ProfileConfig:
-    threads: int = 2
-    repeats: int = 20
-    throughput_batch: int = 64
+    """CPU speed measurement of every evaluated model."""
+
+    threads: int = setting(2, "CPU threads while timing")
+    repeats: int = setting(20, "timed rounds at batch 1 (a third as many, at least 3, at throughput_batch)")
+    throughput_batch: int = setting(64, "batch size for the images-per-second figure")
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    profile: ProfileConfig = field(default_factory=ProfileConfig)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    # A best.yaml written by ``kdistill tune``: its values replace the config file's (key=value
-    # overrides still win), and the path stays in the resolved config as the record.
-    tuned: Optional[str] = None
-    seed: int = 0  # the teacher's seed, and the students' when ``seeds`` is null
-    # Students (baseline and distilled) trained once per seed, e.g. [0, 1, 2], for mean +- std and
-    # paired tests; checkpoints then go to <out>/seed<k>/<role>/. null: one seed (``seed``).
-    seeds: Optional[list[int]] = None
-    deterministic: bool = False
-    # CPU threads for training; None = PyTorch's default (one per core). Fewer threads than
-    # cores avoids oversubscription when other jobs share the machine.
-    threads: Optional[int] = None
-    # Training device (auto: CUDA when available) and number format: bf16/fp16 autocast (fp16 with
-    # loss scaling, CUDA only; bf16 also on CPU). Evaluation and exported models stay float32.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    out: str = "runs/run"
-    progress: bool = True
-    export: bool = True  # write the distilled student as ONNX (+ int8) when onnxruntime is installed
+    """A whole run: ``kdistill run`` reads it from YAML, plus ``key=value`` overrides."""
+
+    data: DataConfig = setting(doc="the images", factory=DataConfig)
+    teacher: TeacherConfig = setting(doc="the large model", factory=TeacherConfig)
+    student: StudentConfig = setting(doc="the small model", factory=StudentConfig)
+    distill: DistillConfig = setting(doc="the distillation objective", factory=DistillConfig)
+    profile: ProfileConfig = setting(doc="speed measurement", factory=ProfileConfig)
+    calibration: CalibrationConfig = setting(doc="threshold and temperature fitting",
+                                             factory=CalibrationConfig)
+    tune: TuneConfig = setting(doc="hyper-parameter search ranges", factory=TuneConfig)
+    tuned: Optional[str] = setting(
+        None, "a `best.yaml` written by `kdistill tune`: its values replace the config file's "
+        "(`key=value` overrides still win), and the path stays in the resolved config as the record")
+    seed: int = setting(0, "the teacher's seed, and the students' when `seeds` is null")
+    seeds: Optional[list[int]] = setting(
+        None, "students (baseline and distilled) trained once per seed, e.g. [0, 1, 2], for mean +- "
+        "std and paired tests; checkpoints then go to `<out>/seed<k>/<role>/`; null: one seed (seed)")
+    deterministic: bool = setting(
+        False, "`torch.use_deterministic_algorithms(True)`: repeatable results, possibly slower")
+    threads: Optional[int] = setting(
+        None, "CPU threads for training; null: PyTorch's default (one per core); fewer threads than "
+        "cores avoids oversubscription when other jobs share the machine")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "training device (auto: CUDA when available)")
+    precision: Literal["fp32", "bf16", "fp16"] = setting(
+        "fp32", "training number format: bf16/fp16 autocast (fp16 with loss scaling, CUDA only; bf16 "
+        "also on CPU); evaluation and exported models stay float32")
+    out: str = setting("runs/run", "output folder of the run")
+    progress: bool = setting(True, "progress bars while training")
+    export: bool = setting(True, "write the distilled student as ONNX (+ int8) when onnxruntime is installed")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
