@@ -1,20 +1,47 @@
-"""Pure loss functions: tensors in, scalar out; they never read the config."""
+"""Pure loss functions: tensors in, scalar out; they never read the config.
+
+Every logit loss takes ``[B, K]`` student and teacher logits, treats the teacher as a fixed
+target (detached), and returns a 0-d tensor averaged over the batch.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+# Added to the product of norms in a Pearson correlation, as DIST's reference code does, so a
+# constant vector (zero after centring) gives correlation 0 instead of 0/0.
+PEARSON_EPS = 1e-8
+# Added to the per-sample standard deviation in logit standardization, as the reference code does.
+STANDARDIZE_EPS = 1e-7
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score each row over classes: ``(z - mean) / (unbiased std + 1e-7)``; ``[B, K] -> [B, K]``."""
+    mean = logits.mean(dim=1, keepdim=True)  # (B, 1)
+    std = logits.std(dim=1, keepdim=True)  # (B, 1), unbiased (divides by K - 1)
+    return (logits - mean) / (std + STANDARDIZE_EPS)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            standardize: bool = False) -> torch.Tensor:
     """Hinton et al.'s distillation term: ``KL(softmax(t/T) || softmax(s/T)) * T**2``.
 
     The KL divergence is summed over classes and averaged over the batch ("batchmean"), which is
     the mathematical KL per example. The ``T**2`` factor keeps the gradient's scale independent of
     T, so ``alpha`` means the same thing at every temperature. Shapes: ``[B, K]`` each.
+
+    ``standardize=True`` is logit standardization (Sun et al., CVPR 2024): both logit vectors are
+    z-scored per sample (``standardize_logits``) before the same term, ``T**2`` included, so the
+    student matches the teacher's logit relations, not their scale. The paper's recipe: base
+    temperature 2, KD weight 9 (CE weight 0.1 on CIFAR-100, 1.0 on ImageNet).
     """
-    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)  # a fixed target
+    teacher_logits = teacher_logits.detach()  # a fixed target
+    if standardize:
+        student_logits = standardize_logits(student_logits)
+        teacher_logits = standardize_logits(teacher_logits)
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)  # (B, K)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)  # (B, K)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
@@ -30,3 +57,82 @@ def article_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 def distillation_objective(ce: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor:
     """``(1 - alpha) * CE + alpha * KD``."""
     return (1.0 - alpha) * ce + alpha * kd
+
+
+def _target_and_rest_log_probs(logits: torch.Tensor, labels: torch.Tensor, temperature: float
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``log_softmax(logits / T)`` at the true class.
+
+    Returns ``log [p_true, p_rest]`` as ``[B, 2]`` and the non-target logits / T as ``[B, K-1]``.
+    """
+    batch, classes = logits.shape
+    scaled = logits / temperature  # (B, K)
+    log_p = F.log_softmax(scaled, dim=1)  # (B, K)
+    is_target = F.one_hot(labels, classes).bool()  # (B, K), one True per row
+    log_p_true = log_p[is_target].view(batch, 1)  # (B, 1)
+    # gathering the K-1 other entries, rather than pushing the target to -inf, keeps every
+    # value finite, so the KL below never meets 0 * log 0
+    log_p_others = log_p[~is_target].view(batch, classes - 1)  # (B, K-1)
+    # log(1 - p_true) as a log-sum-exp of the others: exact even when p_true rounds to 1
+    log_p_rest = torch.logsumexp(log_p_others, dim=1, keepdim=True)  # (B, 1)
+    non_target_scaled = scaled[~is_target].view(batch, classes - 1)  # (B, K-1)
+    return torch.cat([log_p_true, log_p_rest], dim=1), non_target_scaled
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+             alpha: float, beta: float, temperature: float) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): ``(alpha * TCKD + beta * NCKD) * T**2``, batch mean.
+
+    TCKD is the KL between the binary [true class, all others] distributions (teacher || student);
+    NCKD is the KL between the softmaxes over the K-1 non-target classes. Logits ``[B, K]``, labels
+    ``[B]`` (class indices). With two classes NCKD is identically zero (one non-target class).
+    The paper's CIFAR-100 defaults: alpha 1, beta 8, T 4, a 20-epoch linear warm-up of the term.
+    """
+    pair_s, others_s = _target_and_rest_log_probs(student_logits, labels, temperature)  # (B,2), (B,K-1)
+    pair_t, others_t = _target_and_rest_log_probs(teacher_logits.detach(), labels, temperature)
+    tckd = F.kl_div(pair_s, pair_t, reduction="batchmean", log_target=True)
+    nckd = F.kl_div(F.log_softmax(others_s, dim=1), F.log_softmax(others_t, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``: ``[N, M] -> [N]``.
+
+    The cosine of the centred rows, ``PEARSON_EPS`` added to the product of their norms.
+    """
+    a = a - a.mean(dim=1, keepdim=True)  # (N, M)
+    b = b - b.mean(dim=1, keepdim=True)  # (N, M)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + PEARSON_EPS)
+
+
+def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float, gamma: float,
+              temperature: float) -> torch.Tensor:
+    """DIST (Huang et al., NeurIPS 2022): match correlations of probabilities, not their values.
+
+    With ``y = softmax(z / tau)`` (``[B, K]``): ``tau**2 * (beta * (1 - mean_i pearson(y_s[i], y_t[i]))
+    + gamma * (1 - mean_c pearson(y_s[:, c], y_t[:, c])))``: the inter-class relation (each sample
+    over its classes) and the intra-class relation (each class over the batch). The authors'
+    defaults: beta = gamma = 1, loss weight 2 beside CE weight 1, tau 1 on ImageNet and 4 on
+    CIFAR-100. The intra-class term needs a batch of two or more samples.
+    """
+    y_s = F.softmax(student_logits / temperature, dim=1)  # (B, K)
+    y_t = F.softmax(teacher_logits.detach() / temperature, dim=1)  # (B, K)
+    inter = 1.0 - pearson_rows(y_s, y_t).mean()  # per sample, over classes
+    intra = 1.0 - pearson_rows(y_s.t(), y_t.t()).mean()  # per class, over the batch: (K, B) rows
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+# Why a logit method carries (almost) no information beyond the teacher's argmax with two classes,
+# where a teacher's output is one number per sample. Checked numerically in the tests.
+TWO_CLASS_DEGENERACY: dict[str, str] = {
+    "dkd": "DKD's non-target term is zero for two classes (one non-target class); what remains is "
+           "alpha x KD",
+    "ls": "logit standardization maps every 2-logit vector to +-1/sqrt(2); only the argmax survives",
+    "dist": "DIST's inter-class correlation is +-1 for two classes; only the argmax agreement survives",
+}
+
+
+def degenerate_reason(method: str, num_classes: int) -> str | None:
+    """One line saying why ``method`` degenerates at ``num_classes``, or None when it does not."""
+    return TWO_CLASS_DEGENERACY.get(method) if num_classes == 2 else None
