@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,8 +19,62 @@ REAL_DATA = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
 CLASSES = ("NORMAL", "PNEUMONIA")
 
 
+EXPECTED_SKIP = "expected skip: "  # the prefix of the only skip reasons CI accepts
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests that train several models")
+
+
+def require_or_skip(module: str) -> ModuleType:
+    """Import an optional extra; skip without it, except under KDISTILL_REQUIRE_EXTRAS=1 (CI),
+    where a missing or broken extra must fail the tests that use it instead of hiding them."""
+    if os.environ.get("KDISTILL_REQUIRE_EXTRAS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+def require_real_data() -> Path:
+    """The real chest X-ray folder; skip when absent, except under KDISTILL_REQUIRE_REAL_DATA=1
+    (CI with ../shared beside the clone), where missing data fails instead."""
+    if (REAL_DATA / "train").is_dir():
+        return REAL_DATA
+    reason = f"real chest X-ray data not found at {REAL_DATA} (expected ../shared/data/chest_xray)"
+    if os.environ.get("KDISTILL_REQUIRE_REAL_DATA") == "1":
+        pytest.fail(f"{reason}, and KDISTILL_REQUIRE_REAL_DATA=1 requires it")
+    pytest.skip(EXPECTED_SKIP + reason)
+
+
+_unexpected_skips: list[str] = []
+
+
+def _note_skip(report) -> None:
+    """Remember a skip whose reason does not start with EXPECTED_SKIP."""
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    if report.skipped and EXPECTED_SKIP not in reason:
+        _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report):
+    _note_skip(report)
+
+
+def pytest_collectreport(report):
+    _note_skip(report)  # a module-level skip (e.g. an optional import) skips at collection
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under KDISTILL_FAIL_ON_UNEXPECTED_SKIP=1 (CI) any skip whose reason does not start with
+    EXPECTED_SKIP fails the run: a test that silently stops running is a regression."""
+    if os.environ.get("KDISTILL_FAIL_ON_UNEXPECTED_SKIP") != "1" or not _unexpected_skips:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"unexpected skips ({len(_unexpected_skips)}):", red=True)
+        for line in _unexpected_skips:
+            reporter.write_line(f"  {line}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def patient_file_name(label: int, patient: int, image: int, suffix: str = ".png") -> str:

@@ -12,7 +12,9 @@ from kdistill.cli import main
 from kdistill.models import build_model
 from kdistill.deploy.profile import count_bytes, count_macs, time_interleaved
 
-pytest.importorskip("onnxruntime")
+from conftest import require_or_skip  # noqa: E402
+
+require_or_skip("onnxruntime")  # strict under KDISTILL_REQUIRE_EXTRAS=1
 
 KEYS = {"model", "runtime", "batch", "latency_ms", "throughput_img_s", "macs", "spread_ms", "threads"}
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import require_or_skip
 from kdistill.models import build_model, deploy_form
 from kdistill.models.reference.deploy_form import DeployedReferenceStudent
 
@@ -96,7 +97,7 @@ def test_other_models_come_back_unchanged(name):
 def test_onnx_round_trip_of_the_deploy_form(in_channels, classes, size, tmp_path):
     """torch_to_onnx of the deploy form, run by ONNX Runtime at batch 1 and 3, gives the original's
     logits within 1e-5; the graph has no BatchNorm, pooling or matrix product left."""
-    pytest.importorskip("onnxruntime")
+    require_or_skip("onnxruntime")
     import onnx
 
     from kdistill.deploy.export import torch_to_onnx

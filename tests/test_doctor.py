@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_DATA, make_image_folder
+from conftest import REAL_DATA, make_image_folder, require_real_data
 from kdistill.cli import main
 from test_bad_input import add_bad_files
 
@@ -89,8 +89,7 @@ def test_missing_folder_is_one_line_error(tmp_path, capsys):
 def test_doctor_on_the_real_chest_xray_folder(capsys):
     """Every byte-identical group on disk is found: compared with grouping the files by their
     SHA-1 here (an independent hash of the same bytes)."""
-    if not (REAL_DATA / "train").is_dir():
-        pytest.skip(f"real chest X-ray data not found at {REAL_DATA}")
+    require_real_data()
     code, found = doctor_json(REAL_DATA, capsys)
     assert code == 0
     by_sha1 = defaultdict(set)

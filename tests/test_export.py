@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")
+from conftest import require_or_skip  # noqa: E402
+
+require_or_skip("onnxruntime")  # strict under KDISTILL_REQUIRE_EXTRAS=1
 import onnx  # noqa: E402
 
 from conftest import leftover_temp_files, make_image_folder  # noqa: E402

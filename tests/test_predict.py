@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-pytest.importorskip("onnxruntime")
+from conftest import require_or_skip  # noqa: E402
+
+require_or_skip("onnxruntime")  # strict under KDISTILL_REQUIRE_EXTRAS=1
 
 from conftest import make_image_folder  # noqa: E402
 from deploy_helpers import make_checkpoint  # noqa: E402

@@ -6,18 +6,16 @@ import json
 
 import pytest
 
-from conftest import REAL_DATA, leftover_temp_files, tiny_config, write_config
+from conftest import leftover_temp_files, require_real_data, tiny_config, write_config
 from kdistill.cli import main
+from test_grouping_independent import assert_no_patient_in_two_splits
 
 PER_CLASS = 11  # max_images_per_class applies per split: 3 splits x 2 classes x 11 = 66 images
 
 
 @pytest.fixture
 def real_root():
-    if not (REAL_DATA / "train").is_dir():
-        pytest.skip(f"real chest X-ray data not found at {REAL_DATA} (expected ../shared/data/chest_xray "
-                    "relative to the project root)")
-    return REAL_DATA
+    return require_real_data()
 
 
 def test_pipeline_on_66_real_images(real_root, tmp_path, capsys):
@@ -42,4 +40,6 @@ def test_pipeline_on_66_real_images(real_root, tmp_path, capsys):
     assert all(row["auc"] is not None and row["sensitivity"] is not None for row in results["models"])
     splits = json.loads((out / "splits.json").read_text())
     assert set(splits["train"]["groups"]).isdisjoint(splits["test"]["groups"])
+    # The patient of each file read from its name by the test itself, for all three pairs.
+    assert_no_patient_in_two_splits({name: split["files"] for name, split in splits.items()})
     assert leftover_temp_files(out) == []

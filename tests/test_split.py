@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REAL_DATA, make_image_folder
+from conftest import make_image_folder, require_real_data
 from kdistill.config import DEFAULT_PATIENT_REGEX
 from kdistill.data import load_dataset
 from kdistill.data.split import grouped_holdout, patient_keys
@@ -63,9 +63,7 @@ def test_grouped_holdout_keeps_patients_on_one_side(fraction, seed):
 def test_grouped_holdout_on_real_chest_xray_names():
     """The real file names of ../shared/data/chest_xray/train all carry a patient key, and the
     carved split shares no patient."""
-    train = REAL_DATA / "train"
-    if not train.is_dir():
-        pytest.skip(f"real data not found at {REAL_DATA} (expected ../shared/data/chest_xray)")
+    train = require_real_data() / "train"
     paths, labels = [], []
     for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
         files = sorted((train / name).glob("*.jpeg"))

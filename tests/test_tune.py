@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("optuna")
+from conftest import require_or_skip  # noqa: E402
+
+require_or_skip("optuna")  # strict under KDISTILL_REQUIRE_EXTRAS=1
 
 import kdistill.tune as tune_module  # noqa: E402
 from conftest import write_config  # noqa: E402
