@@ -51,6 +51,7 @@ from kdistill.eval.inference import predict_logits
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
+from kdistill.models.fast_path import set_fast_path
 from kdistill.engine.precision import resolve_device
 from kdistill.report.markdown import comparison_table, markdown_report
 from kdistill.report.html import html_report
@@ -203,7 +204,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
         return _calibrated(checkpoint_dir, data, config)
     torch.manual_seed(config.seed)
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
-    model = build_model(**{"name": cfg.model, **arch["args"]})
+    model = set_fast_path(build_model(**{"name": cfg.model, **arch["args"]}), cfg.fast_path)
     weights = _weights(cfg.train, data)
     if role == "baseline":
         method, teacher_outputs, extra = build_method("ce", class_weights=weights), None, {"method": "ce"}

@@ -70,12 +70,15 @@ def test_dkd_zero_when_student_equals_teacher():
 
 
 def test_dkd_stays_finite_for_a_confident_target():
-    """p_true rounding to 1 in float32 must not give log(0) in the [true, rest] pair."""
-    s = torch.tensor([[60.0, 0.0, -5.0]], requires_grad=True)
+    """A target logit 120 above the rest: p_rest = e^-120 underflows float32, so log(p_rest) taken
+    from summed probabilities is -inf; as a log-sum-exp of log-probabilities it stays exact."""
+    s = torch.tensor([[120.0, 0.0, -5.0]], requires_grad=True)
     t = torch.tensor([[0.0, 1.0, 2.0]])
     loss = dkd_loss(s, t, torch.tensor([0]), 1.0, 8.0, 1.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    exact = dkd_loss(s.detach().double(), t.double(), torch.tensor([0]), 1.0, 8.0, 1.0)
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
 # ---- DIST ------------------------------------------------------------------------------------
