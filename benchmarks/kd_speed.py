@@ -1,6 +1,6 @@
 """What distillation costs next to training the student alone, measured side by side in one process.
 
-    python benchmarks/kd_speed.py [--data FOLDER] [--images 512] [--json]
+    python benchmarks/kd_speed.py [--data FOLDER] [--images 512] [--fast-path auto|off] [--json]
 
 Three training loops over the same N images of ``FOLDER/train`` (224x224, batch 32 by default), the
 reference student, a ResNet-18 teacher (random weights: speed does not depend on them):
@@ -18,7 +18,9 @@ reference student, a ResNet-18 teacher (random weights: speed does not depend on
 is the time the kdistill loop spends producing its batches (one pass of the batch iterator the
 distillation loop uses, ``kdistill.engine.loop.training_batches``, memory-mapped decoded cache) over the
 median distillation epoch. The caches go to a
-temporary folder, never to ``~/.cache``.
+temporary folder, never to ``~/.cache``. ``--fast-path off`` runs every student through its own
+modules (``student.fast_path: off``); its (b) against the default run's (b) is what the reference
+student's CPU fast path (kdistill/models/reference/) gains.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from kdistill.distill import CachedTeacher, build_method
 from kdistill.distill.losses import kd_loss
 from kdistill.log import log
 from kdistill.models import build_model
+from kdistill.models.fast_path import FAST_PATH_MODES, set_fast_path
 from kdistill.engine.loop import fit, training_batches
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.disabled = was_disabled
     figures.update(naive_img_s=naive_img_s, naive_data_wait_share=naive_wait,
                    threads=torch.get_num_threads(), images=len(paths), input_size=args.size)
-    figures["batch"] = args.batch
+    figures.update(batch=args.batch, fast_path=args.fast_path)
     figures["distill_vs_student"] = figures["distill_img_s"] / figures["student_img_s"]
     figures["distill_vs_naive"] = figures["distill_img_s"] / naive_img_s
     figures["distill_vs_naive_same_allocator"] = figures["distill_img_s"] / figures["naive_same_allocator_img_s"]
@@ -88,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per kdistill measurement")
     parser.add_argument("--rounds", type=int, default=2, help="alternating (b)/(c) measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--fast-path", choices=FAST_PATH_MODES, default="auto",
+                        help="the students' student.fast_path setting (default auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
@@ -126,7 +131,7 @@ def time_naive(paths: list[Path], labels: list[int], args) -> tuple[float, float
     """Images/s of (a) over ``naive_steps`` steps after one warm-up step, and its data-wait share."""
     torch.manual_seed(0)
     teacher = build_model("resnet18", 2, input_size=args.size).eval()
-    student = build_model("reference_student", 2, input_size=args.size)
+    student = reference_student(2, args)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(NaiveImageFolder(paths, labels, args.size),
                                          batch_size=args.batch, shuffle=True)
@@ -185,7 +190,7 @@ def time_kdistill(classes, paths, labels, cache_dir: Path, args) -> dict:
 def epoch_seconds(data: DatasetBundle, method, teacher, args) -> list[float]:
     """Seconds of each epoch of ``fit`` (the training loop and its tiny validation pass)."""
     torch.manual_seed(1)
-    student = build_model("reference_student", len(data.classes), input_size=args.size)
+    student = reference_student(len(data.classes), args)
     meta = {"architecture": architecture("reference_student", len(data.classes), args.size, 3, {})}
     with tempfile.TemporaryDirectory(prefix="kd_speed_run_") as out:
         result = fit(student, method, data, name="bench", checkpoint_dir=Path(out) / "ckpt",
@@ -196,16 +201,21 @@ def epoch_seconds(data: DatasetBundle, method, teacher, args) -> list[float]:
 
 def batch_seconds(data: DatasetBundle, teacher, args) -> float:
     """One epoch of the distillation loop's batch iterator alone: the time the loop waits for data."""
-    student = build_model("reference_student", len(data.classes), input_size=args.size)
+    student = reference_student(len(data.classes), args)
     started = time.perf_counter()
     for _ in training_batches(student, teacher, data, args.batch, torch.Generator().manual_seed(0)):
         pass
     return time.perf_counter() - started
 
 
+def reference_student(classes: int, args) -> torch.nn.Module:
+    return set_fast_path(build_model("reference_student", classes, input_size=args.size), args.fast_path)
+
+
 def report(f: dict) -> str:
     return "\n".join([
-        f"{f['images']} images at {f['input_size']}x{f['input_size']}, batch {f['batch']}, {f['threads']} torch threads",
+        f"{f['images']} images at {f['input_size']}x{f['input_size']}, batch {f['batch']}, {f['threads']} torch threads, "
+        f"student fast path {f['fast_path']}",
         f"(a) naive loop (PIL decode every epoch, live ResNet-18): {f['naive_img_s']:8.1f} images/s "
         f"(data wait {f['naive_data_wait_share']:.0%} of step time)",
         f"(b) kdistill, student alone:                          {f['student_img_s']:8.1f} images/s",

@@ -266,6 +266,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _parse_text(value: _OverrideText, hint: Any) -> Any:
+    # A choice of words stays text: YAML would read ``student.fast_path=off`` as False.
+    if typing.get_origin(hint) is Literal and all(isinstance(a, str) for a in typing.get_args(hint)):
+        return str(value)
     if hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType)
                        and str in typing.get_args(hint) and value not in ("null", "~", "")):
         return str(value)

@@ -24,7 +24,7 @@ from kdistill.distill import CachedTeacher
 from kdistill.distill.teacher import LiveTeacher
 from kdistill.models import build_model
 from kdistill.models.reference.fused import bn_relu_maxpool2_blocks
-from kdistill.engine.loop import _StepRunner, uses_block_images
+from kdistill.engine.loop import _StepRunner, training_input
 
 GRAY = normalization(1)
 
@@ -133,16 +133,21 @@ def _bundle(size=8, source_channels=1, channels=3):
     return DatasetBundle(["a", "b"], "b", split, split, split, size, channels)
 
 
+def _uses_blocks(model, teacher, data, runner=None) -> bool:
+    convert = training_input(model, teacher, data, runner)
+    return convert is not None and isinstance(convert(data.train.images[:2]), BlockImages)
+
+
 def test_training_loop_uses_blocks_only_where_they_apply():
     student = build_model("reference_student", 2, input_size=8)
     data = _bundle()
-    assert uses_block_images(student, None, data)
-    assert uses_block_images(student, object.__new__(CachedTeacher), data)
+    assert _uses_blocks(student, None, data)
+    assert _uses_blocks(student, object.__new__(CachedTeacher), data)
     # A live teacher reads the images; other models and other precisions take ordinary batches.
-    assert not uses_block_images(student, LiveTeacher(build_model("tiny_cnn_d2", 2)), data)
-    assert not uses_block_images(build_model("tiny_cnn_d2", 2), None, data)
-    assert not uses_block_images(student, None, data, _StepRunner(torch.device("cpu"), "bf16", None))
-    assert not uses_block_images(student, None, _bundle(size=6, source_channels=3, channels=1))
+    assert not _uses_blocks(student, LiveTeacher(build_model("tiny_cnn_d2", 2)), data)
+    assert training_input(build_model("tiny_cnn_d2", 2), None, data) is None
+    assert not _uses_blocks(student, None, data, _StepRunner(torch.device("cpu"), "bf16", None))
+    assert not _uses_blocks(student, None, _bundle(size=6, source_channels=3, channels=1))
 
 
 def test_can_use_blocks():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kdistill.models.students as students
+import kdistill.models.reference.student as reference_student
 from kdistill.models import build_model
 from kdistill.models.reference.fused import bn_relu_maxpool2, can_fuse
 
@@ -117,7 +117,7 @@ def test_reference_student_trains_the_same_fused_or_not(monkeypatch):
     targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     results = {}
     for name, model, fuse in (("plain", plain, False), ("fused", fused, True)):
-        monkeypatch.setattr(students, "can_fuse", can_fuse if fuse else (lambda *args: False))
+        monkeypatch.setattr(reference_student, "can_fuse", can_fuse if fuse else (lambda *args: False))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for _ in range(3):
             optimizer.zero_grad()

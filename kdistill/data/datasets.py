@@ -62,7 +62,9 @@ class DatasetBundle:
 class Batch:
     """A training or evaluation batch; ``index`` and ``flipped`` identify the exact view seen."""
 
-    images: torch.Tensor  # float32 [B, C, S, S], normalized (or what ``iterate_batches``'s ``to_input`` made)
+    # float32 [B, C, S, S], normalized; or, where the training loop asked the model for its own input
+    # form (kdistill/models/fast_path.py), what ``iterate_batches``'s ``to_input`` made: the model alone reads it.
+    images: torch.Tensor
     labels: torch.Tensor  # int64 [B]
     index: torch.Tensor  # int64 [B], positions in the split
     flipped: torch.Tensor  # bool [B]

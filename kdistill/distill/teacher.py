@@ -12,12 +12,18 @@ hashes the teacher's weights, the decoded-image cache entry, the input size, the
 view bank and the stored dtype, so a change to any of them computes a new table. The file's header
 holds the SHA-256 of the table, so a torn or altered file is detected and recomputed.
 
+The training loop reads two things of a teacher object, so it never checks teacher types:
+``reads_images`` (whether it runs on the batch's images, which must then be the ordinary
+normalized tensor, not a model's own training input) and ``on(device)`` (the same outputs, on
+``device``).
+
 ``head`` fine-tuning uses the same machinery for the head's input: the frozen backbone's features
 are computed once per view and only the head runs in training (``HeadOnStoredFeatures``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -50,8 +56,17 @@ def freeze(model: nn.Module) -> nn.Module:
 class LiveTeacher:
     """Runs the frozen teacher on each batch, under ``no_grad``."""
 
+    reads_images = True
+
     def __init__(self, model: nn.Module):
         self.model = freeze(model)
+
+    def on(self, device: torch.device) -> LiveTeacher:
+        """This teacher with its model on ``device`` (a copy, unless it is there already: a copy
+        would hold it twice)."""
+        if next(self.model.parameters()).device == device:
+            return self
+        return LiveTeacher(copy.deepcopy(self.model).to(device))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         self.model.eval()  # guards against a caller switching it back to train mode
@@ -61,6 +76,8 @@ class LiveTeacher:
 
 class CachedTeacher:
     """Teacher logits for every (training image, view): ``table`` is ``[N, K=2, classes]``."""
+
+    reads_images = False  # rows are looked up by Batch.index and Batch.flipped
 
     def __init__(self, model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
                  batch_size: int = 64, cache_dir: Path | None = None, dtype: str = "float32",
@@ -78,6 +95,12 @@ class CachedTeacher:
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         return self.table[batch.index, self.view_of_flip[batch.flipped.long()]].float()
+
+    def on(self, device: torch.device) -> Callable[[Batch], torch.Tensor]:
+        """These outputs on ``device``: the table stays in CPU memory, each batch's rows move."""
+        if device.type == "cpu":
+            return self
+        return lambda batch: self(batch).to(device)
 
 
 def flip_view_index(views: torch.Tensor) -> torch.Tensor:

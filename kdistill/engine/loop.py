@@ -10,7 +10,6 @@ schedule, history) is saved atomically under ``resume_dir``, so an interrupted r
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -34,8 +33,7 @@ from kdistill.engine import distributed
 from kdistill.engine.allocator import keep_freed_memory, release_freed_memory
 from kdistill.models.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
 from kdistill.data import DatasetBundle, iterate_batches
-from kdistill.models.reference.pixel_blocks import can_use_blocks, to_blocks
-from kdistill.distill.teacher import CachedTeacher, LiveTeacher
+from kdistill.models.fast_path import model_training_input
 from kdistill.engine.precision import autocast, check_precision, grad_scaler
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.fileio import atomic_directory, sha256_file
@@ -77,7 +75,9 @@ def fit(
     precision: str = "fp32",
 ) -> FitResult:
     """Train ``model`` with ``method``; write the best epoch's checkpoint to ``checkpoint_dir``."""
-    keep_freed_memory()  # without it a CPU step spends about a third of its time in page faults
+    # Without it every CPU step gives its freed buffers back to the OS and faults them in again
+    # (benchmarks/kd_speed.py times a naive loop without and with this setting: (a) and (a')).
+    keep_freed_memory()
     place = torch.device(device)
     check_precision(place, precision)
     model.to(place)
@@ -194,26 +194,23 @@ def training_batches(model, teacher, data: DatasetBundle, batch_size: int, gener
     mean, std = data.normalization
     return iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
                            shuffle=True, augment=data.hflip, generator=generator,
-                           # channels_last: the reference student's step measured 1.4-2x faster on
-                           # 2 CPU cores (issue 3); blocks: see uses_block_images.
-                           channels_last=True, to_input=_block_input(data) if uses_block_images(model, teacher, data, runner, world) else None,
+                           # channels_last: the reference student's CPU training step runs faster on it.
+                           channels_last=True, to_input=training_input(model, teacher, data, runner, world),
                            shard=functools.partial(distributed.shard, world=world) if world.active else None)
 
 
-def _block_input(data: DatasetBundle):
-    mean, std = data.normalization
-    return functools.partial(to_blocks, channels=data.channels, mean=mean, std=std)
-
-
-def uses_block_images(model, teacher, data: DatasetBundle, runner: _StepRunner | None = None,
-                      world: distributed.World = distributed.World()) -> bool:
-    """Whether the loop feeds ``model`` raw 2x2 pixel blocks (kdistill/models/reference/pixel_blocks.py): for a
-    model that takes them (the reference student), CPU float32 in one process, and a teacher that
-    does not read the images (none, or outputs replayed from the cache)."""
+def training_input(model, teacher, data: DatasetBundle, runner: _StepRunner | None = None,
+                   world: distributed.World = distributed.World()):
+    """The model's own uint8 -> training input converter (kdistill/models/fast_path.py), or None
+    for ordinary normalized batches. Asked only when nothing but the model reads the images: no
+    teacher that reads them (``teacher.reads_images``) and one process (the distributed wrapper
+    passes tensors only)."""
+    if world.active or (teacher is not None and getattr(teacher, "reads_images", True)):
+        return None
     device, precision = (runner.device, runner.precision) if runner else (torch.device("cpu"), "fp32")
-    return (getattr(model, "takes_block_images", False) and device.type == "cpu" and precision == "fp32"
-            and not world.active and (teacher is None or isinstance(teacher, CachedTeacher))
-            and can_use_blocks(data.train.images, data.channels))
+    mean, std = data.normalization
+    return model_training_input(model, data.train.images, channels=data.channels, mean=mean, std=std,
+                                device=device, precision=precision)
 
 
 class _StepRunner:
@@ -238,12 +235,10 @@ class _StepRunner:
 
 
 def _teacher_on(teacher, device: torch.device):
-    """The teacher's outputs on ``device``: a live teacher is copied there; cached outputs stay in
-    CPU memory and only each batch's rows move."""
-    if isinstance(teacher, LiveTeacher):
-        if next(teacher.model.parameters()).device == device:
-            return teacher  # already there: a copy would hold it twice
-        return LiveTeacher(copy.deepcopy(teacher.model).to(device))
+    """The teacher's outputs on ``device``: what its ``on(device)`` gives (kdistill/distill/teacher.py),
+    else its CPU outputs moved there batch by batch."""
+    if hasattr(teacher, "on"):
+        return teacher.on(device)
     return lambda batch: teacher(batch).to(device)
 
 

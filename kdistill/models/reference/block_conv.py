@@ -15,7 +15,8 @@ three times the data it holds. Both costs go away with an exact rewrite:
   (:func:`kdistill.models.reference.fused.bn_relu_maxpool2_blocks`), and the pooled result is already laid
   out as the classifier reads it.
 * The convolution's weight gradient runs on channels-last copies of its input and output
-  gradient: measured ~4x faster than in NCHW on CPU, copies included (:class:`_BlockConvolution`).
+  gradient: CPU kernels vectorize it better there than in NCHW, copies included
+  (:class:`_BlockConvolution`).
 * Zero padding of the original model pads the *normalized* image; padding raw pixels with zero
   misses the shift's contribution on the one-pixel border ring, so that ring gets it added back
   (:class:`_AddBorder`).

@@ -2,8 +2,8 @@
 
 ``deploy_form(model)`` returns an eval-mode module that computes the same function as ``model``
 in eval mode. For the reference student it is an exact algebraic rewrite that ONNX Runtime runs
-about 2.5x faster at batch 1 (224 px, one thread: ~0.36 ms instead of ~0.95 ms); every other
-model comes back as it is. The reference student is
+faster (the full-resolution activation is never written, see 2 below); every other model comes
+back as it is. The reference student is
 
     Conv2d(C, w, 3, padding=1) -> BatchNorm2d(w) -> ReLU -> MaxPool2d(2) -> flatten -> Linear
 
@@ -24,7 +24,7 @@ and the rewrite is
 4. **Classifier as multiply + sum** in the ONNX export (Mul + ReduceSum; PyTorch keeps its
    matrix product, which needs no ``[B, classes, features]`` intermediate) instead of Gemm: with
    only a few classes and a very long input (4 * 112 * 112), ONNX Runtime ran it faster than
-   Gemm/MatMul at batch 1 (0.37 vs 0.50-0.55 ms for the whole model) and within ~7% at batch 64.
+   Gemm/MatMul at batch 1 and about as fast at large batches.
 
 Results differ from the original only by float rounding (~1e-7 on the logits).
 """
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.models.students import ReferenceStudent
+from kdistill.models.reference.student import ReferenceStudent
 
 # Row-major positions in a 2x2 pooling window, the order of the space-to-depth channel groups.
 WINDOW_POSITIONS = ((0, 0), (0, 1), (1, 0), (1, 1))

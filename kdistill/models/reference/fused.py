@@ -19,7 +19,8 @@ winner.
 
 Layout: ``z`` is channels-last, viewed as rows of ``W * C`` values (``[N*H, W*C]``). Every
 per-channel constant is repeated along such a row, so each elementwise operation runs over long
-contiguous rows; broadcasting a ``[C]`` vector over a 4-wide channel dimension runs ~5x slower.
+contiguous rows; broadcasting a ``[C]`` vector over a 4-wide channel dimension gives an inner
+loop of 4 values, which does not vectorize.
 The window's two rows are pooled first (contiguous rows), then its two columns.
 
 The result equals the three separate layers up to float rounding (the tests compare them). When
@@ -39,11 +40,16 @@ def can_fuse(z: torch.Tensor, batchnorm: nn.Module, training: bool) -> bool:
 
 
 def fusable(z: torch.Tensor, batchnorm: nn.Module, training: bool) -> bool:
-    """Only plain BatchNorm in training mode on CPU float32: on a GPU the vendor kernels are fast
-    already, SyncBatchNorm must gather statistics across processes, and reduced precision keeps
-    PyTorch's own handling."""
+    """Only plain BatchNorm in training mode (:func:`fusable_batchnorm`) on CPU float32: on a GPU
+    the vendor kernels are fast already, and reduced precision keeps PyTorch's own handling."""
+    return fusable_batchnorm(batchnorm, training) and z.device.type == "cpu" and z.dtype == torch.float32
+
+
+def fusable_batchnorm(batchnorm: nn.Module, training: bool) -> bool:
+    """Plain affine BatchNorm with running statistics, in training mode: SyncBatchNorm must gather
+    statistics across processes, and in eval mode BatchNorm is an affine map PyTorch runs as is."""
     return (training and type(batchnorm) is nn.BatchNorm2d and batchnorm.affine
-            and batchnorm.track_running_stats and z.device.type == "cpu" and z.dtype == torch.float32)
+            and batchnorm.track_running_stats)
 
 
 def bn_relu_maxpool2(z: torch.Tensor, batchnorm: nn.BatchNorm2d) -> torch.Tensor:
@@ -75,7 +81,7 @@ def _batch_mean_var(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of a channels-last ``z``.
 
     ``torch.var_mean`` over three of four dimensions is slow on CPU; a column sum and the diagonal
-    of a C x C Gram matrix over the ``[N*H*W, C]`` view are an order of magnitude faster. Both are
+    of a C x C Gram matrix over the ``[N*H*W, C]`` view run as matrix kernels instead. Both are
     reduced in float32 and combined in float64, so ``E[z^2] - E[z]^2`` loses little to cancellation.
     """
     pixels = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -97,7 +103,8 @@ def _update_running_stats(batchnorm: nn.BatchNorm2d, mean: torch.Tensor, var: to
 
 
 def _greater(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a > b`` as float 0/1: bool masks run 3-10x slower than float ones in these elementwise steps."""
+    """``a > b`` as float 0/1: in these elementwise steps a bool mask would be converted to float
+    at every use."""
     return torch.gt(a, b, out=torch.empty(a.shape, dtype=a.dtype))
 
 
@@ -267,7 +274,7 @@ class _BlockBatchNormReluMaxPool(torch.autograd.Function):
         pooled, bottom_won = torch.maximum(top, bottom), _greater(bottom, top)
         winners = _one_hot_winners(right_won_top, right_won_bottom, bottom_won)
         shift = bias - mean * scale
-        # (addcmul with broadcast per-channel operands ran ~1.5x slower than mul and add here.)
+        # mul and add, not addcmul: addcmul with broadcast per-channel operands ran slower here.
         out = (pooled * scale.abs().view(-1, 1)).add_(shift.view(-1, 1)).relu_()
         ctx.save_for_backward(z, pooled, out, *winners, weight, mean, invstd, sign)
         return out.view(n, c, h, w)
