@@ -1,24 +1,25 @@
 """``build_model(name, num_classes, ...)``: one factory over kdistill's students, torchvision's
-classification models and (optionally) timm's, with the classifier head sized for the dataset."""
+classification models and (optionally) timm's, with the classifier head sized for the dataset.
+Starting weights come from the sources in ``weights.py`` (local file, installed package, download)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from torch import nn
 
 from kdistill.errors import ConfigError, KdistillError
 from kdistill.models.students import STUDENTS
+from kdistill.models.weights import DOWNLOAD, PACKAGED, weight_source
 
 TIMM_PREFIX = "timm:"
 
 
 def available_models() -> list[str]:
-    """kdistill's students and torchvision's classification models (timm models: ``timm:NAME``)."""
+    """kdistill's students, torchvision's classification models and the timm models with packaged
+    ImageNet weights (any timm model: ``timm:NAME``)."""
     import torchvision
 
-    return sorted(STUDENTS) + sorted(torchvision.models.list_models(module=torchvision.models))
+    return (sorted(STUDENTS) + sorted(torchvision.models.list_models(module=torchvision.models))
+            + sorted(PACKAGED))
 
 
 def build_model(
@@ -31,19 +32,23 @@ def build_model(
     weights: str | None = None,
     **model_args,
 ) -> nn.Module:
-    """Build ``name`` with a ``num_classes`` head; load ImageNet or local weights if asked."""
+    """Build ``name`` with a ``num_classes`` head; load ImageNet or local weights if asked.
+
+    ``pretrained`` takes the packaged ImageNet weights where ``PACKAGED`` has the name (offline;
+    ``timm:tf_efficientnet_lite0`` .. ``lite2``), else torchvision's or timm's download."""
     if name in STUDENTS:
         if pretrained or weights:
             raise ConfigError(f"{name}: kdistill students have no pretrained weights")
         return STUDENTS[name](num_classes, input_size=input_size, in_channels=in_channels, **model_args)
     if in_channels != 3:
         raise ConfigError(f"{name}: pretrained-architecture models take 3 channels (data.channels: 3)")
+    source = weight_source(name, pretrained, weights)
     if name.startswith(TIMM_PREFIX):
-        model = _build_timm(name[len(TIMM_PREFIX):], num_classes, pretrained, **model_args)
+        model = _build_timm(name[len(TIMM_PREFIX):], num_classes, source is DOWNLOAD, **model_args)
     else:
-        model = _build_torchvision(name, num_classes, pretrained and not weights, **model_args)
-    if weights:
-        load_local_weights(model, Path(weights))
+        model = _build_torchvision(name, num_classes, source is DOWNLOAD, **model_args)
+    if source.load is not None:
+        source.load(model, name, weights, find_head(model)[0])
     return model
 
 
@@ -98,33 +103,3 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
         return
     parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
     setattr(parent, path.rpartition(".")[2], nn.Linear(head.in_features, num_classes))
-
-
-def load_local_weights(model: nn.Module, path: Path) -> None:
-    """Load a local weights file without unpickling arbitrary objects.
-
-    ``.safetensors`` files hold tensors only; ``.pth``/``.pt`` files are read with
-    ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
-    A classifier head whose shape differs (ImageNet's 1000 classes) is left freshly initialized.
-    """
-    if not path.is_file():
-        raise ConfigError(f"teacher.weights: {path} not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any parse failure means the file is not usable weights
-        raise ConfigError(f"teacher.weights: {path} is not a readable weights file ({exc})") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    own = model.state_dict()
-    head_path, _ = find_head(model)
-    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    missing = [k for k in own if k not in usable and not k.startswith(head_path + ".")]
-    if missing:
-        raise ConfigError(f"teacher.weights: {path} does not fit this model (missing or mismatched: "
-                          f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
-    model.load_state_dict(usable, strict=False)
