@@ -12,7 +12,7 @@ import torch
 from kdistill.data.cache import cached_decode, resolve_cache_dir
 from kdistill.data.digits import digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
-from kdistill.data.split import grouped_holdout, patient_keys, shared_groups
+from kdistill.data.split import grouped_holdout, merge_identical_files, patient_keys, shared_groups
 from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
 from kdistill.errors import DataError
 from kdistill.log import log
@@ -166,7 +166,8 @@ def _digits_splits(input_size: int, *, val_fraction: float, test_fraction: float
 
 
 def _raw_from_folder(split: FolderSplit, patient_regex: str) -> _RawSplit:
-    return _RawSplit(split.paths, split.labels, patient_keys(split.paths, patient_regex))
+    keys = merge_identical_files(split.paths, patient_keys(split.paths, patient_regex))
+    return _RawSplit(split.paths, split.labels, keys)
 
 
 def _carve(raw: _RawSplit, fraction: float, seed: int, what: str) -> tuple[_RawSplit, _RawSplit]:

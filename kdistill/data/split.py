@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +31,48 @@ def patient_keys(paths: Sequence[Path], pattern: str) -> list[str]:
         else:
             keys.append(match.group(1) if match.groups() else match.group(0))
     return keys
+
+
+def merge_identical_files(paths: Sequence[Path], keys: Sequence[str]) -> list[str]:
+    """The keys again, with the keys of byte-identical files merged into one (the smallest).
+
+    A copy of an image filed under another patient's name would otherwise be free to land on the
+    other side of a split, where it would be scored as unseen. Only files whose size some other
+    file shares are read, so a folder without duplicates costs one ``stat`` per file.
+    """
+    parent = {key: key for key in keys}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for same_bytes in _identical_file_groups(paths):
+        first, *rest = sorted({root(keys[i]) for i in same_bytes})
+        for other in rest:
+            parent[other] = first  # ``first`` is the smallest root, so the merged key is stable
+    return [root(key) for key in keys]
+
+
+def _identical_file_groups(paths: Sequence[Path]) -> list[list[int]]:
+    """Indices of files with identical bytes, in groups of two or more."""
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for index, path in enumerate(paths):
+        try:
+            by_size[path.stat().st_size].append(index)
+        except OSError:  # unreadable: the loader reports and skips it
+            continue
+    groups = []
+    for indices in (same for same in by_size.values() if len(same) > 1):
+        by_digest: dict[bytes, list[int]] = defaultdict(list)
+        for index in indices:
+            try:
+                by_digest[hashlib.sha256(paths[index].read_bytes()).digest()].append(index)
+            except OSError:
+                continue
+        groups += [same for same in by_digest.values() if len(same) > 1]
+    return groups
 
 
 def grouped_holdout(
