@@ -79,3 +79,19 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_leftover_of(entry_name: str, name: str) -> bool:
+    """Whether ``entry_name`` is what an interrupted atomic write of ``name`` can leave beside it:
+    ``.NAME.xxxx.tmp`` (a temporary file or folder) or ``.NAME.old`` (a replaced folder)."""
+    if entry_name == f".{name}.old":
+        return True
+    return entry_name.startswith(f".{name}.") and entry_name.endswith(".tmp")
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree; a symbolic link is removed itself, never what it points to."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

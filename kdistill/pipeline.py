@@ -21,6 +21,11 @@ The exported ONNX copy is the distilled student of the first seed listed.
 
 Every checkpoint's decision threshold and temperature are fitted on the validation split right
 after training (``kdistill.eval.calibration``) and written into its model.json.
+
+A run without ``resume`` into a folder that holds an earlier run first removes the earlier run's
+files (the names above, and the temporary names of their atomic writes), so an interrupted run
+never leaves new and old outputs side by side; every other file in the folder stays
+(``clear_earlier_run``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import functools
 import importlib.util
 import json
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -48,17 +54,29 @@ from kdistill.data.doctor import examine
 from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
 from kdistill.eval.inference import predict_logits
-from kdistill.fileio import write_json_atomic, write_text_atomic
+from kdistill.fileio import is_leftover_of, remove_path, write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
 from kdistill.models.fast_path import set_fast_path
 from kdistill.engine.precision import resolve_device
 from kdistill.report.markdown import comparison_table, markdown_report
 from kdistill.report.html import html_report
-from kdistill.engine.loop import class_weights, fit
+from kdistill.engine.loop import class_weights, fit, remove_resume_state
 
 
 RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "calibration"}  # do not change what is trained
+
+# What a run writes in its output folder, named once: the writers below use these names, and
+# clear_earlier_run removes exactly these (and seed folders), never another file of the folder.
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.json"
+RESULTS_FILE = "results.json"
+REPORT_FILES = ("report.md", "report.html")
+SUMMARY_FILES = (RESULTS_FILE, *REPORT_FILES)  # describe the models: stale once one is retrained
+MODEL_FOLDERS = ("teacher", "baseline", "distilled")  # each model's checkpoint, named after its role
+RESUME_FOLDER = "resume"
+RUN_OUTPUTS = (*SUMMARY_FILES, CONFIG_FILE, SPLITS_FILE, *MODEL_FOLDERS, RESUME_FOLDER)
+SEED_FOLDER = re.compile(r"seed-?[0-9]+")  # seed<k>/ holds one seed's students (``seeds`` list)
 
 
 def run(config: Config, resume: bool = False) -> dict:
@@ -78,6 +96,8 @@ def run(config: Config, resume: bool = False) -> dict:
     # Fail now, before anything is written or the teacher has trained.
     check_models_build(config, data, ("teacher", "student"))
     if world.is_main:
+        if not resume:
+            clear_earlier_run(out, config, earlier_run_outputs(out))
         _write_run_files(out, config, data)
     teacher, teacher_meta = train_teacher(config, data, out, resume)
     if not world.is_main:
@@ -97,26 +117,27 @@ def run(config: Config, resume: bool = False) -> dict:
                "export": deployment, "doctor": findings, "tuned": _tuned(config),
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / RESULTS_FILE, results)
     write_reports(out, results)
     for _, folder in student_folders(config, out):
-        remove_if_empty(folder / "resume")
-    remove_if_empty(out / "resume")
+        remove_if_empty(folder / RESUME_FOLDER)
+    remove_if_empty(out / RESUME_FOLDER)
     log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md, report.html)")
     return results
 
 
 def write_reports(out: Path, results: dict) -> None:
     """``report.md`` and the self-contained ``report.html`` (with the run's resolved config)."""
-    write_text_atomic(out / "report.md", markdown_report(results) + _tuned_note(results.get("tuned")))
-    config_path = out / "config.yaml"
+    markdown_file, html_file = REPORT_FILES
+    write_text_atomic(out / markdown_file, markdown_report(results) + _tuned_note(results.get("tuned")))
+    config_path = out / CONFIG_FILE
     config_yaml = config_path.read_text() if config_path.is_file() else "(config.yaml not found)"
-    write_text_atomic(out / "report.html", html_report(results, config_yaml))
+    write_text_atomic(out / html_file, html_report(results, config_yaml))
 
 
 def regenerate_reports(run_dir: Path) -> None:
     """``kdistill report RUN_DIR``: rewrite both reports from the folder's ``results.json``."""
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS_FILE
     if not path.is_file():
         raise DataError(f"{path}: not found; give the output folder of a kdistill run")
     try:
@@ -132,7 +153,7 @@ def student_folders(config: Config, out: Path) -> list[tuple[int, Path]]:
     (``seeds: null``), ``out/seed<k>`` for each seed of a ``seeds`` list."""
     if config.seeds is None:
         return [(config.seed, out)]
-    return [(seed, out / f"seed{seed}") for seed in config.seeds]
+    return [(seed, out / f"seed{seed}") for seed in config.seeds]  # names SEED_FOLDER matches
 
 
 def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, teacher,
@@ -275,7 +296,7 @@ def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
 
 def _fit(model, method, data, role, checkpoint_dir, meta, out, teacher, train_cfg, config, resume):
     fit(model, method, data, name=role, checkpoint_dir=checkpoint_dir, checkpoint_meta=meta,
-        resume_dir=out / "resume" / role, teacher=teacher, seed=config.seed, resume=resume,
+        resume_dir=out / RESUME_FOLDER / role, teacher=teacher, seed=config.seed, resume=resume,
         progress=config.progress, device=str(resolve_device(config.device)), precision=config.precision,
         **{k: v for k, v in dataclasses.asdict(train_cfg).items()
                                      if k != "class_weighting"})
@@ -323,7 +344,7 @@ def _dataset_summary(data: DatasetBundle) -> dict:
 
 def check_resume_config(out: Path, config: Config) -> None:
     """Resuming with a different config would mix two experiments in one folder: refuse it."""
-    saved_path = out / "config.yaml"
+    saved_path = out / CONFIG_FILE
     if not saved_path.is_file():
         return
     try:
@@ -343,10 +364,10 @@ def check_resume_config(out: Path, config: Config) -> None:
 
 def _write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", dump_yaml(config))
+    write_text_atomic(out / CONFIG_FILE, dump_yaml(config))
     splits = {name: {"files": split.names, "labels": split.labels.tolist(), "groups": split.groups}
               for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
-    write_json_atomic(out / "splits.json", splits)
+    write_json_atomic(out / SPLITS_FILE, splits)
 
 
 def _run_doctor(config: Config) -> dict | None:
@@ -400,6 +421,78 @@ def check_out_folder(out: Path) -> None:
             if not path.is_dir():
                 raise ConfigError(f"{path}: the output folder (out / --out) would be inside a file")
             return
+
+
+def clear_earlier_run(out: Path, config: Config, names: tuple[str, ...]) -> None:
+    """Remove the entries of ``out`` called ``names`` (and leftovers of their atomic writes) before a
+    run without ``resume`` writes there, so it never leaves old and new outputs side by side. Every
+    other file stays, and so does an entry holding one of this config's inputs (a teacher
+    checkpoint or tuned file inside the folder).
+
+    Removing up front rather than staging the run in a sibling folder and swapping it in at the end:
+    an interrupted run must stay resumable where it ran (``--resume`` reads ``out``), the paths
+    written into model.json and results.json must name the final folder, and a folder that also
+    holds the user's own files cannot be swapped in one rename.
+    """
+    if not out.is_dir():
+        return
+    inputs = _input_paths(config)
+    removed, kept = [], []
+    for entry in sorted(out.iterdir(), key=_summaries_first):
+        shown = entry.name + ("/" if entry.is_dir() else "")
+        if not _named(entry.name, names):
+            kept.append(shown)
+        elif _holds_an_input(entry, inputs):
+            kept.append(f"{shown} (this run reads it)")
+        else:
+            remove_path(entry)
+            removed.append(shown)
+    if removed:
+        log.info(f"{out}: removed the earlier run's {', '.join(removed)} before writing the new one"
+                 + (f"; left {_listed(kept)} in place" if kept else ""))
+
+
+def earlier_run_outputs(out: Path) -> tuple[str, ...]:
+    """What ``kdistill run`` writes, plus the seed folders found in ``out`` (an earlier run may
+    have used other seeds than this one)."""
+    seeds = [entry.name for entry in out.iterdir() if _is_seed_folder(entry)] if out.is_dir() else []
+    return (*RUN_OUTPUTS, *sorted(seeds))
+
+
+def _is_seed_folder(entry: Path) -> bool:
+    """``seed<k>/`` holding only what a run writes there; one holding anything else is the user's."""
+    if not (SEED_FOLDER.fullmatch(entry.name) and entry.is_dir()) or entry.is_symlink():
+        return False
+    run_names = (*MODEL_FOLDERS[1:], RESUME_FOLDER)  # the students and their resume state
+    return all(_named(child.name, run_names) for child in entry.iterdir())
+
+
+def _named(entry_name: str, names: tuple[str, ...]) -> bool:
+    """``entry_name`` is one of ``names``, or a leftover of an atomic write of one."""
+    return any(entry_name == name or is_leftover_of(entry_name, name) for name in names)
+
+
+def _summaries_first(entry: Path) -> tuple[bool, str]:
+    """Sort key: the summaries (results.json, reports) go first, so a removal cut short never
+    leaves a results file describing models already gone."""
+    return entry.name not in SUMMARY_FILES, entry.name
+
+
+def _input_paths(config: Config) -> list[Path]:
+    """The files and folders this config reads, resolved."""
+    given = (config.teacher.checkpoint, config.teacher.weights, config.tuned, config.data.root,
+             resolve_cache_dir(config.data.cache_dir))
+    return [Path(path).expanduser().resolve() for path in given if path]
+
+
+def _holds_an_input(entry: Path, inputs: list[Path]) -> bool:
+    target = entry.resolve()
+    return any(path == target or target in path.parents for path in inputs)
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ...]) -> None:
@@ -466,6 +559,15 @@ def seed_everything(seed: int, deterministic: bool, threads: int | None = None) 
 
 
 
+def clear_earlier_model(out: Path, role: str, config: Config) -> None:
+    """``kdistill train`` without ``resume``: remove this role's earlier checkpoint and resume
+    state, and the results.json and reports that described it, before training it again. The
+    other roles' checkpoints stay: training one model at a time builds a run folder step by step
+    (``--role distilled`` reads the teacher trained there before), so they are inputs, not leftovers."""
+    clear_earlier_run(out, config, (*SUMMARY_FILES, role))
+    remove_resume_state(out / RESUME_FOLDER / role)
+
+
 def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
     """``kdistill train``: train one model of the pipeline and write its checkpoint."""
     if config.seeds is not None and role != "teacher":  # silently training one seed would mislead
@@ -491,6 +593,8 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
     check_models_build(config, data, {"teacher": ("teacher",), "baseline": ("student",)}.get(
         role, ("teacher", "student")))
     if distributed.current().is_main:
+        if not resume:
+            clear_earlier_model(out, role, config)
         _write_run_files(out, as_given, data)
     if role == "teacher":
         train_teacher(config, data, out, resume)
