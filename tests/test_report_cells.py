@@ -71,17 +71,20 @@ def with_interval(text: str, interval, fmt) -> str:
 # ---------------------------------------------------------------- report.md
 
 
+def markdown_cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
 def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
     """The comparison table's header and rows, as stripped cell strings."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| model | role | accuracy %"))
-    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        rows.append(cells(line))
-    return cells(lines[start]), rows
+        rows.append(markdown_cells(line))
+    return markdown_cells(lines[start]), rows
 
 
 def expected_markdown_cells(row: dict) -> dict[str, str]:
@@ -155,9 +158,13 @@ def html_models_table(text: str) -> tuple[list[str], dict[str, dict[str, list[st
     return header, {row[0][0]: dict(zip(header, row)) for row in table[1:]}
 
 
+def interval(bounds, fmt) -> list[str]:
+    """A muted ``[lo, hi]`` piece after a value, or nothing."""
+    return [f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"] if bounds else []
+
+
 def expected_html_cells(row: dict, header: list[str]) -> dict[str, list[str]]:
     ci = row.get("ci") or {}
-    interval = lambda bounds, fmt: [f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"] if bounds else []  # noqa: E731
     ece = num(row["ece"]) if row.get("ece_uncalibrated") is None else f"{num(row['ece_uncalibrated'])} → {num(row['ece'])}"
     latency = [num(row["latency_ms_batch1"], 2)] + ([row["runtime"]] if row.get("runtime") else [])
     expected = {

@@ -1,4 +1,5 @@
-"""Patient-grouped, class-stratified splits: one patient's images never land on both sides."""
+"""Patient-grouped, class-stratified splits: one patient's images, and byte-identical copies of
+them under any name, never land on both sides."""
 
 from __future__ import annotations
 
