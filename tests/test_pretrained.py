@@ -133,3 +133,13 @@ def test_other_class_count_keeps_backbone_and_replaces_head(lite0_imagenet):
     assert model.classifier.out_features == 2
     assert torch.equal(model.conv_stem.weight, lite0_imagenet.conv_stem.weight)
     assert torch.equal(model.bn2.running_var, lite0_imagenet.bn2.running_var)
+    # nn.Linear's default init (+-1/sqrt(1280)), not timm's TF-style +-1/sqrt(2) = 0.71
+    assert model.classifier.weight.abs().max() <= 1 / 1280 ** 0.5
+
+
+def test_pretrained_chest_xray_config_uses_the_packaged_teacher():
+    from kdistill.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "chest_xray_pretrained.yaml")
+    assert config.teacher.model in PACKAGED and config.teacher.pretrained and config.teacher.mode == "full"
+    assert config.teacher.weights is None and config.teacher.checkpoint is None

@@ -100,15 +100,20 @@ def packaged_weights_file(name: str) -> Path:
 def load_packaged_weights(model: nn.Module, name: str, head_path: str) -> None:
     """Load ``name``'s packaged ImageNet weights into ``model``, by order and shape.
 
-    The stem is rewritten for kdistill's normalization; a head with other than 1000 classes is
-    left freshly initialized."""
+    The stem is rewritten for kdistill's normalization; a head with other than 1000 classes gets
+    ``nn.Linear``'s default initialization, as torchvision models do."""
     entry = PACKAGED[name]
     path = packaged_weights_file(name)
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never objects
     if not isinstance(state, dict):
         raise KdistillError(f"{path}: not a state dict ({type(state).__name__}); reinstall {entry.pip_name}")
     state = fold_input_normalization(state, entry, IMAGENET_MEAN, IMAGENET_STD)
-    model.load_state_dict(map_by_order(state, model.state_dict(), head_path, path), strict=False)
+    mapped = map_by_order(state, model.state_dict(), head_path, path)
+    model.load_state_dict(mapped, strict=False)
+    if not any(key.startswith(head_path + ".") for key in mapped):
+        # timm's TF-style head init draws from +-1/sqrt(classes), +-0.71 for two: fine-tuning would
+        # start from logits several units apart. Linear's default scales by the 1280 inputs instead.
+        model.get_submodule(head_path).reset_parameters()
 
 
 def map_by_order(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], head_path: str,
