@@ -5,6 +5,9 @@ path: it lives in kdistill/models/reference/student.py.
 
 ``tiny_cnn_d2`` .. ``tiny_cnn_d4`` are deeper tiny CNNs (conv blocks with doubling width, then
 global average pooling), whose size does not grow with the input size.
+
+``kd_mobile`` and ``kd_plain`` are the sized family (width, depth, stem stride, expansion,
+squeeze-excitation): kdistill/models/family.py.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdistill.models.family import FAMILY
 from kdistill.models.reference.student import ReferenceStudent
 
 
@@ -54,4 +58,5 @@ STUDENTS = {
     "tiny_cnn_d2": tiny_cnn(2),
     "tiny_cnn_d3": tiny_cnn(3),
     "tiny_cnn_d4": tiny_cnn(4),
+    **FAMILY,
 }
