@@ -83,7 +83,7 @@ def test_map_by_order_refuses_another_file_version_naming_it():
 
 def test_folded_stem_on_our_normalization_equals_theirs():
     """Without padding the rewrite is exact: conv+BN on ImageNet-normalized input equals the
-    original conv+BN on input normalized the weights' own way (mean = std = 0.5)."""
+    original conv+BN on input normalized the weights' own way ((x - 127) / 128)."""
     torch.manual_seed(0)
     original = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)).eval()
     original[1].running_mean.normal_()
@@ -95,7 +95,7 @@ def test_folded_stem_on_our_normalization_equals_theirs():
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     with torch.no_grad():
         ours = folded(to_model_input(pixels, 3, IMAGENET_MEAN, IMAGENET_STD))
-        theirs = original(to_model_input(pixels, 3, (0.5,) * 3, (0.5,) * 3))
+        theirs = original(to_model_input(pixels, 3, (127 / 255,) * 3, (128 / 255,) * 3))
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 

