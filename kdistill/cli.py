@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=_positive_int, help="number of trials (default: tune.trials)")
     tune.add_argument("--out", help="output folder for trials.csv and best.yaml (default: <out>/tune)")
 
+    search = commands.add_parser("search-student", help="the best kdistill family student within "
+                                 "student.budget, ranked on the validation split, then trained fully")
+    search.add_argument("config", help="YAML config file")
+    search.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. student.budget.params=100000")
+    search.add_argument("--out", help="output folder for search.json/.md/.png and the best run "
+                                      "(default: <out>/search)")
+
     report = commands.add_parser("report", help="rewrite report.md and report.html from a run's results.json")
     report.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a kdistill run")
 
@@ -145,6 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "tune":
         return _tune(args)
+    if args.command == "search-student":
+        return _search_student(args)
     if args.command in ("export", "predict", "bench"):
         print(_deploy(args))
         return 0
@@ -194,6 +203,18 @@ def _tune(args: argparse.Namespace) -> int:
     values = " ".join(f"{name}={value:.4g}" for name, value in best["params"].items())
     print(f"best trial {best['number']}: validation {best['metric']} {best['value']:.4f} ({values}); "
           f"{out}/trials.csv, {out}/best.yaml")
+    return 0
+
+
+def _search_student(args: argparse.Namespace) -> int:
+    from kdistill.config import load_config
+    from kdistill.search import search_student
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(config.out) / "search"
+    best = search_student(config, out)["best"]
+    print(f"best student: {best['label']} (validation {best['score']:.4f}, {best['params']:,} params, "
+          f"{best['latency_ms']:.3f} ms); {out}/search.md, full run in {out}/best")
     return 0
 
 

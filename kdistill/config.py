@@ -90,6 +90,17 @@ class TeacherConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """Bounds the student must meet; a run whose student breaks one stops before training."""
+
+    params: Optional[int] = setting(None, "at most this many parameters (null: no bound)")
+    latency_ms: Optional[float] = setting(
+        None, "at most this batch-1 CPU latency in ms at data.input_size, in the fastest runtime "
+        "`kdistill bench` times (null: no bound)")
+    threads: int = setting(1, "CPU threads while the latency is measured")
+
+
+@dataclass
 class StudentConfig:
     """The small model, trained alone (baseline) and distilled with the same recipe."""
 
@@ -102,6 +113,7 @@ class StudentConfig:
     fast_path: Literal["auto", "off"] = setting(
         "auto", "auto: a student with a CPU fast path (the reference student) uses it where it "
         "applies; off: every student runs through its own modules (forward hooks on them fire)")
+    budget: BudgetConfig = setting(doc="parameter and latency bounds (any subset)", factory=BudgetConfig)
 
 
 @dataclass
@@ -131,6 +143,26 @@ class TuneConfig:
     lr: list[float] = setting(doc="range searched for `student.train.lr` (log scale)",
                               factory=lambda: [1e-4, 3e-3])
     trials: int = setting(20, "number of trials (the `--trials` option overrides it)")
+
+
+@dataclass
+class SearchConfig:
+    """``kdistill search-student``: the grid of family members tried within ``student.budget``
+    (every combination of the lists, plus the configured student), each proxy-trained distilled and
+    ranked on the validation split."""
+
+    models: list[str] = setting(doc="family names tried (`kd_mobile`, `kd_plain`)",
+                                factory=lambda: ["kd_mobile", "kd_plain"])
+    widths: list[int] = setting(doc="channels after the stem", factory=lambda: [4, 8, 16])
+    depths: list[int] = setting(doc="stages (each halves the resolution and doubles the channels)",
+                                factory=lambda: [2, 3])
+    stem_strides: list[int] = setting(doc="stride of the stem convolution (1, 2 or 4)",
+                                      factory=lambda: [2, 4])
+    se: list[bool] = setting(doc="squeeze-excitation off / on", factory=lambda: [False, True])
+    expansion: int = setting(4, "kd_mobile's hidden channels per input channel")
+    proxy_epochs: int = setting(2, "epochs of each candidate's short distilled training")
+    time_budget_s: Optional[float] = setting(
+        None, "no new candidate starts once the search has run this long (null: no limit)")
 
 
 # The values ``kdistill tune`` searches, as config keys; a ``tuned`` file may set only these.
@@ -168,6 +200,7 @@ class Config:
     calibration: CalibrationConfig = setting(doc="threshold and temperature fitting",
                                              factory=CalibrationConfig)
     tune: TuneConfig = setting(doc="hyper-parameter search ranges", factory=TuneConfig)
+    search: SearchConfig = setting(doc="student search within the budget", factory=SearchConfig)
     tuned: Optional[str] = setting(
         None, "a `best.yaml` written by `kdistill tune`: its values replace the config file's "
         "(`key=value` overrides still win), and the path stays in the resolved config as the record")
@@ -371,6 +404,7 @@ def _check_consistency(config: Config) -> None:
     if config.seeds is not None and (not config.seeds or len(set(config.seeds)) != len(config.seeds)):
         raise ConfigError(f"seeds: {config.seeds} must be a non-empty list of different seeds (or null)")
     _check_tune_ranges(config.tune)
+    _check_budget_and_search(config.student.budget, config.search)
 
 
 def _check_tune_ranges(tune: TuneConfig) -> None:
@@ -385,3 +419,19 @@ def _check_tune_ranges(tune: TuneConfig) -> None:
             raise ConfigError(f"tune.{name}: {getattr(tune, name)} must be positive (searched on a log scale)")
     if tune.trials < 1:
         raise ConfigError(f"tune.trials: {tune.trials} must be at least 1")
+
+
+def _check_budget_and_search(budget: BudgetConfig, search: SearchConfig) -> None:
+    if budget.params is not None and budget.params < 1:
+        raise ConfigError(f"student.budget.params: {budget.params} must be at least 1 (or null)")
+    if budget.latency_ms is not None and budget.latency_ms <= 0:
+        raise ConfigError(f"student.budget.latency_ms: {budget.latency_ms} must be positive (or null)")
+    if budget.threads < 1:
+        raise ConfigError(f"student.budget.threads: {budget.threads} must be at least 1")
+    for key in ("models", "widths", "depths", "stem_strides", "se"):
+        if not getattr(search, key):
+            raise ConfigError(f"search.{key}: must list at least one value")
+    if search.proxy_epochs < 1:
+        raise ConfigError(f"search.proxy_epochs: {search.proxy_epochs} must be at least 1")
+    if search.time_budget_s is not None and search.time_budget_s <= 0:
+        raise ConfigError(f"search.time_budget_s: {search.time_budget_s} must be positive (or null)")

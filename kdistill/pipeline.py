@@ -51,6 +51,7 @@ from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
 from kdistill.data.doctor import examine
+from kdistill.deploy.budget import enforce_budget
 from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
 from kdistill.eval.inference import predict_logits
@@ -64,7 +65,7 @@ from kdistill.report.html import html_report
 from kdistill.engine.loop import class_weights, fit, remove_resume_state
 
 
-RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "calibration"}  # do not change what is trained
+RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "search", "calibration"}  # do not change what is trained
 
 # What a run writes in its output folder, named once: the writers below use these names, and
 # clear_earlier_run removes exactly these (and seed folders), never another file of the folder.
@@ -506,12 +507,15 @@ def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ..
         if role == "teacher" and cfg.weights and not Path(cfg.weights).is_file():
             raise ConfigError(f"teacher.weights: {cfg.weights} not found")
         try:
-            build_model(cfg.model, len(data.classes), input_size=data.input_size,
-                        in_channels=data.channels, **cfg.model_args)
+            model = build_model(cfg.model, len(data.classes), input_size=data.input_size,
+                                in_channels=data.channels, **cfg.model_args)
         except TypeError as exc:  # an argument the model does not take
             raise ConfigError(f"{role}.model_args: {cfg.model_args} ({exc})") from None
         except ConfigError as exc:  # an unknown name: say which key holds it
             raise ConfigError(f"{role}.model: {exc}" if str(exc).startswith("model ") else str(exc)) from None
+        if role == "student":  # refused before anything trains
+            enforce_budget(model, cfg.model, **dataclasses.asdict(cfg.budget), input_size=data.input_size,
+                           channels=data.channels, num_classes=len(data.classes))
 
 
 def remove_if_empty(folder: Path) -> None:

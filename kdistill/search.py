@@ -1,0 +1,259 @@
+"""``kdistill search-student``: the best student within ``student.budget``, chosen on the
+validation split only, then trained fully through the normal pipeline.
+
+1. Candidates: every combination of the ``search`` lists (family name x width x depth x stem
+   stride x squeeze-excitation), plus the configured student as the reference row. Each one's
+   parameters are counted; each that fits the parameter bound has its batch-1 latency measured
+   once, as ``kdistill bench`` measures it (kdistill/deploy/budget.py).
+2. Proxy stage: the teacher is trained once (or loaded from ``teacher.checkpoint``) and its outputs
+   cached once; every candidate within the budget is distilled for ``search.proxy_epochs`` epochs,
+   fastest first, and scored by its best validation ``student.train.select_metric``. The test
+   split is replaced by a guard that raises if anything reads it. Once ``search.time_budget_s``
+   has passed (counted from the start, teacher included), no new candidate starts; the rest are
+   listed as skipped. The first (fastest) candidate always trains.
+3. The best candidate is trained fully, alone and distilled, by ``kdistill.pipeline.run`` into
+   ``<out>/best/`` (reusing this search's teacher). That run keeps the parameter bound; the latency
+   bound is not measured again there, since a second timing of a student close to the bound
+   could refuse the winner of a finished search on noise (the figure kept is the search's).
+
+Output folder::
+
+    search.json  every candidate: knobs, params, MACs, latency, validation scores, Pareto flag, status
+    search.md    the same as a table, best first, with the budget and the time spent
+    search.png   validation metric against latency, every trained candidate, the Pareto front marked
+    teacher/     the teacher, when it was trained here
+    best/        the full run of the winner (results.json, report.md, report.html, checkpoints)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from kdistill.config import Config
+from kdistill.data import DatasetBundle, load_dataset
+from kdistill.deploy.budget import latency_over_budget, measure_latency, params_over_budget
+from kdistill.deploy.profile import count_macs, count_parameters
+from kdistill.engine.loop import LOWER_IS_BETTER
+from kdistill.errors import KdistillError
+from kdistill.fileio import atomic_file, write_json_atomic, write_text_atomic
+from kdistill.log import log
+from kdistill.models import build_model
+from kdistill.pipeline import prepare_teacher_outputs, remove_if_empty, run, seed_everything, train_student, train_teacher
+from kdistill.tune import ForbiddenTestSplit
+
+FILES = ("search.json", "search.md", "search.png")
+TRAINED, OVER_BUDGET, SKIPPED = "trained", "over budget", "skipped: time budget"
+
+
+def search_student(config: Config, out: Path) -> dict:
+    """Run the whole search into ``out``; return the ``search.json`` content (``final`` holds the
+    full run's results)."""
+    started = time.perf_counter()
+    seed_everything(config.seed, config.deterministic, config.threads)
+    data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
+    candidates = [measure_candidate(c, config, data) for c in candidate_grid(config)]
+    within = sorted((c for c in candidates if c["status"] is None), key=lambda c: c["latency_ms"])
+    log.info(f"search: {len(candidates)} candidates, {len(within)} within the budget; proxy training "
+             f"on train {len(data.train)} / val {len(data.val)} images (the test split is not used)")
+    if not within:
+        _write_all(out, config, candidates, started)
+        raise KdistillError(f"search: no candidate fits student.budget; {out / FILES[1]} lists each figure")
+    teacher, _ = train_teacher(config, data, out, resume=False)
+    remove_if_empty(out / "resume")
+    outputs = prepare_teacher_outputs(teacher, data, config)
+    for candidate in within:
+        # The first candidate always trains, so a search that took long to prepare still ends with a winner.
+        if candidate is not within[0] and _out_of_time(config, started):
+            candidate["status"] = SKIPPED
+            continue
+        proxy_train(candidate, config, data, teacher, outputs)
+    summary = _write_all(out, config, candidates, started)
+    best = summary["best"]
+    if best is None:
+        raise KdistillError(f"search: no candidate was trained (time budget {config.search.time_budget_s} s)")
+    summary["final"] = run(final_config(config, best, out))
+    return summary
+
+
+def _out_of_time(config: Config, started: float) -> bool:
+    limit = config.search.time_budget_s
+    return limit is not None and time.perf_counter() - started > limit
+
+
+def candidate_grid(config: Config) -> list[dict]:
+    """The configured student (reference row), then every combination of the ``search`` lists."""
+    grid = config.search
+    rows = [{"model": config.student.model, "model_args": dict(config.student.model_args), "reference": True}]
+    for name, width, depth, stride, se in itertools.product(grid.models, grid.widths, grid.depths,
+                                                            grid.stem_strides, grid.se):
+        args = {"width": width, "depth": depth, "stem_stride": stride, "se": se}
+        if name == "kd_mobile":
+            args["expansion"] = grid.expansion
+        rows.append({"model": name, "model_args": args, "reference": False})
+    return rows
+
+
+def label(candidate: dict) -> str:
+    """``kd_mobile w8 d3 s2 se`` style: the knobs a user types back into ``student.model_args``."""
+    args = candidate["model_args"]
+    if "width" not in args:
+        return candidate["model"] + ("".join(f" {k}={v}" for k, v in args.items()))
+    return (f"{candidate['model']} w{args['width']} d{args['depth']} s{args['stem_stride']}"
+            + (f" e{args['expansion']}" if "expansion" in args else "") + (" se" if args.get("se") else ""))
+
+
+def measure_candidate(candidate: dict, config: Config, data: DatasetBundle) -> dict:
+    """Parameters and MACs; the latency only when the parameter bound holds (timing costs seconds).
+    ``status`` is None for a candidate within the budget, else why it is out."""
+    budget = config.student.budget
+    model = build_model(candidate["model"], len(data.classes), input_size=data.input_size,
+                        in_channels=data.channels, **candidate["model_args"]).eval()
+    row = {**candidate, "label": label(candidate), "params": count_parameters(model),
+           "macs": count_macs(model, data.input_size, data.channels), "latency_ms": None, "runtime": None,
+           "val": None, "score": None, "epoch": None, "seconds": None, "pareto": False, "status": None}
+    over = params_over_budget(row["params"], budget.params)
+    if over is None:
+        latency = measure_latency(model, candidate["model"], input_size=data.input_size, channels=data.channels,
+                                  num_classes=len(data.classes), threads=budget.threads)
+        row.update(latency_ms=latency["latency_ms"], runtime=latency["runtime"])
+        over = latency_over_budget(latency, budget.latency_ms)
+    if over:
+        row["status"] = f"{OVER_BUDGET}: {over}"
+    log.info(f"search: {row['label']}: {row['params']:,} params, {row['macs'] / 1e6:.2f} M MACs, "
+             + (f"{row['latency_ms']:.3f} ms" if row["latency_ms"] is not None else "latency not measured")
+             + (f" -- {row['status']}" if row["status"] else ""))
+    return row
+
+
+def proxy_train(candidate: dict, config: Config, data: DatasetBundle, teacher, outputs) -> None:
+    """Distill ``candidate`` for ``search.proxy_epochs`` epochs in a scratch folder; record its best
+    validation scores in place."""
+    started = time.perf_counter()
+    proxy = with_student(config, candidate)
+    proxy = dataclasses.replace(proxy, student=dataclasses.replace(
+        proxy.student, train=dataclasses.replace(proxy.student.train, epochs=config.search.proxy_epochs)))
+    with tempfile.TemporaryDirectory(prefix="kdistill-search-") as scratch:
+        _, meta = train_student(proxy, data, Path(scratch), "distilled", teacher, resume=False,
+                                teacher_outputs=outputs)
+    selected = meta["selected"]
+    val = {k: _finite(v) for k, v in selected["val"].items() if isinstance(v, (int, float))}
+    candidate.update(val=val, score=val.get(selected["metric"]), epoch=selected["epoch"],
+                     seconds=round(time.perf_counter() - started, 1), status=TRAINED)
+    log.info(f"search: {candidate['label']}: validation {selected['metric']} {candidate['score']} "
+             f"(epoch {selected['epoch']}, {candidate['seconds']} s)")
+
+
+def with_student(config: Config, candidate: dict) -> Config:
+    """``config`` with the candidate as ``student.model`` and ``student.model_args``."""
+    student = dataclasses.replace(config.student, model=candidate["model"], model_args=dict(candidate["model_args"]))
+    return dataclasses.replace(config, student=student)
+
+
+def final_config(config: Config, best: dict, out: Path) -> Config:
+    """The full run of the winner: its own folder, this search's teacher, the latency bound left to
+    the search's measurement (see the module docstring)."""
+    chosen = with_student(config, best)
+    budget = dataclasses.replace(chosen.student.budget, latency_ms=None)
+    teacher = config.teacher.checkpoint or str(out / "teacher")
+    return dataclasses.replace(chosen, out=str(out / "best"),
+                               student=dataclasses.replace(chosen.student, budget=budget),
+                               teacher=dataclasses.replace(chosen.teacher, checkpoint=teacher))
+
+
+def mark_pareto(candidates: list[dict], lower_is_better: bool) -> None:
+    """A trained candidate is on the Pareto front when no other trained one is at least as good on
+    both the validation score and the latency, and better on one."""
+    trained = [c for c in candidates if c["status"] == TRAINED and c["score"] is not None]
+    sign = -1.0 if lower_is_better else 1.0
+    for c in trained:
+        c["pareto"] = not any(
+            sign * o["score"] >= sign * c["score"] and o["latency_ms"] <= c["latency_ms"]
+            and (sign * o["score"] > sign * c["score"] or o["latency_ms"] < c["latency_ms"])
+            for o in trained if o is not c)
+
+
+def ranked(candidates: list[dict], lower_is_better: bool) -> list[dict]:
+    """Trained candidates best first (ties: the faster first), then the others in grid order."""
+    trained = [c for c in candidates if c["status"] == TRAINED and c["score"] is not None]
+    sign = 1.0 if lower_is_better else -1.0
+    trained.sort(key=lambda c: (sign * c["score"], c["latency_ms"]))
+    return trained + [c for c in candidates if c not in trained]
+
+
+def _write_all(out: Path, config: Config, candidates: list[dict], started: float) -> dict:
+    metric = config.student.train.select_metric
+    lower = metric in LOWER_IS_BETTER
+    mark_pareto(candidates, lower)
+    rows = ranked(candidates, lower)
+    best = rows[0] if rows and rows[0]["status"] == TRAINED else None
+    summary = {"metric": metric, "budget": dataclasses.asdict(config.student.budget),
+               "search": dataclasses.asdict(config.search), "input_size": config.data.input_size,
+               "channels": config.data.channels, "seconds": round(time.perf_counter() - started, 1),
+               "best": best, "candidates": rows,
+               "skipped": [c["label"] for c in rows if c["status"] == SKIPPED]}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / FILES[0], summary)
+    write_text_atomic(out / FILES[1], search_markdown(summary))
+    write_plot(out / FILES[2], rows, metric, config.student.budget.latency_ms)
+    log.info(f"search: written to {out}/ ({', '.join(FILES)})"
+             + (f"; best {best['label']}, validation {metric} {best['score']:.4f}" if best else ""))
+    return summary
+
+
+def search_markdown(summary: dict) -> str:
+    """The Pareto table, best first, with the budget, the time spent and what was skipped."""
+    budget, metric = summary["budget"], summary["metric"]
+    bounds = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None and k != "threads")
+    lines = [f"# Student search within the budget ({bounds or 'no bound'})", "",
+             f"- Input: {summary['input_size']} px, {summary['channels']} channel(s); latency: batch 1, "
+             f"fastest runtime, {budget['threads']} thread(s), measured once per candidate.",
+             f"- Ranked on the validation {metric} after {summary['search']['proxy_epochs']} distilled "
+             f"proxy epochs (the test split is not used); {summary['seconds']:.0f} s in all.",
+             f"- Skipped by the time budget: {', '.join(summary['skipped']) or 'none'}.", "",
+             f"| rank | student | params | MACs (M) | latency ms | val {metric} | Pareto | status |",
+             "|---:|---|---:|---:|---:|---:|:-:|---|"]
+    for rank, c in enumerate(summary["candidates"], 1):
+        latency = "" if c["latency_ms"] is None else f"{c['latency_ms']:.3f}"
+        score = "" if c["score"] is None else f"{c['score']:.4f}"
+        name = c["label"] + (" (reference)" if c["reference"] else "")
+        shown_rank = str(rank) if c["status"] == TRAINED else ""
+        lines.append(f"| {shown_rank} | {name} | {c['params']:,} | {c['macs'] / 1e6:.2f} | {latency} | "
+                     f"{score} | {'yes' if c['pareto'] else ''} | {c['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(path: Path, rows: list[dict], metric: str, latency_bound: float | None) -> None:
+    """Validation metric against latency for every trained candidate; the Pareto front joined and
+    marked, the reference student labelled, the latency bound dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    trained = [c for c in rows if c["status"] == TRAINED and c["score"] is not None]
+    axes.scatter([c["latency_ms"] for c in trained], [c["score"] for c in trained], s=18,
+                 color="#8c8c8c", label="candidate")
+    front = sorted((c for c in trained if c["pareto"]), key=lambda c: c["latency_ms"])
+    axes.plot([c["latency_ms"] for c in front], [c["score"] for c in front], marker="o", color="#c44e52",
+              label="Pareto front")
+    for c in front + [c for c in trained if c["reference"] and not c["pareto"]]:
+        axes.annotate(c["label"] + (" (reference)" if c["reference"] else ""), (c["latency_ms"], c["score"]),
+                      fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if latency_bound is not None:
+        axes.axvline(latency_bound, color="grey", linestyle="--", linewidth=1, label="latency bound")
+    axes.set(xlabel="batch-1 latency (ms)", ylabel=f"validation {metric}",
+             title="students within the budget (proxy training)")
+    axes.legend(fontsize=7)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: an undefined score (one class in a tiny split) is written as null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
