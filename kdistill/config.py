@@ -311,6 +311,15 @@ def _parse_text(value: _OverrideText, hint: Any) -> Any:
         return str(value)
 
 
+def _yaml_word(value: Any, choices: tuple) -> Any:
+    """YAML 1.1 reads an unquoted ``off``/``on`` (and no/yes, false/true) as a bool: give back the
+    word when it is one of the choices, so ``fast_path: off`` in a file means "off"."""
+    if not isinstance(value, bool):
+        return value
+    words = ("on", "yes", "true") if value else ("off", "no", "false")
+    return next((word for word in words if word in choices), value)
+
+
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
@@ -355,6 +364,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is Literal:
+        value = _yaml_word(value, args)
         if not any(value == a and type(value) is type(a) for a in args):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

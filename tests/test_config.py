@@ -54,3 +54,13 @@ def test_numeric_output_folder_name(image_root, tmp_path, capsys, monkeypatch):
     code = main(["train", str(config), "--role", "baseline", "--out", "2024"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "2024" / "baseline" / "model.json").is_file()
+
+
+def test_unquoted_off_in_a_yaml_file_is_the_word_off(tmp_path):
+    # YAML 1.1 reads `off` as False; a choice of words must still get "off", not a type error.
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  dataset: digits\nstudent:\n  fast_path: off\n")
+    assert load_config(path).student.fast_path == "off"
+    path.write_text("data:\n  dataset: digits\nstudent:\n  fast_path: yes\n")
+    with pytest.raises(ConfigError, match="student.fast_path"):
+        load_config(path)
