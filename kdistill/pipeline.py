@@ -58,7 +58,11 @@ from kdistill.eval.inference import predict_logits
 from kdistill.fileio import is_leftover_of, remove_path, write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
+from kdistill.models.channels import ChannelAdapter
 from kdistill.models.fast_path import set_fast_path
+from kdistill.models.stages import freeze_all_but, partial_trainable
+from kdistill.models.weights import PACKAGED, packaged_weights_file
+from kdistill.data.transforms import normalization
 from kdistill.engine.precision import resolve_device
 from kdistill.report.markdown import comparison_table, markdown_report
 from kdistill.report.html import html_report
@@ -204,7 +208,14 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
                               "(or use teacher.mode=full)")
         freeze_all_but_head(model)
         method = _head_on_features(method, model, data, config)
-    meta = _meta(arch, data, "teacher", {"mode": cfg.mode, "pretrained": cfg.pretrained,
+    elif cfg.mode == "partial":
+        trainable = partial_trainable(model, cfg.trainable_blocks, cfg.trainable_prefixes)
+        freeze_all_but(model, trainable)
+        log.info(f"teacher: partial fine-tuning, {len(trainable)} of "
+                 f"{len(list(model.parameters()))} parameter tensors train (from {trainable[0]})")
+    partial = {"trainable_blocks": cfg.trainable_blocks, "trainable_prefixes": cfg.trainable_prefixes}
+    meta = _meta(arch, data, "teacher", {"mode": cfg.mode, **(partial if cfg.mode == "partial" else {}),
+                                         "pretrained": cfg.pretrained,
                                          "weights": cfg.weights, **dataclasses.asdict(cfg.train)}, config.seed)
     _fit(model, method, data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
     model, meta = _calibrated(checkpoint_dir, data, config)
@@ -225,6 +236,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
         log.info(f"{role}: already trained in {checkpoint_dir}, reusing it")
         return _calibrated(checkpoint_dir, data, config)
     torch.manual_seed(config.seed)
+    teacher_data, data = data, student_data(config, data)  # the teacher's outputs read teacher_data
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
     model = set_fast_path(build_model(**{"name": cfg.model, **arch["args"]}), cfg.fast_path)
     weights = _weights(cfg.train, data)
@@ -233,7 +245,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     else:
         method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
         if teacher_outputs is None:
-            teacher_outputs = prepare_teacher_outputs(teacher, data, config)
+            teacher_outputs = prepare_teacher_outputs(teacher, teacher_data, config)
         # Recorded from the method: the article recipe fixes its own alpha and T.
         extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
     meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)}, config.seed)
@@ -280,12 +292,27 @@ def _head_on_features(method, model, data: DatasetBundle, config: Config) -> Hea
     return wrapped
 
 
+def student_channels(config: Config) -> int:
+    """The student's input channels: ``student.channels``, else ``data.channels``."""
+    return config.student.channels or config.data.channels
+
+
+def student_data(config: Config, data: DatasetBundle) -> DatasetBundle:
+    """The data as the student reads it: same splits, batches built for the student's channels
+    (and their normalization). The stored images serve both: one grayscale channel is expanded,
+    colour images are averaged, at batch time."""
+    channels = student_channels(config)
+    return data if channels == data.channels else dataclasses.replace(data, channels=channels)
+
+
 def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
     """What the distillation loss reads the teacher's logits from: a live teacher, or (the default)
-    its outputs per view, computed once and cached (kdistill/distill/teacher.py)."""
+    its outputs per view, computed once and cached (kdistill/distill/teacher.py). ``data`` is the
+    teacher's view of the data; a live teacher fed a grayscale student's batches runs behind an
+    exact channel adapter."""
     mean, std = data.normalization
     if not config.distill.teacher_cache:
-        return LiveTeacher(teacher)
+        return LiveTeacher(live_teacher_input(teacher, data, student_channels(config)))
     started = time.perf_counter()
     outputs = CachedTeacher(teacher, data.train, channels=data.channels, mean=mean, std=std,
                             cache_dir=resolve_cache_dir(config.data.cache_dir),
@@ -293,6 +320,18 @@ def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
     log.info(f"teacher outputs for {len(data.train)} images x 2 views ready in "
              f"{time.perf_counter() - started:.1f}s (computed or read from the cache)")
     return outputs
+
+
+def live_teacher_input(teacher: torch.nn.Module, data: DatasetBundle, channels: int) -> torch.nn.Module:
+    """The teacher as it runs on batches made for a ``channels``-channel student: itself when the
+    channels agree, else wrapped in a ``ChannelAdapter`` (1-channel student, 3-channel teacher)."""
+    if channels == data.channels:
+        return teacher
+    if channels != 1:
+        raise ConfigError(f"student.channels: {channels} with a {data.channels}-channel teacher needs "
+                          f"distill.teacher_cache=true (a live teacher adapts 1 channel to 3 only)")
+    (mean_in, std_in), (mean_out, std_out) = normalization(channels), data.normalization
+    return ChannelAdapter(teacher, mean_in=mean_in, std_in=std_in, mean_out=mean_out, std_out=std_out)
 
 
 def _fit(model, method, data, role, checkpoint_dir, meta, out, teacher, train_cfg, config, resume):
@@ -506,16 +545,21 @@ def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ..
             continue
         if role == "teacher" and cfg.weights and not Path(cfg.weights).is_file():
             raise ConfigError(f"teacher.weights: {cfg.weights} not found")
+        if role == "teacher" and cfg.pretrained and not cfg.weights and cfg.model in PACKAGED:
+            packaged_weights_file(cfg.model)  # a missing package is named before anything is written
+        channels = data.channels if role == "teacher" else student_channels(config)
         try:
             model = build_model(cfg.model, len(data.classes), input_size=data.input_size,
-                                in_channels=data.channels, **cfg.model_args)
+                                in_channels=channels, **cfg.model_args)
         except TypeError as exc:  # an argument the model does not take
             raise ConfigError(f"{role}.model_args: {cfg.model_args} ({exc})") from None
         except ConfigError as exc:  # an unknown name: say which key holds it
             raise ConfigError(f"{role}.model: {exc}" if str(exc).startswith("model ") else str(exc)) from None
+        if role == "teacher" and cfg.mode == "partial":  # stages exist, prefixes name modules
+            partial_trainable(model, cfg.trainable_blocks, cfg.trainable_prefixes)
         if role == "student":  # refused before anything trains
             enforce_budget(model, cfg.model, **dataclasses.asdict(cfg.budget), input_size=data.input_size,
-                           channels=data.channels, num_classes=len(data.classes))
+                           channels=channels, num_classes=len(data.classes))
 
 
 def remove_if_empty(folder: Path) -> None:
