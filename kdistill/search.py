@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import tempfile
 import time
@@ -214,7 +215,8 @@ def search_markdown(summary: dict) -> str:
              f"fastest runtime, {budget['threads']} thread(s), measured once per candidate.",
              f"- Ranked on the validation {metric} after {summary['search']['proxy_epochs']} distilled "
              f"proxy epochs (the test split is not used); {summary['seconds']:.0f} s in all.",
-             f"- Skipped by the time budget: {', '.join(summary['skipped']) or 'none'}.", "",
+             f"- Skipped by the time budget: {', '.join(summary['skipped']) or 'none'}.",
+             _best_line(summary["best"]), "",
              f"| rank | student | params | MACs (M) | latency ms | val {metric} | Pareto | status |",
              "|---:|---|---:|---:|---:|---:|:-:|---|"]
     for rank, c in enumerate(summary["candidates"], 1):
@@ -225,6 +227,13 @@ def search_markdown(summary: dict) -> str:
         lines.append(f"| {shown_rank} | {name} | {c['params']:,} | {c['macs'] / 1e6:.2f} | {latency} | "
                      f"{score} | {'yes' if c['pareto'] else ''} | {c['status']} |")
     return "\n".join(lines) + "\n"
+
+
+def _best_line(best: dict | None) -> str:
+    if best is None:
+        return "- Best: none trained."
+    return (f"- Best: `student.model: {best['model']}`, `student.model_args: {json.dumps(best['model_args'])}`; "
+            "trained fully, alone and distilled, in `best/`.")
 
 
 def write_plot(path: Path, rows: list[dict], metric: str, latency_bound: float | None) -> None:
@@ -245,7 +254,8 @@ def write_plot(path: Path, rows: list[dict], metric: str, latency_bound: float |
     for c in front + [c for c in trained if c["reference"] and not c["pareto"]]:
         axes.annotate(c["label"] + (" (reference)" if c["reference"] else ""), (c["latency_ms"], c["score"]),
                       fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if latency_bound is not None:
+    slowest = max((c["latency_ms"] for c in trained), default=0.0)
+    if latency_bound is not None and latency_bound <= 2 * slowest:  # a far bound would squash the points
         axes.axvline(latency_bound, color="grey", linestyle="--", linewidth=1, label="latency bound")
     axes.set(xlabel="batch-1 latency (ms)", ylabel=f"validation {metric}",
              title="students within the budget (proxy training)")
