@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from kdistill.distill.registry import register
 
@@ -16,5 +15,5 @@ class CrossEntropy:
 
     def __call__(self, batch, student, teacher=None) -> dict:
         logits = student(batch.images)
-        ce = F.cross_entropy(logits, batch.labels, weight=self.class_weights)
+        ce = batch.cross_entropy(logits, self.class_weights)  # labelled rows; mixed views: mixed targets
         return {"loss": ce, "ce": ce.detach(), "logits": logits.detach()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from kdistill.distill.losses import distillation_objective, kd_loss
 from kdistill.distill.registry import register
@@ -20,7 +19,7 @@ class KnowledgeDistillation:
     def __call__(self, batch, student, teacher) -> dict:
         logits = student(batch.images)  # [B, K]
         teacher_logits = teacher(batch)  # [B, K], no grad
-        ce = F.cross_entropy(logits, batch.labels, weight=self.class_weights)
+        ce = batch.cross_entropy(logits, self.class_weights)  # labelled rows; mixed views: mixed targets
         kd = kd_loss(logits, teacher_logits, self.temperature)
         loss = distillation_objective(ce, kd, self.alpha)
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "logits": logits.detach()}

@@ -136,3 +136,71 @@ TWO_CLASS_DEGENERACY: dict[str, str] = {
 def degenerate_reason(method: str, num_classes: int) -> str | None:
     """One line saying why ``method`` degenerates at ``num_classes``, or None when it does not."""
     return TWO_CLASS_DEGENERACY.get(method) if num_classes == 2 else None
+
+
+def resize_map(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[B, C, H, W] -> [B, C, *size]``: average pooling when shrinking (each output cell is the
+    mean of the cells it covers), bilinear interpolation when growing."""
+    if tuple(features.shape[-2:]) == tuple(size):
+        return features
+    if features.shape[-2] >= size[0] and features.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(features, size)
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+
+
+def hint_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """FitNet's hint term (Romero et al., ICLR 2015): mean squared error between the regressed
+    student map and the teacher's, both ``[B, C, H, W]`` (mean over every element)."""
+    return F.mse_loss(student_map, teacher_map.detach())
+
+
+def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None, p: int = 2) -> torch.Tensor:
+    """Spatial attention of a feature map (Zagoruyko & Komodakis, ICLR 2017): the channel mean of
+    ``|A|**p``, optionally resized to ``size``, flattened and L2-normalized: ``[B, C, H, W] -> [B, H*W]``."""
+    energy = features.abs().pow(p).mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    if size is not None:
+        energy = resize_map(energy, size)
+    return F.normalize(energy.flatten(1), dim=1)  # (B, H*W), unit L2 norm per sample
+
+
+def attention_transfer_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor],
+                            beta: float, p: int = 2) -> torch.Tensor:
+    """AT: ``beta / 2 * sum_j mean((Q_s,j - Q_t,j)**2)`` over the layer pairs, as in the authors'
+    code; each student attention map is resized to its teacher's spatial size first."""
+    total = student_maps[0].new_zeros(())
+    for student, teacher in zip(student_maps, teacher_maps):
+        size = tuple(teacher.shape[-2:])
+        total = total + (attention_map(student, size, p) - attention_map(teacher.detach(), None, p)).pow(2).mean()
+    return beta / 2 * total
+
+
+def _pairwise_distances(embedding: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of ``[B, D]``: ``[B, B]``, exactly 0 on the diagonal
+    (the square root of a clamped square keeps the gradient finite there)."""
+    squared = (embedding.unsqueeze(1) - embedding.unsqueeze(0)).pow(2).sum(-1)  # (B, B)
+    distances = squared.clamp_min(1e-12).sqrt()
+    return distances * (1 - torch.eye(len(embedding), device=embedding.device, dtype=embedding.dtype))
+
+
+def _normalized_distances(embedding: torch.Tensor) -> torch.Tensor:
+    """Pairwise distances divided by their mean over the off-diagonal pairs (RKD's scale invariance)."""
+    distances = _pairwise_distances(embedding)
+    count = len(embedding) * (len(embedding) - 1)
+    return distances / (distances.sum() / max(count, 1)).clamp_min(1e-12)
+
+
+def _angles(embedding: torch.Tensor) -> torch.Tensor:
+    """Cosines of the angle at every anchor j between the directions to i and k: ``[B, B, B]``."""
+    directions = F.normalize(embedding.unsqueeze(0) - embedding.unsqueeze(1), dim=2)  # (B, B, D): j -> i
+    return torch.bmm(directions, directions.transpose(1, 2))  # (B, B, B)
+
+
+def rkd_loss(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor, distance_weight: float,
+             angle_weight: float) -> torch.Tensor:
+    """Relational KD (Park et al., CVPR 2019): Huber (smooth L1) losses between the students' and
+    the teacher's mean-normalized pairwise distances and between their triplet angles; embeddings
+    ``[B, Ds]`` and ``[B, Dt]`` (the widths may differ: only relations are compared)."""
+    student, teacher = student_embedding.flatten(1), teacher_embedding.detach().flatten(1)
+    distance = F.smooth_l1_loss(_normalized_distances(student), _normalized_distances(teacher))
+    angle = F.smooth_l1_loss(_angles(student), _angles(teacher))
+    return distance_weight * distance + angle_weight * angle

@@ -75,18 +75,26 @@ class LiveTeacher:
 
 
 class CachedTeacher:
-    """Teacher logits for every (training image, view): ``table`` is ``[N, K=2, classes]``."""
+    """Teacher logits for every (training image, view): ``table`` is ``[N, K, classes]``.
 
-    reads_images = False  # rows are looked up by Batch.index and Batch.flipped
+    ``views`` is either one bank shared by every image (``[K, 5]``, default the plain and mirrored
+    views; rows looked up by ``Batch.flipped``) or a bank per image (``[N, K, VIEW_WIDTH]``,
+    kdistill/data/views.py; rows looked up by ``Batch.view``)."""
+
+    reads_images = False  # rows are looked up by Batch.index and Batch.flipped / Batch.view
 
     def __init__(self, model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
                  batch_size: int = 64, cache_dir: Path | None = None, dtype: str = "float32",
                  views: torch.Tensor = FLIP_VIEWS):
         model = freeze(model)
         key = {"what": "logits", "weights": state_dict_sha256(model.state_dict())}
-        self.view_of_flip = flip_view_index(views)
+        self.per_image = views.dim() == 3
+        self.view_of_flip = None if self.per_image else flip_view_index(views)
 
         def compute() -> torch.Tensor:
+            if self.per_image:
+                return bank_table(model, split, views, channels=channels, mean=mean, std=std,
+                                  batch_size=batch_size)
             return view_table(model, split, channels=channels, mean=mean, std=std,
                               batch_size=batch_size, views=views)
 
@@ -94,6 +102,10 @@ class CachedTeacher:
                                        cache_dir=cache_dir, dtype=dtype, views=views)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.per_image:
+            if batch.view is None:
+                raise ValueError("a view-bank teacher needs batches drawn from its bank (Batch.view)")
+            return self.table[batch.index, batch.view].float()
         return self.table[batch.index, self.view_of_flip[batch.flipped.long()]].float()
 
     def on(self, device: torch.device) -> Callable[[Batch], torch.Tensor]:
@@ -128,6 +140,22 @@ def view_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, *,
     return table
 
 
+def bank_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, bank: torch.Tensor, *,
+               channels: int, mean, std, batch_size: int = 64) -> torch.Tensor:
+    """``fn`` on every image's every view of a per-image bank ``[N, K, VIEW_WIDTH]``, rendered as
+    training renders them, batched under ``no_grad``: ``[N, K, D]`` float32."""
+    table = None
+    for column in range(bank.shape[1]):
+        for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std,
+                                     channels_last=True, views=bank[:, column]):
+            with torch.no_grad():
+                out = fn(batch.images).float()
+            if table is None:
+                table = torch.empty(len(split), bank.shape[1], *out.shape[1:])
+            table[batch.index, column] = out
+    return table
+
+
 def apply_view(images: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
     """One view of a batch ``[B, C, S, S]``; the flip bank's views cover the whole image."""
     if view[:4].tolist() != [0.0, 0.0, 1.0, 1.0]:
@@ -147,7 +175,9 @@ def stored_view_table(compute: Callable[[], torch.Tensor], split: ImageSplit, ke
         return compute().to(DTYPES[dtype])
     full_key = {**key, "format": FORMAT_VERSION, "data": split.cache_key,
                 "input_size": split.images.shape[-1], "channels": channels, "mean": list(mean),
-                "std": list(std), "views": views.tolist(), "dtype": dtype}
+                "std": list(std), "dtype": dtype,
+                # A per-image bank is large: its checksum stands for it (the shared flip bank is listed).
+                "views": views.tolist() if views.dim() == 2 else tensor_sha256(views)}
     digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:32]
     path = Path(cache_dir) / "teacher" / f"{key['what']}-{digest}.safetensors"
     table = _read_table(path, digest, views)
@@ -259,3 +289,23 @@ def head_inputs(model: nn.Module, head: nn.Module, split: ImageSplit, *, channel
     finally:
         hook.remove()
         model.train(was_training)
+
+
+class FeatureTeacher(LiveTeacher):
+    """A live teacher that also hands out intermediate outputs, taken by forward hooks on module
+    paths (kdistill/distill/hooks.py): what feature methods read. Full-resolution maps are far too
+    large to store per (image, view), so they are computed every step."""
+
+    def on(self, device: torch.device) -> FeatureTeacher:
+        if next(self.model.parameters()).device == device:
+            return self
+        return FeatureTeacher(copy.deepcopy(self.model).to(device))
+
+    def features(self, batch: Batch, paths) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits [B, K], {path: output})`` of one forward under ``no_grad``."""
+        from kdistill.distill.hooks import capture  # hooks imports models; kept out of import time
+
+        self.model.eval()
+        with torch.no_grad(), capture(self.model, paths) as found:
+            logits = self.model(batch.images)
+        return logits, dict(found)
