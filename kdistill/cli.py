@@ -90,7 +90,11 @@ def _add_deploy_commands(commands) -> None:
     bench.add_argument("--input-size", type=_positive_int, default=None,
                        help="input size for --model (default: the checkpoints', else 224)")
     bench.add_argument("--num-classes", type=int, default=2, help="classes for --model (default 2)")
-    bench.add_argument("--threads", type=_positive_int, default=1, help="threads for both runtimes (default 1)")
+    bench.add_argument("--channels", action="append", default=[], metavar="NAME=C",
+                       help="input channels of --model NAME, 1 or 3 (repeatable; NAME=1,3 times both)")
+    bench.add_argument("--threads", type=_thread_counts, default=None, metavar="N[,N]",
+                       help="threads for both runtimes; several (1,2) are timed one after the other "
+                            "(default 1; 1,2 with --int8)")
     bench.add_argument("--rounds", type=_positive_int, default=15,
                        help="timed rounds at batch 1 (a third of them at batch 64)")
     bench.add_argument("--int8", action="store_true", help="also time int8 ONNX Runtime models")
@@ -103,6 +107,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _thread_counts(text: str) -> list[int]:
+    """``--threads 1,2`` -> [1, 2]."""
+    try:
+        return [_positive_int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1 or 1,2, got {text!r}") from None
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -246,11 +258,11 @@ def _deploy(args: argparse.Namespace) -> str:
 
         return run_predict(Path(args.checkpoint), [Path(p) for p in args.paths], as_json=args.json,
                            threads=args.threads)
-    from kdistill.deploy.bench import bench_command
+    from kdistill.deploy.bench import bench_command, parse_channels
 
     return bench_command(args.checkpoint, args.model, input_size=args.input_size, num_classes=args.num_classes,
                          threads=args.threads, int8=args.int8, calibration=args.calibration,
-                         rounds=args.rounds, as_json=args.json)
+                         rounds=args.rounds, as_json=args.json, channels=parse_channels(args.channels))
 
 
 if __name__ == "__main__":

@@ -165,13 +165,13 @@ class SearchConfig:
     (every combination of the lists, plus the configured student), each proxy-trained distilled and
     ranked on the validation split."""
 
-    models: list[str] = setting(doc="family names tried (`kd_mobile`, `kd_plain`)",
-                                factory=lambda: ["kd_mobile", "kd_plain"])
+    models: list[Literal["kd_mobile", "kd_plain"]] = setting(
+        doc="family names tried (kdistill/models/family.py)", factory=lambda: ["kd_mobile", "kd_plain"])
     widths: list[int] = setting(doc="channels after the stem", factory=lambda: [4, 8, 16])
     depths: list[int] = setting(doc="stages (each halves the resolution and doubles the channels)",
                                 factory=lambda: [2, 3])
-    stem_strides: list[int] = setting(doc="stride of the stem convolution (1, 2 or 4)",
-                                      factory=lambda: [2, 4])
+    stem_strides: list[Literal[1, 2, 4]] = setting(doc="stride of the stem convolution",
+                                                   factory=lambda: [2, 4])
     se: list[bool] = setting(doc="squeeze-excitation off / on", factory=lambda: [False, True])
     expansion: int = setting(4, "kd_mobile's hidden channels per input channel")
     proxy_epochs: int = setting(2, "epochs of each candidate's short distilled training")
@@ -457,6 +457,11 @@ def _check_budget_and_search(budget: BudgetConfig, search: SearchConfig) -> None
     for key in ("models", "widths", "depths", "stem_strides", "se"):
         if not getattr(search, key):
             raise ConfigError(f"search.{key}: must list at least one value")
+    for key in ("widths", "depths"):
+        if min(getattr(search, key)) < 1:
+            raise ConfigError(f"search.{key}: {getattr(search, key)} must all be at least 1")
+    if search.expansion < 1:
+        raise ConfigError(f"search.expansion: {search.expansion} must be at least 1")
     if search.proxy_epochs < 1:
         raise ConfigError(f"search.proxy_epochs: {search.proxy_epochs} must be at least 1")
     if search.time_budget_s is not None and search.time_budget_s <= 0:

@@ -42,11 +42,16 @@ class BenchModel:
 
 
 def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: int | None, num_classes: int,
-                      channels: int | None = None, calibration: str | None = None) -> list[BenchModel]:
+                      channels: int | dict[str, list[int]] | None = None,
+                      calibration: str | None = None) -> list[BenchModel]:
     """Checkpoint directories (calibrated on ``calibration`` if given) and freshly built architectures.
-    The architectures take ``input_size`` and ``channels`` when given, else the checkpoints' input
-    (224 px, 3 channels without checkpoints). Every model must take the same input: ratios between
-    models fed different images would compare different work."""
+    The architectures take ``input_size`` when given, else the checkpoints' (224 px without
+    checkpoints). ``channels`` is one count for every architecture, or ``{name: [counts]}``: a name
+    listed with several counts is timed once per count (a grayscale student beside its RGB twin);
+    names not listed take the checkpoints' channels (3 without checkpoints). Every model must take
+    the same image size: ratios between models fed different images would compare different work;
+    channel counts may differ (each model reads its own input, one grayscale or three colour planes
+    of the same image)."""
     models = []
     for directory in checkpoints:
         model, meta = load_checkpoint(directory)
@@ -57,21 +62,50 @@ def load_bench_models(checkpoints: list[str], names: list[str], *, input_size: i
         models.append(bench_model)
     first = models[0].meta if models else {"input_size": 224, "channels": 3}
     input_size = input_size or first["input_size"]
-    channels = channels or first["channels"]
+    per_name = channels if isinstance(channels, dict) else {}
+    _require_listed(per_name, names)
     for name in names:
-        torch.manual_seed(0)  # random weights: speed does not depend on their values
-        model = build_model(name, num_classes, input_size=input_size, in_channels=channels).eval()
-        mean, std = normalization(channels)
-        meta = {"architecture": architecture(name, num_classes, input_size, channels, {}),
-                "input_size": input_size, "channels": channels, "mean": list(mean), "std": list(std)}
-        models.append(BenchModel(name, model, meta))
+        counts = per_name.get(name) or [channels if isinstance(channels, int) else first["channels"]]
+        for count in counts:
+            label = name if len(counts) == 1 else f"{name} ({count} ch)"
+            models.append(_architecture_model(name, label, num_classes, input_size, count))
     _require_same_input(models)
     return models
 
 
+def _architecture_model(name: str, label: str, num_classes: int, input_size: int, channels: int) -> BenchModel:
+    torch.manual_seed(0)  # random weights: speed does not depend on their values
+    model = build_model(name, num_classes, input_size=input_size, in_channels=channels).eval()
+    mean, std = normalization(channels)
+    meta = {"architecture": architecture(name, num_classes, input_size, channels, {}),
+            "input_size": input_size, "channels": channels, "mean": list(mean), "std": list(std)}
+    return BenchModel(label, model, meta)
+
+
+def _require_listed(per_name: dict, names: list[str]) -> None:
+    unknown = sorted(set(per_name) - set(names))
+    if unknown:
+        raise KdistillError(f"bench: --channels {unknown[0]}=...: {unknown[0]} is not one of the --model names "
+                            f"({', '.join(names) or 'none given'})")
+
+
+def parse_channels(items: list[str]) -> dict[str, list[int]]:
+    """``--channels NAME=C[,C]`` options -> ``{name: [counts]}``; one line naming a bad item."""
+    parsed: dict[str, list[int]] = {}
+    for item in items:
+        name, _, text = item.rpartition("=")
+        try:
+            counts = [int(part) for part in text.split(",")]
+        except ValueError:
+            counts = []
+        if not name or not counts or any(c not in (1, 3) for c in counts):
+            raise KdistillError(f"bench: --channels {item!r}: expected NAME=C with C 1 or 3 (or NAME=1,3)")
+        parsed.setdefault(name, []).extend(c for c in counts if c not in parsed.get(name, []))
+    return parsed
+
+
 def _require_same_input(models: list[BenchModel]) -> None:
-    inputs = {(m.meta["input_size"], m.meta["channels"]) for m in models}
-    if len(inputs) > 1:
+    if len({m.meta["input_size"] for m in models}) > 1:
         described = "; ".join(f"{m.label}: {m.meta['input_size']} px, {m.meta['channels']} channels"
                               for m in models)
         raise KdistillError(f"bench: the models take different inputs ({described}); bench them "
@@ -190,7 +224,8 @@ def _row(bench_model: BenchModel, runtime: str, batch: int, timing: tuple[float,
     median, spread = timing
     row = {"model": bench_model.label, "runtime": runtime, "batch": batch,
            "latency_ms": median * 1e3, "spread_ms": spread * 1e3, "throughput_img_s": batch / median,
-           **sizes, "input_size": bench_model.meta["input_size"], "threads": threads, "rounds": rounds}
+           **sizes, "input_size": bench_model.meta["input_size"], "channels": bench_model.meta["channels"],
+           "threads": threads, "rounds": rounds}
     if runtime.endswith("int8"):
         row["calibration"] = bench_model.calibration_source
     return row
@@ -201,12 +236,17 @@ def add_ratios(rows: list[dict], models: list[BenchModel]) -> None:
     fastest = {m.label: min((r for r in rows if r["model"] == m.label and r["batch"] == 1),
                             key=lambda r: r["latency_ms"]) for m in models}
     reference = max(fastest.values(), key=lambda r: r["macs"])
+    # The reference model's row in each (runtime, batch): the same-runtime-and-precision comparison.
+    same = {(r["runtime"], r["batch"]): r for r in rows if r["model"] == reference["model"]}
     for row in rows:
         best = fastest[row["model"]]
+        twin = same.get((row["runtime"], row["batch"]))
         row.update(reference_model=reference["model"], fastest_runtime=best["runtime"],
                    macs_ratio=reference["macs"] / max(row["macs"], 1),
                    bytes_ratio=reference["bytes"] / max(row["bytes"], 1),
-                   latency_ratio=reference["latency_ms"] / best["latency_ms"])
+                   latency_ratio=reference["latency_ms"] / best["latency_ms"],
+                   reference_fastest_runtime=reference["runtime"],
+                   same_runtime_ratio=twin["latency_ms"] / row["latency_ms"] if twin else None)
 
 
 def format_bench(rows: list[dict]) -> str:
@@ -216,23 +256,23 @@ def format_bench(rows: list[dict]) -> str:
              f"ONNX Runtime intra_op={threads}, inter_op=1); median of rounds (batch 1: "
              f"{rows[0]['rounds']}, batch {batch}: {rows[-1]['rounds']}), variants interleaved round "
              "by round; spread = max - min", ""]
-    table = [["model", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s",
+    table = [["model", "ch", "runtime", "batch-1 ms", "spread ms", f"batch-{batch} img/s",
               f"batch-{batch} spread ms", "MACs"]]
     big = {(r["model"], r["runtime"]): r for r in rows if r["batch"] == batch}
     for r in (r for r in rows if r["batch"] == 1):
         many = big[(r["model"], r["runtime"])]
-        table.append([r["model"], r["runtime"], f"{r['latency_ms']:.3f}", f"{r['spread_ms']:.3f}",
+        table.append([r["model"], str(r["channels"]), r["runtime"], f"{r['latency_ms']:.3f}", f"{r['spread_ms']:.3f}",
                       f"{many['throughput_img_s']:.1f}", f"{many['spread_ms']:.1f}", _macs(r["macs"])])
     lines += _align(table)
     calibrations = sorted({f"{r['model']}: {r['calibration']}" for r in rows if "calibration" in r})
     if calibrations:
         lines += ["", "int8 calibration:"] + [f"  {c}" for c in calibrations]
     reference = rows[0]["reference_model"]
-    side = [["model", "params", "MACs", "MAC ratio", "MB moved", "bytes ratio", "fastest runtime",
+    side = [["model", "ch", "params", "MACs", "MAC ratio", "MB moved", "bytes ratio", "fastest runtime",
              "batch-1 ms", "latency ratio"]]
     for r in rows:
         if r["batch"] == 1 and r["runtime"] == r["fastest_runtime"]:
-            side.append([r["model"], f"{r['params']:,}", _macs(r["macs"]), f"{r['macs_ratio']:.1f}x",
+            side.append([r["model"], str(r["channels"]), f"{r['params']:,}", _macs(r["macs"]), f"{r['macs_ratio']:.1f}x",
                          f"{r['bytes'] / 1e6:.1f}", f"{r['bytes_ratio']:.1f}x", r["runtime"], f"{r['latency_ms']:.3f}", f"{r['latency_ratio']:.1f}x"])
     lines += ["", f"side by side (ratios: {reference} / model):"] + _align(side)
     lines += ["MACs and MB moved describe each architecture as trained (fp32 PyTorch operators; MB: "
@@ -240,6 +280,35 @@ def format_bench(rows: list[dict]) -> str:
               "the inference form or the int8 file that is timed; compare their ratios with the "
               "measured latency ratio"]
     return "\n".join(lines)
+
+
+SAME_RUNTIME = "onnxruntime fp32"  # the runtime and precision both models of a like-for-like ratio run in
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """The latency ratios against the largest model, two ways, per thread count (batch 1):
+    fastest runtime against fastest runtime (e.g. the reference's int8 file against the student's
+    best), and the same runtime and precision for both (fp32 ONNX Runtime against fp32 ONNX Runtime)."""
+    table = [["threads", "model", "ch", "reference fastest", "model fastest", "fastest/fastest",
+              f"{SAME_RUNTIME} ms (ref / model)", "same-runtime ratio"]]
+    for threads in sorted({r["threads"] for r in rows}):
+        ones = [r for r in rows if r["threads"] == threads and r["batch"] == 1]
+        reference = ones[0]["reference_model"]
+        ref_best = next(r for r in ones if r["model"] == reference and r["runtime"] == r["fastest_runtime"])
+        ref_same = next((r for r in ones if r["model"] == reference and r["runtime"] == SAME_RUNTIME), None)
+        for r in ones:
+            if r["model"] == reference or r["runtime"] != r["fastest_runtime"]:
+                continue
+            same = next((s for s in ones if s["model"] == r["model"] and s["runtime"] == SAME_RUNTIME), None)
+            same_cells = (["-", "-"] if same is None or ref_same is None else
+                          [f"{ref_same['latency_ms']:.3f} / {same['latency_ms']:.4f}",
+                           f"{ref_same['latency_ms'] / same['latency_ms']:.1f}x"])
+            table.append([str(threads), r["model"], str(r["channels"]),
+                          f"{ref_best['runtime']} {ref_best['latency_ms']:.3f} ms",
+                          f"{r['runtime']} {r['latency_ms']:.4f} ms", f"{r['latency_ratio']:.1f}x", *same_cells])
+    reference = rows[0]["reference_model"]
+    return "\n".join([f"batch-1 latency ratios ({reference} / model), each thread count timed in its own "
+                      "interleaved run:"] + _align(table))
 
 
 def _macs(macs: int) -> str:
@@ -252,11 +321,20 @@ def _align(table: list[list[str]]) -> list[str]:
 
 
 def bench_command(checkpoints: list[str], names: list[str], *, input_size: int | None, num_classes: int,
-                  threads: int, int8: bool, calibration: str | None, rounds: int, as_json: bool) -> str:
-    """``kdistill bench``: the text to print (tables, or a JSON list of rows)."""
+                  threads: int | list[int] | None, int8: bool, calibration: str | None, rounds: int,
+                  as_json: bool, channels: dict[str, list[int]] | None = None) -> str:
+    """``kdistill bench``: the text to print (tables, or a JSON list of rows). ``threads``: one
+    count or several, each timed in its own interleaved run (default: 1, and 1 and 2 with ``int8``,
+    whose comparison table is stated at both)."""
     if not checkpoints and not names:
         raise KdistillError("bench: give at least one --checkpoint DIR or --model NAME")
     models = load_bench_models(checkpoints, names, input_size=input_size, num_classes=num_classes,
-                               calibration=calibration)
-    rows = run_bench(models, threads=threads, int8=int8, rounds=rounds)
-    return json.dumps(rows, indent=2) if as_json else format_bench(rows)
+                               channels=channels, calibration=calibration)
+    counts = [threads] if isinstance(threads, int) else threads or ([1, 2] if int8 else [1])
+    runs = [run_bench(models, threads=count, int8=int8, rounds=rounds) for count in counts]
+    if as_json:
+        return json.dumps([row for rows in runs for row in rows], indent=2)
+    text = "\n\n".join(format_bench(rows) for rows in runs)
+    if len(models) > 1:
+        text += "\n\n" + format_comparison([row for rows in runs for row in rows])
+    return text
