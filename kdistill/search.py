@@ -95,8 +95,14 @@ def candidate_grid(config: Config) -> list[dict]:
         args = {"width": width, "depth": depth, "stem_stride": stride, "se": se}
         if name == "kd_mobile":
             args["expansion"] = grid.expansion
-        rows.append({"model": name, "model_args": args, "reference": False})
+        candidate = {"model": name, "model_args": args, "reference": False}
+        if _knobs(candidate) != _knobs(rows[0]):  # the configured student may be a grid member too
+            rows.append(candidate)
     return rows
+
+
+def _knobs(candidate: dict) -> tuple:
+    return candidate["model"], sorted(candidate["model_args"].items())
 
 
 def label(candidate: dict) -> str:

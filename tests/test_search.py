@@ -146,3 +146,19 @@ def test_pareto_front_marks_the_undominated():
             for n, s, t in (("fast", 0.7, 1.0), ("good", 0.9, 3.0), ("dominated", 0.8, 4.0))]
     search_module.mark_pareto(rows, lower_is_better=False)
     assert [r["pareto"] for r in rows] == [True, True, False]
+
+
+def test_search_keys_are_validated(image_root: Path, tmp_path: Path):
+    config = write_config(tmp_path / "c.yaml", tiny_config(image_root, tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"search.stem_strides\[0\]: 3"):
+        load_config(config, ["search.stem_strides=[3]"])
+    with pytest.raises(ConfigError, match="search.models"):
+        load_config(config, ["search.models=[tiny_cnn_d2]"])
+
+
+def test_a_configured_family_student_is_not_listed_twice(image_root: Path, tmp_path: Path):
+    student = {"model": "kd_plain", "model_args": {"width": 2, "depth": 1, "stem_stride": 2, "se": False}}
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(image_root, tmp_path / "run",
+                                                                       search=GRID, student=student)))
+    labels = [search_module.label(c) for c in search_module.candidate_grid(config)]
+    assert len(labels) == 4 and labels[0] == "kd_plain w2 d1 s2" and len(set(labels)) == 4
