@@ -48,6 +48,24 @@ class TrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training views beyond the flip (kdistill/data/views.py), shared by the teacher's training
+    and the students' (fresh every step, or from the view bank)."""
+
+    scale: list[float] = setting(
+        doc="random-resized crop: the area kept, [low, high] fractions of the image ([1, 1]: no crop)",
+        factory=lambda: [1.0, 1.0])
+    ratio: list[float] = setting(doc="random-resized crop: aspect ratio range (log-uniform)",
+                                 factory=lambda: [0.75, 1.3333])
+    rotation: float = setting(0.0, "rotation uniform in +- this many degrees (0: none)")
+    brightness: float = setting(0.0, "brightness factor uniform in 1 +- this (0: none)")
+    contrast: float = setting(0.0, "contrast factor uniform in 1 +- this (0: none)")
+    mix: Literal["none", "mixup", "cutmix"] = setting(
+        "none", "mix every view with a random training image (mixed labels in the cross-entropy)")
+    mix_alpha: float = setting(0.2, "the mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
+
+
+@dataclass
 class DataConfig:
     """Where the images come from, how they are split and decoded."""
 
@@ -74,6 +92,14 @@ class DataConfig:
     cache_dir: Optional[str] = setting(
         "auto", "decoded images (and teacher outputs) cached on disk and reused across runs; auto: "
         "`$KDISTILL_CACHE_DIR` or `~/.cache/kdistill`; null or off: decode into memory every run")
+    augment: AugmentConfig = setting(doc="training views beyond the flip (data.hflip)",
+                                     factory=AugmentConfig)
+    unlabeled: Optional[str] = setting(
+        None, "a folder of images without labels (any sub-folders): the distilled student trains on "
+        "them with the distillation term only; copies of validation or test images are left out")
+    labeled_fraction: Optional[float] = setting(
+        None, "a simulation: keep the labels of this share of the train split (grouped by patient) "
+        "and give the rest to the distilled student as unlabelled images (null: all labelled)")
 
 
 @dataclass
@@ -134,13 +160,28 @@ class StudentConfig:
 class DistillConfig:
     """How the distilled student learns from the teacher."""
 
-    method: Literal["kd", "article"] = setting(
-        "kd", "kd: Hinton's `(1 - alpha) * CE + alpha * T**2 * KL`; article: a popular tutorial's "
-        "recipe as written (fixed T=1, alpha=0.25), to compare against")
-    alpha: float = setting(0.5, "weight of the distillation term, in [0, 1]")
-    temperature: float = setting(4.0, "softmax temperature T of both models' logits in the KD term")
+    method: str = setting(
+        "kd", "a registered method: kd (Hinton's `(1 - alpha) * CE + alpha * T**2 * KL`), article (a "
+        "popular tutorial's recipe as written, fixed T=1, alpha=0.25), dkd, dist, ls (logit methods), "
+        "fitnet, at, rkd (feature methods, live teacher); see docs/extending.md")
+    methods: Optional[list[str]] = setting(
+        None, "a comparison: one distilled student per method and seed, from the same teacher, against "
+        "the same students alone, in `<out>/[seed<k>/]distilled-<method>/`; null: `method` alone")
+    params: dict = setting(
+        doc="each method's own hyper-parameters, `{dkd: {beta: 8, warmup: 20}}` (defaults in each "
+        "method's file under kdistill/distill/); kd and article read alpha and temperature below",
+        factory=dict)
+    alpha: float = setting(0.5, "weight of the distillation term, in [0, 1] (kd)")
+    temperature: float = setting(4.0, "softmax temperature T of both models' logits in the KD term (kd)")
     teacher_cache: bool = setting(
-        True, "teacher logits computed once per (image, flip) instead of per step")
+        True, "teacher logits computed once per (image, view) and replayed; false: the live teacher "
+        "sees every step's freshly drawn view (function matching; for GPUs or small teachers)")
+    bank_views: Optional[int] = setting(
+        None, "K views per training image drawn once from data.augment (the view bank); each epoch "
+        "the students draw one per image and the cached teacher output is that view's (null or 0: "
+        "flips only)")
+    bank_seed: int = setting(0, "seed of the view bank (fixed apart from the training seed, so every "
+                             "student seed shares one bank and one teacher table)")
     cache_dtype: Literal["float32", "float16"] = setting(
         "float32", "stored teacher logits (on disk under data.cache_dir and in memory); float16 "
         "halves the table at ~1e-3 relative error, float32 replays the live teacher exactly")
@@ -181,6 +222,8 @@ class SearchConfig:
 
 # The values ``kdistill tune`` searches, as config keys; a ``tuned`` file may set only these.
 TUNED_KEYS = ("distill.alpha", "distill.temperature", "student.train.lr")
+# ... and a method's own hyper-parameters, as its search space declares them.
+TUNED_PARAMS_PREFIX = "distill.params."
 
 
 @dataclass
@@ -256,8 +299,9 @@ def read_tuned(path: Path) -> dict[str, Any]:
     """The values of a ``kdistill tune`` best.yaml as ``{dotted key: value}``; only TUNED_KEYS."""
     flat = _flatten(_read_yaml(path))
     for key in flat:
-        if key not in TUNED_KEYS:
-            raise ConfigError(f"{path}: {key} is not a tuned value (allowed: {', '.join(TUNED_KEYS)})")
+        if key not in TUNED_KEYS and not key.startswith(TUNED_PARAMS_PREFIX):
+            raise ConfigError(f"{path}: {key} is not a tuned value (allowed: {', '.join(TUNED_KEYS)}, "
+                              f"{TUNED_PARAMS_PREFIX}<method>.<name>)")
     return flat
 
 
@@ -410,10 +454,14 @@ def _check_consistency(config: Config) -> None:
     for key, value in (("data.val_fraction", data.val_fraction), ("data.test_fraction", data.test_fraction)):
         if not 0.0 < value < 0.5:
             raise ConfigError(f"{key}: {value} must be between 0 and 0.5")
+    _check_augment(data)
+    if config.distill.bank_views is not None and config.distill.bank_views < 0:
+        raise ConfigError(f"distill.bank_views: {config.distill.bank_views} must be 0 or more (or null)")
     if not 0.0 <= config.distill.alpha <= 1.0:
         raise ConfigError(f"distill.alpha: {config.distill.alpha} must be between 0 and 1")
     if config.distill.temperature <= 0:
         raise ConfigError(f"distill.temperature: {config.distill.temperature} must be positive")
+    _check_methods(config.distill)
     for role, train in (("teacher", config.teacher.train), ("student", config.student.train)):
         if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
             raise ConfigError(f"{role}.train: epochs, batch_size and lr must be positive")
@@ -431,6 +479,46 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"teacher.trainable_blocks: {config.teacher.trainable_blocks} must be at least 1")
     _check_tune_ranges(config.tune)
     _check_budget_and_search(config.student.budget, config.search)
+
+
+def _check_augment(data: DataConfig) -> None:
+    augment = data.augment
+    for key, bounds, low, high in (("scale", augment.scale, 0.0, 1.0), ("ratio", augment.ratio, 0.0, math.inf)):
+        if len(bounds) != 2 or not low < bounds[0] <= bounds[1] <= high:
+            raise ConfigError(f"data.augment.{key}: {bounds} must be [low, high] with {low} < low <= high <= {high}")
+    if not 0 <= augment.rotation <= 180:
+        raise ConfigError(f"data.augment.rotation: {augment.rotation} must be between 0 and 180 degrees")
+    for key in ("brightness", "contrast"):
+        if not 0 <= getattr(augment, key) < 1:
+            raise ConfigError(f"data.augment.{key}: {getattr(augment, key)} must be in [0, 1)")
+    if augment.mix_alpha <= 0:
+        raise ConfigError(f"data.augment.mix_alpha: {augment.mix_alpha} must be positive")
+    if data.labeled_fraction is not None and not 0 < data.labeled_fraction < 1:
+        raise ConfigError(f"data.labeled_fraction: {data.labeled_fraction} must be between 0 and 1 (or null)")
+
+
+def _check_methods(distill: DistillConfig) -> None:
+    """Method names and each method's parameters, as the method registry declares them."""
+    from kdistill.distill.registry import check_params, method_class  # the registry fills on import
+    import kdistill.distill  # noqa: F401  (registers the methods)
+
+    method_class(distill.method, "distill.method")
+    if distill.methods is not None:
+        if not distill.methods or len(set(distill.methods)) != len(distill.methods):
+            raise ConfigError(f"distill.methods: {distill.methods} must be a non-empty list of different methods (or null)")
+        for index, name in enumerate(distill.methods):
+            method_class(name, f"distill.methods[{index}]")
+    for name, values in distill.params.items():
+        distill.params[name] = check_params(str(name), _parsed(values), f"distill.params.{name}")
+
+
+def _parsed(values: Any) -> Any:
+    """``distill.params.dkd.beta=4`` arrives as text inside a mapping: read it as YAML."""
+    if isinstance(values, dict):
+        return {key: _parsed(value) for key, value in values.items()}
+    if isinstance(values, _OverrideText):
+        return yaml.safe_load(values) if values != "" else ""
+    return values
 
 
 def _check_tune_ranges(tune: TuneConfig) -> None:

@@ -1,5 +1,7 @@
-"""``kdistill tune``: search ``distill.alpha``, ``distill.temperature`` and ``student.train.lr`` with
-Optuna, scoring every trial on the validation split only.
+"""``kdistill tune``: search ``student.train.lr`` and the distillation method's parameters with
+Optuna, scoring every trial on the validation split only. What is searched comes from the method
+registry: ``distill.alpha`` and ``distill.temperature`` (ranges in ``tune``) for a method that
+shares them (kd), and the method's own declared search space (``distill.params.<method>.<name>``).
 
 The teacher is trained once (or loaded from ``teacher.checkpoint``) and its outputs are cached once
 for all trials; each trial trains the distilled student exactly as ``kdistill run`` does and is
@@ -7,7 +9,7 @@ scored by its best validation ``student.train.select_metric``. The test split is
 guard before anything trains, so a selection on test data fails instead of passing silently.
 Trials live in memory only (no study database). Output folder::
 
-    trials.csv   one row per trial: number, alpha, temperature, lr, value, state, epoch, seconds
+    trials.csv   one row per trial: number, the searched values, value, state, epoch, seconds
     best.yaml    the best values as a config fragment: kdistill run CONFIG --tuned best.yaml
     teacher/     the teacher, when it was trained here (reuse: teacher.checkpoint=.../teacher)
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from kdistill.config import Config
+from kdistill.distill.registry import search_space, shared_keys
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.errors import ConfigError, KdistillError
 from kdistill.fileio import write_text_atomic
@@ -33,10 +36,22 @@ from kdistill.pipeline import (prepare_teacher_outputs, remove_if_empty, seed_ev
                                train_teacher)
 from kdistill.engine.loop import LOWER_IS_BETTER
 
-# Search name -> config key; log=True where the search runs on a log scale.
-SEARCH = {"alpha": ("distill.alpha", False), "temperature": ("distill.temperature", True),
-          "lr": ("student.train.lr", True)}
-CSV_COLUMNS = ["number", *SEARCH, "value", "state", "epoch", "seconds"]
+# Shared search name -> (config key, log scale); their ranges are the tune section's.
+SHARED_SEARCH = {"alpha": ("distill.alpha", False), "temperature": ("distill.temperature", True),
+                 "lr": ("student.train.lr", True)}
+
+
+def search_for(config: Config) -> dict[str, tuple[str, float, float, bool]]:
+    """Search name -> (config key, low, high, log) for the configured method: what it shares of
+    alpha / temperature, its own declared space, and the learning rate."""
+    method = config.distill.method
+    space = {}
+    for name in (*shared_keys(method), "lr"):
+        key, log_scale = SHARED_SEARCH[name]
+        space[name] = (key, *getattr(config.tune, name), log_scale)
+    for name, (low, high, log_scale) in search_space(method).items():
+        space[name] = (f"distill.params.{method}.{name}", low, high, log_scale)
+    return space
 
 
 class ForbiddenTestSplit:
@@ -66,10 +81,11 @@ def tune(config: Config, out: Path, trials: int | None = None) -> dict:
         # default 10) explores at random before TPE models the results.
         sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, max(1, trials // 2))))
     objective = _Objective(config, data, teacher, outputs)
+    columns = list(objective.space)
     study.optimize(objective, n_trials=trials, catch=(KdistillError,),
-                   callbacks=[lambda study, _: _write_trials(out / "trials.csv", study)])
-    _write_trials(out / "trials.csv", study)
-    return _write_best(out / "best.yaml", study, metric)
+                   callbacks=[lambda study, _: _write_trials(out / "trials.csv", study, columns)])
+    _write_trials(out / "trials.csv", study, columns)
+    return _write_best(out / "best.yaml", study, metric, objective.space)
 
 
 class _Objective:
@@ -77,15 +93,16 @@ class _Objective:
 
     def __init__(self, config: Config, data: DatasetBundle, teacher, outputs):
         self.config, self.data, self.teacher, self.outputs = config, data, teacher, outputs
+        self.space = search_for(config)
 
     def __call__(self, trial) -> float:
         started = time.perf_counter()
-        values = {name: trial.suggest_float(name, *getattr(self.config.tune, name), log=log_scale)
-                  for name, (_, log_scale) in SEARCH.items()}
+        values = {name: trial.suggest_float(name, low, high, log=log_scale)
+                  for name, (_, low, high, log_scale) in self.space.items()}
         log.info(f"tune trial {trial.number}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         try:
             with tempfile.TemporaryDirectory(prefix="kdistill-trial-") as scratch:
-                _, meta = train_student(with_values(self.config, values), self.data, Path(scratch),
+                _, meta = train_student(with_values(self.config, values, self.space), self.data, Path(scratch),
                                         "distilled", self.teacher, resume=False, teacher_outputs=self.outputs)
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
@@ -99,10 +116,22 @@ class _Objective:
         return float(score)
 
 
-def with_values(config: Config, values: dict[str, float]) -> Config:
-    """``config`` with a trial's alpha, temperature and lr in place."""
-    distill = dataclasses.replace(config.distill, alpha=values["alpha"], temperature=values["temperature"])
-    train = dataclasses.replace(config.student.train, lr=values["lr"])
+def with_values(config: Config, values: dict[str, float], space: dict | None = None) -> Config:
+    """``config`` with a trial's values in place (``space``: search name -> config key, as
+    ``search_for`` gives; default: alpha, temperature and lr)."""
+    space = space or {name: (key,) for name, (key, _) in SHARED_SEARCH.items()}
+    keys = {space[name][0]: value for name, value in values.items()}
+    distill, train = config.distill, config.student.train
+    params = {method: dict(own) for method, own in distill.params.items()}
+    for key, value in keys.items():
+        if key == "student.train.lr":
+            train = dataclasses.replace(train, lr=value)
+        elif key.startswith("distill.params."):
+            method, name = key.split(".")[2:]
+            params.setdefault(method, {})[name] = value
+        else:
+            distill = dataclasses.replace(distill, **{key.split(".")[1]: value})
+    distill = dataclasses.replace(distill, params=params)
     return dataclasses.replace(config, distill=distill, student=dataclasses.replace(config.student, train=train))
 
 
@@ -114,9 +143,10 @@ def _prepare_teacher(config: Config, data: DatasetBundle, out: Path):
     return teacher, prepare_teacher_outputs(teacher, data, config)
 
 
-def _write_trials(path: Path, study) -> None:
+def _write_trials(path: Path, study, searched: list[str]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["number", *searched, "value", "state", "epoch", "seconds"],
+                            lineterminator="\n")
     writer.writeheader()
     for trial in study.trials:
         writer.writerow({"number": trial.number, **trial.params, "value": trial.value,
@@ -125,13 +155,13 @@ def _write_trials(path: Path, study) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def _write_best(path: Path, study, metric: str) -> dict:
+def _write_best(path: Path, study, metric: str, space: dict) -> dict:
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not completed:
         raise KdistillError(f"tune: all {len(study.trials)} trials failed (see the log); nothing written to {path}")
     best = study.best_trial
     fragment: dict = {}
-    for name, (key, _) in SEARCH.items():
+    for name, (key, *_) in space.items():
         *sections, leaf = key.split(".")
         node = fragment
         for section in sections:
@@ -146,9 +176,10 @@ def _write_best(path: Path, study, metric: str) -> dict:
 
 
 def _check_tunable(config: Config) -> None:
-    if config.distill.method != "kd":
-        raise ConfigError(f"distill.method: tune searches alpha and temperature, which the "
-                          f"{config.distill.method!r} recipe fixes; use method kd")
+    method = config.distill.method
+    if not shared_keys(method) and not search_space(method):
+        raise ConfigError(f"distill.method: the {method!r} recipe fixes its parameters and declares "
+                          f"nothing to search; use a method with parameters (kd, dkd, dist, ...)")
 
 
 def _import_optuna():

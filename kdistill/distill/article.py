@@ -19,6 +19,7 @@ ARTICLE_TEMPERATURE = 1.0
 @register("article")
 class ArticleRecipe:
     needs_teacher = True
+    shared = ()  # fixes its own alpha and T: distill.alpha and distill.temperature do not apply
 
     def __init__(self, alpha: float = ARTICLE_ALPHA, temperature: float = ARTICLE_TEMPERATURE,
                  class_weights=None):

@@ -10,6 +10,7 @@ from kdistill.distill.registry import register
 @register("kd")
 class KnowledgeDistillation:
     needs_teacher = True
+    shared = ("alpha", "temperature")  # from distill.alpha and distill.temperature (and tune's ranges)
 
     def __init__(self, alpha: float = 0.5, temperature: float = 4.0, class_weights=None):
         self.alpha = alpha

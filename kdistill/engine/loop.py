@@ -33,6 +33,7 @@ from kdistill.engine import distributed
 from kdistill.engine.allocator import keep_freed_memory, release_freed_memory
 from kdistill.models.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
 from kdistill.data import DatasetBundle, iterate_batches
+from kdistill.data.datasets import epoch_views
 from kdistill.models.fast_path import model_training_input
 from kdistill.engine.precision import autocast, check_precision, grad_scaler
 from kdistill.errors import CheckpointError, KdistillError
@@ -85,6 +86,9 @@ def fit(
     if not params:
         raise KdistillError(f"{name}: the model has no trainable parameters")
     world = distributed.current()
+    # A method's own parameters (a regressor) train beside the student's, after them in the
+    # optimizer, so a method without any builds exactly the optimizer it always did.
+    params += method_parameters(method, place, world, name)
     # Under torchrun each process takes its share of the epoch; batch_size is per process.
     steps_per_epoch = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     trained = distributed.wrap_student(model, world)  # ``model`` itself when not distributed
@@ -93,9 +97,11 @@ def fit(
     sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
     state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
     if resume:
-        state = _load_newest_state(resume_dir, name, model, opt, sched, runner.scaler) or state
+        state = _load_newest_state(resume_dir, name, model, opt, sched, runner.scaler, method) or state
     for epoch in range(len(state.history) + 1, epochs + 1):
         started = time.perf_counter()
+        if hasattr(method, "set_epoch"):  # warm-ups and schedules inside the method
+            method.set_epoch(epoch)
         train_stats = _train_one_epoch(trained, method, teacher, data, opt, sched, batch_size,
                                        _epoch_generator(seed, epoch), name, epoch, epochs,
                                        progress and world.is_main, world=world, runner=runner)
@@ -110,7 +116,7 @@ def fit(
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log.info(_epoch_line(name, record, epochs))
         if world.is_main:
-            _save_state(resume_dir, model, opt, sched, runner.scaler, state)
+            _save_state(resume_dir, model, opt, sched, runner.scaler, state, method_state(method))
     model.load_state_dict(state.best_weights)
     best_val = {k[4:]: v for k, v in state.history[state.best_epoch - 1].items() if k.startswith("val_")}
     meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
@@ -138,6 +144,23 @@ class _TrainState:
         return score < self.best_score if metric in LOWER_IS_BETTER else score > self.best_score
 
 
+def method_parameters(method, device: torch.device, world: distributed.World, name: str) -> list:
+    """The trainable parameters a method owns (an ``nn.Module`` method's), moved to ``device``."""
+    if not isinstance(method, nn.Module):
+        return []
+    method.to(device)
+    owned = [p for p in method.parameters() if p.requires_grad]
+    if owned and world.active:  # outside the DDP wrapper their gradients would not be averaged
+        raise KdistillError(f"{name}: a method with its own parameters trains on one process only; "
+                            f"run it without torchrun")
+    return owned
+
+
+def method_state(method) -> dict[str, torch.Tensor]:
+    """What a method keeps in the resume state (its parameters and buffers); never in the checkpoint."""
+    return dict(method.state_dict()) if isinstance(method, nn.Module) else {}
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """Shuffling and flips of one epoch depend only on (seed, epoch): resumable and replayable."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -158,6 +181,8 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
                      epoch, epochs, progress, world: distributed.World = distributed.World(),
                      runner: _StepRunner | None = None) -> dict:
     set_train_mode(model)
+    if isinstance(method, nn.Module):
+        method.train()
     runner = runner or _StepRunner(torch.device("cpu"), "fp32", teacher)
     batches = training_batches(model, teacher, data, batch_size, generator, runner, world)
     total = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
@@ -190,12 +215,16 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
 
 def training_batches(model, teacher, data: DatasetBundle, batch_size: int, generator: torch.Generator,
                      runner: _StepRunner | None = None, world: distributed.World = distributed.World()):
-    """One epoch's training batches for ``model``, as the training loop draws them."""
+    """One epoch's training batches for ``model``, as the training loop draws them. Views other
+    than flips (``data.augment``, ``data.bank``) arrive rendered and normalized: a model's own fast
+    input form applies to plain and mirrored images only."""
     mean, std = data.normalization
+    views, view_ids = epoch_views(data, generator)
+    to_input = training_input(model, teacher, data, runner, world) if views is None else None
     return iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
                            shuffle=True, augment=data.hflip, generator=generator,
                            # channels_last: the reference student's CPU training step runs faster on it.
-                           channels_last=True, to_input=training_input(model, teacher, data, runner, world),
+                           channels_last=True, to_input=to_input, views=views, view_ids=view_ids,
                            shard=functools.partial(distributed.shard, world=world) if world.active else None)
 
 
@@ -295,7 +324,8 @@ def remove_resume_state(resume_dir: Path) -> None:
     shutil.rmtree(_previous_dir(resume_dir), ignore_errors=True)
 
 
-def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState) -> None:
+def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState,
+                method_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Weights, optimizer and best weights as safetensors; the rest (scheduler, the fp16 gradient
     scaler's loss scale and growth counter) as JSON. No pickle.
 
@@ -313,14 +343,20 @@ def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState)
                   str(tmp / "last.safetensors"))
         save_file({k: v.cpu() for k, v in state.best_weights.items()}, str(tmp / "best.safetensors"))
         save_file(opt_tensors or {"__empty__": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+        files = list(STATE_FILES)
+        if method_tensors:  # the method's own parameters (a regressor): resumed, never exported
+            save_file({k: v.detach().cpu().contiguous() for k, v in method_tensors.items()},
+                      str(tmp / METHOD_FILE))
+            files.append(METHOD_FILE)
         sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
         (tmp / "state.json").write_text(json.dumps({
             "history": state.history, "best_epoch": state.best_epoch, "best_score": state.best_score,
             "optimizer": opt_skeleton, "scheduler": sched_state, "grad_scaler": scaler.state_dict(),
-            "files": {name: _file_digest(tmp / name) for name in STATE_FILES}}, indent=1))
+            "files": {name: _file_digest(tmp / name) for name in files}}, indent=1))
 
 
 STATE_FILES = ("last.safetensors", "best.safetensors", "optimizer.safetensors")
+METHOD_FILE = "method.safetensors"
 
 
 def _file_digest(path: Path) -> dict:
@@ -340,12 +376,13 @@ def _verify_state(resume_dir: Path) -> dict:
     return saved
 
 
-def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler) -> _TrainState | None:
+def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler,
+                       method=None) -> _TrainState | None:
     """Resume from the newest complete state; fall back to the previous epoch's if it is torn."""
     candidates = [d for d in (resume_dir, _previous_dir(resume_dir)) if (d / "state.json").exists()]
     for index, directory in enumerate(candidates):
         try:
-            state = _load_state(directory, model, opt, sched, scaler)
+            state = _load_state(directory, model, opt, sched, scaler, method)
         except CheckpointError as exc:
             if index + 1 == len(candidates):
                 raise
@@ -357,10 +394,12 @@ def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler) -
     return None
 
 
-def _load_state(resume_dir: Path, model, opt, sched, scaler) -> _TrainState:
+def _load_state(resume_dir: Path, model, opt, sched, scaler, method=None) -> _TrainState:
     saved = _verify_state(resume_dir)
     try:
         model.load_state_dict(load_file(str(resume_dir / "last.safetensors")))
+        if method_state(method):  # before the optimizer, whose state refers to these parameters
+            method.load_state_dict(load_file(str(resume_dir / METHOD_FILE)))
         opt.load_state_dict(tensors_to_state(load_file(str(resume_dir / "optimizer.safetensors")), saved["optimizer"]))
         sched.load_state_dict({**sched.state_dict(), **saved["scheduler"]})
         _load_scaler(scaler, saved.get("grad_scaler") or {})

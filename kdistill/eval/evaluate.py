@@ -73,22 +73,24 @@ def run_statistics(rows: list[dict], probs: dict[str, np.ndarray], labels: np.nd
 
 
 def summarize(rows: list[dict]) -> dict:
-    """``{role: {metric: {"mean", "std", "n"}}}`` over the rows of each role (one per seed)."""
-    roles = list(dict.fromkeys(row["role"] for row in rows))
-    return {role: {metric: mean_std([r.get(metric) for r in rows if r["role"] == role])
-                   for metric in SUMMARY_METRICS} for role in roles}
+    """``{role: {metric: {"mean", "std", "n"}}}`` over the rows of each role (one per seed); in a
+    comparison of methods each distilled method is its own entry (the row's ``group``)."""
+    groups = list(dict.fromkeys(row.get("group") or row["role"] for row in rows))
+    return {group: {metric: mean_std([r.get(metric) for r in rows if (r.get("group") or r["role"]) == group])
+                    for metric in SUMMARY_METRICS} for group in groups}
 
 
 def paired_tests(rows: list[dict], probs: dict[str, np.ndarray], labels: np.ndarray,
                  positive_index: int | None) -> list[dict]:
     """Per seed: McNemar's exact test on the two students' test decisions (each at its own
     validation threshold) and a paired bootstrap interval of their AUC difference."""
-    by_key = {(r["role"], r.get("seed")): r for r in rows}
+    baselines = {r.get("seed"): r for r in rows if r["role"] == "baseline"}
     indices = bootstrap_indices(len(labels))
     tests = []
-    for (role, seed), distilled in by_key.items():
-        baseline = by_key.get(("baseline", seed))
-        if role != "distilled" or baseline is None:
+    for distilled in rows:  # every distilled student (one per method in a comparison)
+        seed = distilled.get("seed")
+        baseline = baselines.get(seed)
+        if distilled["role"] != "distilled" or baseline is None:
             continue
         correct = {r["id"]: predict(probs[r["id"]], positive_index, r["threshold"]) == labels
                    for r in (baseline, distilled)}
@@ -96,6 +98,7 @@ def paired_tests(rows: list[dict], probs: dict[str, np.ndarray], labels: np.ndar
         auc_diff = (None if distilled["auc"] is None or baseline["auc"] is None
                     else distilled["auc"] - baseline["auc"])
         tests.append({"seed": seed, "baseline": baseline["id"], "distilled": distilled["id"],
+                      **({"method": distilled["method"]} if "method" in distilled else {}),
                       "test": "mcnemar", "baseline_only_correct": mcnemar["a_only_correct"],
                       "distilled_only_correct": mcnemar["b_only_correct"], "p_value": mcnemar["p_value"],
                       "accuracy_diff": distilled["accuracy"] - baseline["accuracy"], "auc_diff": auc_diff,

@@ -15,6 +15,7 @@ from html import escape
 from kdistill.report import plots
 from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct
 from kdistill.report.markdown import verdict
+from kdistill.report.methods import COLUMNS as METHOD_COLUMNS, compared_methods, method_rows
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
@@ -39,7 +40,8 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 def html_report(results: dict, config_yaml: str) -> str:
     """The whole report page for one run."""
-    sections = [_heading(results), _verdict(results), _summary_table(results), _models_table(results),
+    sections = [_heading(results), _verdict(results), _methods_table(results), _summary_table(results),
+                _models_table(results),
                 _threshold_table(results), _paired_table(results), _plots(results), _doctor(results),
                 _run_info(results), _config(config_yaml)]
     body = "\n".join(section for section in sections if section)
@@ -111,9 +113,20 @@ def _heading(results: dict) -> str:
     return f"<h1>kdistill report</h1>\n<p>{escape(text)}.</p>\n{table}"
 
 
+def _methods_table(results: dict) -> str:
+    """Per distillation method of a comparison: mean ± std, paired tests, cost, two-class mark."""
+    if not compared_methods(results):
+        return ""
+    rows = [[escape(str(entry[key])) for key, _ in METHOD_COLUMNS] for entry in method_rows(results)]
+    return "<h2>Distillation methods compared</h2>\n" + _table([escape(t) for _, t in METHOD_COLUMNS], rows)
+
+
 def _verdict(results: dict) -> str:
     """One paragraph: did distillation help, with the paired test behind the answer."""
     summary, tests = results.get("summary") or {}, results.get("paired_tests") or []
+    if compared_methods(results):  # one verdict per method, in the methods table
+        return ('<h2>Verdict</h2>\n<p class="verdict">Distillation methods compared: each method\'s '
+                "paired tests against the student alone and its verdict are in the table below.</p>")
     parts = [_accuracy_sentence(results, summary)]
     if tests:
         p_values = ", ".join(f"{_p(t.get('p_value'))} (seed {t.get('seed')})" for t in tests)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
 from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct
+from kdistill.report.methods import compared_methods, methods_markdown
 
 SIGNIFICANCE = 0.05
 SUMMARY_COLUMNS = (("accuracy", "accuracy %", True), ("balanced_accuracy", "balanced acc %", True),
@@ -36,6 +37,8 @@ def comparison_table(results: dict) -> str:
 
 def _role_label(row: dict, seeded: bool) -> str:
     label = ROLE_LABELS.get(row["role"], row["role"])
+    if row.get("group"):  # a comparison of methods: say which
+        label += f" ({row.get('method')})"
     return f"{label}, seed {row.get('seed')}" if seeded and row["role"] != "teacher" else label
 
 
@@ -103,13 +106,17 @@ def calibration_table(results: dict) -> str:
 
 def _statistics_section(results: dict) -> list[str]:
     """Mean ± std, the paired test and its verdict, calibration; nothing for older results files."""
-    lines = []
+    lines = methods_markdown(results)
     if results.get("summary"):
         lines += ["", "## Mean ± std over seeds", "", summary_table(results)]
     tests = results.get("paired_tests")
     if tests:
-        lines += ["", "## Distilled vs alone on the same test images", "", paired_table(tests), "",
-                  verdict(tests),
+        per_method = [[t for t in tests if t.get("method") == m] for m in compared_methods(results)] or [tests]
+        for method_tests in filter(None, per_method):
+            title = f" ({method_tests[0]['method']})" if compared_methods(results) else ""
+            lines += ["", f"## Distilled{title} vs alone on the same test images", "",
+                      paired_table(method_tests), "", verdict(method_tests)]
+        lines += [
                   "", "McNemar's exact test counts the test images exactly one of the two students "
                   "classifies correctly (each at its own validation threshold); the AUC interval comes "
                   f"from {BOOTSTRAP_RESAMPLES} bootstrap resamples of the test images shared by both models. Seeds are "
@@ -192,8 +199,11 @@ def _training_summary(row: dict) -> str:
     """How a model was trained and which epoch was kept, from its checkpoint metadata."""
     training, selected = row.get("training") or {}, row.get("selected")
     parts = []
-    if training.get("method") in ("kd", "article"):
+    if "alpha" in training and "temperature" in training:
         parts.append(f"{training['method']} (alpha {training['alpha']}, T {training['temperature']})")
+    elif training.get("params") is not None:
+        own = ", ".join(f"{key} {value}" for key, value in training["params"].items() if value is not None)
+        parts.append(f"{training['method']} ({own})")
     if "epochs" in training:
         parts.append(f"{training['epochs']} epochs, batch {training['batch_size']}, "
                      f"{training['optimizer']} lr {training['lr']}, class weighting "
