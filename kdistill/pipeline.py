@@ -48,8 +48,11 @@ from kdistill.eval.calibration import calibrate
 from kdistill.models.checkpoint import architecture, load_checkpoint, read_meta, update_meta
 from kdistill.config import TUNED_KEYS, Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
+from kdistill.data.datasets import with_unlabeled
+from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
+from kdistill.distill.teacher import FLIP_VIEWS
 from kdistill.data.doctor import examine
 from kdistill.deploy.budget import enforce_budget
 from kdistill.errors import CheckpointError, ConfigError, DataError
@@ -217,7 +220,9 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     meta = _meta(arch, data, "teacher", {"mode": cfg.mode, **(partial if cfg.mode == "partial" else {}),
                                          "pretrained": cfg.pretrained,
                                          "weights": cfg.weights, **dataclasses.asdict(cfg.train)}, config.seed)
-    _fit(model, method, data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
+    # Fresh views of data.augment every step; head mode's stored features exist for flips only.
+    fit_data = dataclasses.replace(data, augment=None) if cfg.mode == "head" else data
+    _fit(model, method, fit_data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
     model, meta = _calibrated(checkpoint_dir, data, config)
     return freeze(model), meta
 
@@ -236,13 +241,14 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
         log.info(f"{role}: already trained in {checkpoint_dir}, reusing it")
         return _calibrated(checkpoint_dir, data, config)
     torch.manual_seed(config.seed)
-    teacher_data, data = data, student_data(config, data)  # the teacher's outputs read teacher_data
+    teacher_data, data = data, student_data(config, data, role)  # the teacher's outputs read teacher_data
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
     model = set_fast_path(build_model(**{"name": cfg.model, **arch["args"]}), cfg.fast_path)
     weights = _weights(cfg.train, data)
     if role == "baseline":
         method, teacher_outputs, extra = build_method("ce", class_weights=weights), None, {"method": "ce"}
     else:
+        check_unlabeled_method(config, data)
         method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
         if teacher_outputs is None:
             teacher_outputs = prepare_teacher_outputs(teacher, teacher_data, config)
@@ -297,12 +303,56 @@ def student_channels(config: Config) -> int:
     return config.student.channels or config.data.channels
 
 
-def student_data(config: Config, data: DatasetBundle) -> DatasetBundle:
+def student_data(config: Config, data: DatasetBundle, role: str = "distilled") -> DatasetBundle:
     """The data as the student reads it: same splits, batches built for the student's channels
     (and their normalization). The stored images serve both: one grayscale channel is expanded,
-    colour images are averaged, at batch time."""
+    colour images are averaged, at batch time. Its training views: see ``student_views``."""
     channels = student_channels(config)
-    return data if channels == data.channels else dataclasses.replace(data, channels=channels)
+    data = data if channels == data.channels else dataclasses.replace(data, channels=channels)
+    return student_views(config, data, role)
+
+
+def student_views(config: Config, data: DatasetBundle, role: str) -> DatasetBundle:
+    """The students' training images and views. The distilled student also trains on the
+    unlabelled images; the baseline never does. Under a view bank both draw from the same bank;
+    with a live teacher both see fresh views of ``data.augment`` every step; with the teacher's
+    flip table both see flips only (the table holds no other view)."""
+    bank = view_bank(config, data)
+    data = with_unlabeled(data) if role == "distilled" else dataclasses.replace(data, unlabeled=None)
+    if bank is not None:
+        return dataclasses.replace(data, bank=bank[:len(data.train)])
+    if config.distill.teacher_cache:
+        return dataclasses.replace(data, augment=None)
+    return data
+
+
+def view_bank(config: Config, data: DatasetBundle) -> torch.Tensor | None:
+    """``distill.bank_views`` views per image (``[N, K, VIEW_WIDTH]``) drawn from
+    ``distill.bank_seed``: the train split's rows first, then the unlabelled images', so the
+    baseline's rows are the distilled student's first rows. Mixing partners are labelled images."""
+    count = config.distill.bank_views
+    if not count:
+        return None
+    if not config.distill.teacher_cache:
+        raise ConfigError("distill.bank_views: a view bank replays stored teacher outputs; with "
+                          "distill.teacher_cache=false the live teacher sees fresh views instead (set one)")
+    generator = torch.Generator().manual_seed(config.distill.bank_seed)
+    spec = data.augment or AugmentSpec(hflip=data.hflip)
+    labelled = len(data.train)
+    parts = [draw_views(labelled * count, generator, spec, partner_count=labelled)]
+    if data.unlabeled is not None:
+        parts.append(draw_views(len(data.unlabeled) * count, generator, spec, partner_count=labelled))
+    return torch.cat(parts).view(-1, count, VIEW_WIDTH)
+
+
+def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
+    """Images without labels train only through a distillation term on every row: ``kd`` (its
+    cross-entropy covers the labelled rows). Other methods need every label."""
+    if data.unlabeled is None and not bool((data.train.labels < 0).any()):
+        return
+    if config.distill.method != "kd":
+        raise ConfigError(f"distill.method: {config.distill.method} needs a label on every image; "
+                          f"data.unlabeled / data.labeled_fraction work with method kd")
 
 
 def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
@@ -314,10 +364,13 @@ def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
     if not config.distill.teacher_cache:
         return LiveTeacher(live_teacher_input(teacher, data, student_channels(config)))
     started = time.perf_counter()
-    outputs = CachedTeacher(teacher, data.train, channels=data.channels, mean=mean, std=std,
+    bank = view_bank(config, data)
+    views = FLIP_VIEWS if bank is None else bank
+    train = with_unlabeled(data).train  # the distilled student's images: train, then unlabelled
+    outputs = CachedTeacher(teacher, train, channels=data.channels, mean=mean, std=std,
                             cache_dir=resolve_cache_dir(config.data.cache_dir),
-                            dtype=config.distill.cache_dtype)
-    log.info(f"teacher outputs for {len(data.train)} images x 2 views ready in "
+                            dtype=config.distill.cache_dtype, views=views)
+    log.info(f"teacher outputs for {len(train)} images x {outputs.table.shape[1]} views ready in "
              f"{time.perf_counter() - started:.1f}s (computed or read from the cache)")
     return outputs
 
@@ -574,6 +627,9 @@ def _log_data(data: DatasetBundle) -> None:
     skipped = data.info.get("skipped_files", [])
     if skipped:
         log.info(f"data: {len(skipped)} unreadable files skipped (listed in results.json)")
+    if data.unlabeled is not None:
+        log.info(f"data unlabeled: {len(data.unlabeled)} images (distilled student only); "
+                 f"{data.info['sources'].get('unlabeled', '')}")
 
 
 def _splits(data: DatasetBundle) -> tuple:

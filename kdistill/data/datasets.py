@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from kdistill.data.cache import cached_decode, resolve_cache_dir
 from kdistill.data.digits import digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
 from kdistill.data.split import grouped_holdout, merge_identical_files, patient_keys, shared_groups
 from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
+from kdistill.data.views import FLIP, LAMBDA, PARTNER, AugmentSpec, augment_spec, draw_views, render_views
 from kdistill.errors import DataError
 from kdistill.log import log
 
@@ -48,6 +51,14 @@ class DatasetBundle:
     channels: int
     info: dict = field(default_factory=dict)
     hflip: bool = True  # training augmentation: random horizontal flip
+    # Training views (kdistill/data/views.py); None: flips only, as ``hflip`` says.
+    augment: AugmentSpec | None = None
+    # A fixed bank of views per training image, ``[N, K, VIEW_WIDTH]``: each epoch draws one per
+    # image from it instead of fresh views (the students under a view bank).
+    bank: torch.Tensor | None = None
+    # Images without labels (``data.unlabeled``, or train images whose labels a labelled-fraction
+    # simulation dropped): label -1; only the distilled student trains on them.
+    unlabeled: ImageSplit | None = None
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -60,14 +71,43 @@ class DatasetBundle:
 
 @dataclass
 class Batch:
-    """A training or evaluation batch; ``index`` and ``flipped`` identify the exact view seen."""
+    """A training or evaluation batch; ``index`` and ``flipped`` (and, under a view bank, ``view``)
+    identify the exact view seen."""
 
     # float32 [B, C, S, S], normalized; or, where the training loop asked the model for its own input
     # form (kdistill/models/fast_path.py), what ``iterate_batches``'s ``to_input`` made: the model alone reads it.
     images: torch.Tensor
-    labels: torch.Tensor  # int64 [B]
+    labels: torch.Tensor  # int64 [B]; -1 for an image without a label
     index: torch.Tensor  # int64 [B], positions in the split
     flipped: torch.Tensor  # bool [B]
+    view: torch.Tensor | None = None  # int64 [B], the bank column of each image's view
+    labeled: torch.Tensor | None = None  # bool [B]; None: labels >= 0
+    partner_labels: torch.Tensor | None = None  # int64 [B], the mixing partner's label (mixed views)
+    mix_lambda: torch.Tensor | None = None  # float32 [B], the image's own share of a mixed view
+
+    def __post_init__(self):
+        if self.labeled is None:
+            self.labeled = self.labels >= 0
+
+    def cross_entropy(self, logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy over the labelled rows only (0 when there are none); a mixed view's target
+        is its two labels weighted by lambda. With every row labelled and unmixed it is exactly
+        ``F.cross_entropy(logits, labels, weight)``."""
+        labeled = self.labeled.to(logits.device)
+        if self.mix_lambda is None and bool(labeled.all()):
+            return F.cross_entropy(logits, self.labels, weight=weight)
+        if not bool(labeled.any()):
+            return logits.sum() * 0.0  # keeps the graph, adds nothing
+        rows = labeled.nonzero().flatten()
+        target = F.one_hot(self.labels[rows], logits.shape[1]).float()
+        if self.mix_lambda is not None:
+            lam = self.mix_lambda.to(logits.device)[rows, None]
+            partner = F.one_hot(self.partner_labels.to(logits.device)[rows], logits.shape[1]).float()
+            target = target * lam + partner * (1 - lam)
+        if weight is not None:  # F.cross_entropy's weighting: per-class weights, weighted mean
+            target = target * weight.view(1, -1)
+        loss = -(target * F.log_softmax(logits[rows], 1)).sum()
+        return loss / target.sum()
 
 
 def load_dataset(
@@ -86,10 +126,16 @@ def load_dataset(
     max_images_per_class: int | None = None,
     on_bad_image: str = "skip",
     cache_dir: str | None = "auto",
+    augment: dict | None = None,
+    unlabeled: str | None = None,
+    labeled_fraction: float | None = None,
 ) -> DatasetBundle:
     """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits.
 
-    Decoded images are cached on disk under ``cache_dir`` (see ``kdistill.data.cache``)."""
+    Decoded images are cached on disk under ``cache_dir`` (see ``kdistill.data.cache``).
+    ``unlabeled`` is a folder of images without labels; ``labeled_fraction`` keeps the labels of
+    that share of the train split's patients and moves the rest to the unlabelled pool (a
+    simulation of a partly read archive)."""
     split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction,
                       min_val_images=min_val_images, split_seed=split_seed)
     if dataset == "digits":
@@ -103,11 +149,73 @@ def load_dataset(
     for name in ("train", "val", "test"):
         part = splits[name]
         part = _limit_per_class(part, max_images_per_class, split_seed)
+        if name == "train" and labeled_fraction is not None:
+            part, splits["dropped"] = _drop_labels(part, labeled_fraction, split_seed + 2, info)
         loaded[name] = _decode(part, input_size, channels, on_bad_image, info, name, cache)
     info["sizes"] = {name: len(s) for name, s in loaded.items()}
     info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
+    pool = _unlabeled_pool(splits, unlabeled, input_size, channels, on_bad_image, info, cache)
     return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
-                         input_size, channels, info, hflip)
+                         input_size, channels, info, hflip, augment_spec(augment, hflip), None, pool)
+
+
+def _drop_labels(raw: _RawSplit, labeled_fraction: float, seed: int, info: dict) -> tuple[_RawSplit, _RawSplit]:
+    """Keep the labels of about ``labeled_fraction`` of the patients (stratified); the rest become
+    unlabelled images."""
+    keep, dropped = grouped_holdout(raw.labels, raw.groups, 1.0 - labeled_fraction, seed)
+    info["sources"]["unlabeled"] = (f"train/ with labels dropped ({1 - labeled_fraction:.0%} of "
+                                    f"patients): a simulation")
+    return raw.subset(keep), raw.subset(dropped)
+
+
+def _unlabeled_pool(splits: dict, folder: str | None, size: int, channels: int, on_bad_image: str,
+                    info: dict, cache) -> ImageSplit | None:
+    """The unlabelled images: train images whose labels were dropped, then ``folder``'s images
+    that are not byte-identical to a validation or test image (those would leak: dropped)."""
+    parts = []
+    if "dropped" in splits:
+        dropped = splits["dropped"]
+        parts.append(_decode(dropped, size, channels, on_bad_image, info, "unlabeled", cache))
+    if folder is not None:
+        from kdistill.data.doctor import unlabeled_findings  # the doctor reads the data package
+
+        held_out = {name: splits[name].paths for name in ("val", "test")}
+        found = unlabeled_findings(Path(folder), held_out)
+        leaks = {item["path"] for item in found["duplicates_of_held_out"]}
+        for item in found["duplicates_of_held_out"]:
+            log.info(f"data.unlabeled: {item['path']} is byte-identical to {item['split']} image "
+                     f"{item['same_as']}; left out")
+        info["unlabeled_check"] = {k: v for k, v in found.items() if k != "images"}
+        paths = [Path(p) for p in found["images"] if p not in leaks]
+        if not paths:
+            raise DataError(f"data.unlabeled: {folder} holds no usable images")
+        raw = _RawSplit(paths, [-1] * len(paths), [str(p) for p in paths])
+        parts.append(_decode(raw, size, channels, on_bad_image, info, "unlabeled", cache))
+        info["sources"]["unlabeled"] = f"{folder} ({len(parts[-1])} images)"
+    if not parts:
+        return None
+    pool = join_splits(*parts)
+    pool.labels = torch.full_like(pool.labels, -1)
+    info["sizes_unlabeled"] = len(pool)
+    return pool
+
+
+def join_splits(*splits: ImageSplit) -> ImageSplit:
+    """One split holding the given ones in order; its cache key combines theirs (None if any lacks one)."""
+    if len(splits) == 1:
+        return splits[0]
+    keys = [s.cache_key for s in splits]
+    key = None if None in keys else "+".join(keys)
+    return ImageSplit(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]),
+                      [n for s in splits for n in s.names], [g for s in splits for g in s.groups], key)
+
+
+def with_unlabeled(data: DatasetBundle) -> DatasetBundle:
+    """The data the distilled student trains on: the train split followed by the unlabelled
+    images (label -1). Validation and test are unchanged."""
+    if data.unlabeled is None:
+        return data
+    return dataclasses.replace(data, train=join_splits(data.train, data.unlabeled))
 
 
 @dataclass
@@ -247,22 +355,30 @@ def iterate_batches(
     channels_last: bool = False,
     to_input: Callable[[torch.Tensor], object] | None = None,
     shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    views: torch.Tensor | None = None,
+    view_ids: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
     """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
     ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU).
     ``to_input`` replaces the normalization: it turns the uint8 ``[B, S, H, W]`` batch into what
     the model takes (a model's own fast input form).
     ``shard`` picks this process's part of the drawn order (distributed training); every process
-    draws the same permutation and flips, so the parts are disjoint."""
+    draws the same permutation and flips, so the parts are disjoint.
+    ``views`` (``[N, VIEW_WIDTH]``, one per image, kdistill/data/views.py) renders each image's view
+    instead of the flips (``augment`` is then ignored); ``view_ids`` (``[N]``) records which bank
+    column each came from, in ``Batch.view``."""
     count = len(split)
     if (shuffle or augment) and generator is None:
         raise ValueError("shuffle/augment need a seeded generator")
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    flips = random_flips(count, generator) if augment else torch.zeros(count, dtype=torch.bool)
+    flips = random_flips(count, generator) if augment and views is None else torch.zeros(count, dtype=torch.bool)
     if shard is not None:
         order = shard(order)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
+        if views is not None:
+            yield _view_batch(split, index, views, view_ids, channels, mean, std, channels_last)
+            continue
         flipped = flips[index]
         images = apply_flips(split.images[index], flipped)
         if to_input is not None:
@@ -272,3 +388,42 @@ def iterate_batches(
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
         yield Batch(images, split.labels[index], index, flipped)
+
+
+def _view_batch(split: ImageSplit, index: torch.Tensor, views: torch.Tensor, view_ids, channels: int,
+                mean, std, channels_last: bool) -> Batch:
+    """The batch of ``index`` rendered in its views: normalized images, with the mixing partners'
+    labels and lambdas when any view is mixed."""
+    chosen = views[index]
+    images = render_views(split.images[index], chosen, split.images, out_size=split.images.shape[-1],
+                          channels=channels, mean=mean, std=std)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    partner = chosen[:, PARTNER].long()
+    mixed = partner >= 0
+    labels = split.labels[index]
+    partner_labels = mix_lambda = None
+    if bool(mixed.any()):
+        partner_labels = torch.where(mixed, split.labels[partner.clamp(min=0)], labels)
+        mix_lambda = chosen[:, LAMBDA].clone()
+    # A row is labelled when its image is, and its mixing partner too (a mixed target needs both).
+    labeled = (labels >= 0) & (partner_labels is None or partner_labels >= 0)
+    return Batch(images, labels, index, chosen[:, FLIP] > 0.5,
+                 None if view_ids is None else view_ids[index], labeled, partner_labels, mix_lambda)
+
+
+def epoch_views(data: DatasetBundle, generator: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One epoch's view of every training image, ``([N, VIEW_WIDTH], bank columns [N] or None)``:
+    one view per image drawn from the bank, or fresh views of ``data.augment``; ``(None, None)``
+    for flips only (the reference augmentation, drawn by ``iterate_batches`` itself)."""
+    count = len(data.train)
+    if data.bank is not None:
+        if len(data.bank) != count:
+            raise ValueError(f"the view bank has {len(data.bank)} rows for {count} training images")
+        column = torch.randint(data.bank.shape[1], (count,), generator=generator)
+        return data.bank[torch.arange(count), column], column
+    if data.augment is None or data.augment.flip_only():
+        return None, None
+    # Mixing partners come from the labelled images, which lead the split.
+    labelled = int((data.train.labels >= 0).sum())
+    return draw_views(count, generator, data.augment, partner_count=labelled or count), None

@@ -137,3 +137,34 @@ def _top(counts: dict, limit: int = 3) -> str:
     items = list(counts.items())
     text = ", ".join(f"{key} x{n}" for key, n in items[:limit])
     return text + (f", ... ({len(items)} kinds)" if len(items) > limit else "")
+
+
+def unlabeled_findings(folder: Path, held_out: dict[str, list]) -> dict:
+    """Checks of an unlabelled image folder (any sub-folders): the readable images, the unreadable
+    ones, and byte-identical copies of a held-out image (``held_out``: split name -> its paths),
+    which would leak validation or test images into training."""
+    if not folder.is_dir():
+        raise DataError(f"data.unlabeled: {folder}: folder not found")
+    held_by_hash: dict[str, tuple[str, str]] = {}
+    for split, paths in held_out.items():
+        for path in paths:
+            try:
+                held_by_hash.setdefault(hashlib.sha256(Path(path).read_bytes()).hexdigest(), (split, str(path)))
+            except OSError:
+                continue  # an unreadable held-out file is the loader's to report
+    found = {"folder": str(folder), "images": [], "unreadable": [], "non_images": [],
+             "duplicates_of_held_out": []}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            found["non_images"].append(str(path))
+            continue
+        data = path.read_bytes()
+        problem = _decode_problem(data)
+        if problem:
+            found["unreadable"].append({"path": str(path), "reason": problem})
+            continue
+        found["images"].append(str(path))
+        match = held_by_hash.get(hashlib.sha256(data).hexdigest())
+        if match:
+            found["duplicates_of_held_out"].append({"path": str(path), "split": match[0], "same_as": match[1]})
+    return found

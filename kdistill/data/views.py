@@ -1,0 +1,225 @@
+"""Augmented views as rows of numbers, drawn from a seed and rendered exactly.
+
+A view is one row of ``VIEW_WIDTH`` floats: the crop box (x0, y0, x1, y1 as fractions of the
+image), a flip, a rotation angle in degrees, brightness and contrast factors, and an optional
+mixing partner (its index in the split, the weight ``lambda`` of the image itself, the kind:
+mixup or cutmix, and cutmix's pasted box). Because a view is data, a teacher can be run on it
+once and its output replayed whenever the student sees the same view (the view bank), and a
+live teacher can be shown the very tensor the student sees (function matching).
+
+Rendering is deterministic: the same rows give the same tensor. The geometry (crop, flip,
+rotation) is one affine ``grid_sample`` per batch, bilinear, zeros outside the image; rows whose
+geometry is the identity or a plain mirror skip it, so a plain view is exactly the reference
+normalized image and a flip-only view exactly its mirror. Brightness multiplies the values,
+contrast blends them with the image's mean grey level (both clamped to [0, 255], as
+torchvision's ColorJitter does); mixing comes last. A mixing partner is rendered with the same
+geometry and intensity as its image, so a view needs one row only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdistill.data.transforms import normalization_affine
+
+# Column layout of a view row.
+X0, Y0, X1, Y1, FLIP, ANGLE, BRIGHTNESS, CONTRAST, PARTNER, LAMBDA, MIX, CX0, CY0, CX1, CY1 = range(15)
+VIEW_WIDTH = 15
+MIX_KINDS = {"none": 0, "mixup": 1, "cutmix": 2}
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """What views are drawn: ``scale`` and ``ratio`` of a random-resized crop ([1, 1] scale: no
+    crop), flip, rotation within +-``rotation`` degrees, brightness and contrast factors within
+    1 +- the given amount, and mixup or cutmix with lambda ~ Beta(mix_alpha, mix_alpha)."""
+
+    hflip: bool = True
+    scale: tuple[float, float] = (1.0, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    mix: str = "none"
+    mix_alpha: float = 0.2
+
+    def flip_only(self) -> bool:
+        """Whether these views are at most mirrors (the reference augmentation)."""
+        return (self.scale[0] >= 1.0 and self.rotation == 0 and self.brightness == 0
+                and self.contrast == 0 and self.mix == "none")
+
+
+def augment_spec(augment: dict | AugmentSpec | None, hflip: bool) -> AugmentSpec:
+    """An :class:`AugmentSpec` from the ``data.augment`` settings (a dict) and ``data.hflip``."""
+    if isinstance(augment, AugmentSpec):
+        return augment
+    given = dict(augment or {})
+    for key in ("scale", "ratio"):
+        if key in given:
+            given[key] = tuple(float(v) for v in given[key])
+    return AugmentSpec(hflip=hflip, **given)
+
+
+def plain_views(count: int) -> torch.Tensor:
+    """``count`` views of the whole image, unflipped, unchanged: ``[count, VIEW_WIDTH]``."""
+    views = torch.zeros(count, VIEW_WIDTH)
+    views[:, X1] = views[:, Y1] = 1.0
+    views[:, BRIGHTNESS] = views[:, CONTRAST] = views[:, LAMBDA] = 1.0
+    views[:, PARTNER] = -1.0
+    return views
+
+
+def draw_views(count: int, generator: torch.Generator, spec: AugmentSpec,
+               partner_count: int | None = None) -> torch.Tensor:
+    """``count`` views drawn from ``generator``: ``[count, VIEW_WIDTH]`` float32. Partners are
+    drawn among the first ``partner_count`` images of the split (default ``count``)."""
+    views = plain_views(count)
+    if spec.hflip:
+        views[:, FLIP] = (torch.rand(count, generator=generator) < 0.5).float()
+    if spec.scale[0] < 1.0:
+        views[:, X0:Y1 + 1] = _crop_boxes(count, generator, spec.scale, spec.ratio)
+    if spec.rotation:
+        views[:, ANGLE] = _uniform(count, generator, -spec.rotation, spec.rotation)
+    if spec.brightness:
+        views[:, BRIGHTNESS] = _uniform(count, generator, 1 - spec.brightness, 1 + spec.brightness)
+    if spec.contrast:
+        views[:, CONTRAST] = _uniform(count, generator, 1 - spec.contrast, 1 + spec.contrast)
+    if spec.mix != "none":
+        _draw_mixing(views, generator, spec, partner_count or count)
+    return views
+
+
+def _uniform(count: int, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * torch.rand(count, generator=generator)
+
+
+def _crop_boxes(count: int, generator: torch.Generator, scale, ratio) -> torch.Tensor:
+    """RandomResizedCrop-style boxes on a square image: area fraction uniform in ``scale``, aspect
+    log-uniform in ``ratio``, a side over the image clipped to it, position uniform."""
+    area = _uniform(count, generator, *scale)
+    aspect = torch.exp(_uniform(count, generator, math.log(ratio[0]), math.log(ratio[1])))
+    width = torch.sqrt(area * aspect).clamp(max=1.0)
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    x0 = torch.rand(count, generator=generator) * (1 - width)
+    y0 = torch.rand(count, generator=generator) * (1 - height)
+    return torch.stack([x0, y0, x0 + width, y0 + height], 1)
+
+
+def _draw_mixing(views: torch.Tensor, generator: torch.Generator, spec: AugmentSpec,
+                 partner_count: int) -> None:
+    count = len(views)
+    views[:, PARTNER] = torch.randint(partner_count, (count,), generator=generator).float()
+    # torch's Beta sampler takes no generator: NumPy's, seeded from this one, keeps the draw replayable.
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(spec.mix_alpha, spec.mix_alpha, count)).float()
+    views[:, MIX] = float(MIX_KINDS[spec.mix])
+    if spec.mix == "mixup":
+        views[:, LAMBDA] = lam
+        return
+    side = torch.sqrt(1 - lam)  # the pasted box covers 1 - lambda of the image, before clipping
+    centre = torch.rand(count, 2, generator=generator)
+    low = (centre - side[:, None] / 2).clamp(0, 1)
+    high = (centre + side[:, None] / 2).clamp(0, 1)
+    views[:, CX0], views[:, CY0], views[:, CX1], views[:, CY1] = low[:, 0], low[:, 1], high[:, 0], high[:, 1]
+    views[:, LAMBDA] = 1 - (high - low).prod(1)
+
+
+PartnerLookup = Callable[[torch.Tensor], torch.Tensor]
+
+
+def render_views(images: torch.Tensor, views: torch.Tensor, partners: torch.Tensor | PartnerLookup | None,
+                 *, out_size: int, channels: int, mean, std) -> torch.Tensor:
+    """uint8 ``[B, S, H, W]`` and their views ``[B, VIEW_WIDTH]`` -> normalized float32
+    ``[B, channels, out_size, out_size]``. ``partners`` gives the mixing partners' uint8 images:
+    a tensor indexed by the views' partner column, or a function of those indices."""
+    x = _render_unmixed(images, views, out_size, channels)
+    mixed = views[:, MIX] > 0
+    if bool(mixed.any()):
+        chosen = mixed.nonzero().flatten()
+        index = views[chosen, PARTNER].long()
+        partner_images = partners(index) if callable(partners) else partners[index]
+        other = _render_unmixed(partner_images, views[chosen], out_size, channels)
+        x[chosen] = _mix(x[chosen], other, views[chosen])
+    scale, shift = normalization_affine(mean, std)
+    return (x * scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+
+
+def _render_unmixed(images: torch.Tensor, views: torch.Tensor, out_size: int, channels: int) -> torch.Tensor:
+    """Geometry then intensity, on raw values in [0, 255]: float32 ``[B, 1|channels, out, out]``."""
+    x = images.float()
+    if x.shape[1] != channels and x.shape[1] != 1:
+        x = x.mean(1, keepdim=True)  # colour images for a grayscale model, as to_model_input does
+    x = _geometry(x, views, out_size)
+    return _intensity(x, views)
+
+
+def _geometry(x: torch.Tensor, views: torch.Tensor, out_size: int) -> torch.Tensor:
+    full_box = (views[:, X0] == 0) & (views[:, Y0] == 0) & (views[:, X1] == 1) & (views[:, Y1] == 1)
+    exact = full_box & (views[:, ANGLE] == 0) & (x.shape[-1] == out_size) & (x.shape[-2] == out_size)
+    flipped = views[:, FLIP] > 0.5
+    out = x.clone() if bool(exact.all()) else torch.empty(len(x), x.shape[1], out_size, out_size)
+    mirror = (exact & flipped).nonzero().flatten()
+    if len(mirror):
+        out[mirror] = x[mirror].flip(-1)  # exact: no resampling for a plain mirror
+    warped = (~exact).nonzero().flatten()
+    if len(warped):
+        grid = F.affine_grid(_affine(views[warped]), [len(warped), x.shape[1], out_size, out_size],
+                             align_corners=False)
+        out[warped] = F.grid_sample(x[warped], grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)
+    if not bool(exact.all()):
+        plain = (exact & ~flipped).nonzero().flatten()
+        out[plain] = x[plain]
+    return out
+
+
+def _affine(views: torch.Tensor) -> torch.Tensor:
+    """Output -> input coordinates (both in [-1, 1]) of each view: mirror, scale to the crop box,
+    rotate about its centre, move to it. ``[B, 2, 3]``."""
+    width, height = views[:, X1] - views[:, X0], views[:, Y1] - views[:, Y0]
+    centre_x, centre_y = views[:, X0] + views[:, X1] - 1, views[:, Y0] + views[:, Y1] - 1
+    sign = 1 - 2 * (views[:, FLIP] > 0.5).float()
+    angle = torch.deg2rad(views[:, ANGLE])
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    row_x = torch.stack([cos * sign * width, -sin * height, centre_x], 1)
+    row_y = torch.stack([sin * sign * width, cos * height, centre_y], 1)
+    return torch.stack([row_x, row_y], 1)
+
+
+def _intensity(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    brightness, contrast = views[:, BRIGHTNESS], views[:, CONTRAST]
+    changed = ((brightness != 1) | (contrast != 1)).nonzero().flatten()
+    if not len(changed):
+        return x
+    y = (x[changed] * brightness[changed].view(-1, 1, 1, 1)).clamp_(0, 255)
+    grey = y.mean(dim=(1, 2, 3), keepdim=True)
+    c = contrast[changed].view(-1, 1, 1, 1)
+    blended = (y * c + grey * (1 - c)).clamp_(0, 255)
+    # Rows whose contrast is 1 keep y untouched: (y - m) * 1 + m need not give y back in float.
+    x[changed] = torch.where(c == 1, y, blended)
+    return x
+
+
+def _mix(x: torch.Tensor, other: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    lam = views[:, LAMBDA].view(-1, 1, 1, 1)
+    mixup = x * lam + other * (1 - lam)
+    size = x.shape[-1]
+    cols = (torch.arange(size) + 0.5) / size
+    inside_x = (cols >= views[:, CX0, None]) & (cols < views[:, CX1, None])  # [B, W]
+    inside_y = (cols >= views[:, CY0, None]) & (cols < views[:, CY1, None])  # [B, H]
+    pasted = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+    cutmix = torch.where(pasted, other, x)
+    return torch.where((views[:, MIX] == MIX_KINDS["mixup"]).view(-1, 1, 1, 1), mixup, cutmix)
+
+
+def is_flip_only(views: torch.Tensor) -> bool:
+    """Whether every view is the whole image, unrotated, unchanged and unmixed (flips allowed)."""
+    reference = plain_views(len(views))
+    reference[:, FLIP] = views[:, FLIP]
+    return bool(torch.equal(views, reference))
