@@ -22,7 +22,7 @@ KEYS = {"model", "runtime", "batch", "latency_ms", "throughput_img_s", "macs", "
 def test_bench_json_rows(capsys):
     """Every runtime at batch 1 and 64 with the keys; MACs from count_macs; random int8 calibration stated."""
     code = main(["bench", "--model", "reference_student", "--input-size", "32", "--json", "--rounds", "3",
-                 "--int8"])
+                 "--int8", "--threads", "1"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert all(KEYS <= set(row) for row in rows)
@@ -142,3 +142,57 @@ def test_bench_models_take_the_checkpoints_input_and_mixed_inputs_are_refused(tm
     error = capsys.readouterr().err.strip()
     assert code != 0 and len(error.splitlines()) == 1
     assert "32 px" in error and "48 px" in error and "different inputs" in error
+    # Differing channels at one size are fine: each model reads its own input.
+    models = load_bench_models([str(checkpoint)], ["reference_student"], input_size=None, num_classes=2,
+                               channels={"reference_student": [1]})
+    assert [m.meta["channels"] for m in models] == [3, 1]
+
+
+def test_bench_times_models_with_different_channels_each_on_its_own_input(capsys):
+    """--channels: the 1-channel student and its 3-channel twin beside a tiny CNN; every row names
+    its channels, the MACs are counted on that many input planes, and ONNX Runtime ran each."""
+    code = main(["bench", "--model", "tiny_cnn_d2", "--model", "reference_student", "--channels",
+                 "reference_student=1,3", "--input-size", "32", "--rounds", "2", "--json", "--threads", "1"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    channels = {r["model"]: r["channels"] for r in rows}
+    assert channels == {"tiny_cnn_d2": 3, "reference_student (1 ch)": 1, "reference_student (3 ch)": 3}
+    for label, count in (("reference_student (1 ch)", 1), ("reference_student (3 ch)", 3)):
+        macs = count_macs(build_model("reference_student", 2, input_size=32, in_channels=count), 32, count)
+        assert {r["macs"] for r in rows if r["model"] == label} == {macs}
+    assert {r["runtime"] for r in rows if r["channels"] == 1} >= {"onnxruntime fp32", "torch eager"}
+
+
+@pytest.mark.parametrize("item", ["reference_student=2", "reference_student", "=1", "other=1"])
+def test_bad_channels_option_is_one_line_error(item, capsys):
+    assert main(["bench", "--model", "reference_student", "--channels", item, "--input-size", "16"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--channels" in error
+
+
+def test_int8_bench_states_both_comparisons_at_1_and_2_threads(capsys):
+    """--int8 without --threads: 1 and 2 threads, and per thread count the fastest-vs-fastest and
+    the fp32-ORT-vs-fp32-ORT ratios, each equal to the rows' latencies divided."""
+    from kdistill.deploy.bench import bench_command, format_comparison, parse_channels
+
+    text = bench_command([], ["tiny_cnn_d3", "reference_student"], input_size=32, num_classes=2,
+                         threads=None, int8=True, calibration=None, rounds=2, as_json=True,
+                         channels=parse_channels(["reference_student=1"]))
+    rows = json.loads(text)
+    assert {r["threads"] for r in rows} == {1, 2}
+    for threads in (1, 2):
+        ones = {(r["model"], r["runtime"]): r for r in rows if r["threads"] == threads and r["batch"] == 1}
+        student = ones[("reference_student", "onnxruntime fp32")]
+        reference = ones[("tiny_cnn_d3", "onnxruntime fp32")]
+        assert student["channels"] == 1 and student["reference_model"] == "tiny_cnn_d3"
+        assert student["same_runtime_ratio"] == pytest.approx(reference["latency_ms"] / student["latency_ms"])
+        best = min((r for (m, _), r in ones.items() if m == "tiny_cnn_d3"), key=lambda r: r["latency_ms"])
+        fastest = min((r for (m, _), r in ones.items() if m == "reference_student"), key=lambda r: r["latency_ms"])
+        assert student["latency_ratio"] == pytest.approx(best["latency_ms"] / fastest["latency_ms"])
+    table = format_comparison(rows).splitlines()
+    lines = [line.split() for line in table if line.startswith(("1 ", "2 "))]
+    assert [line[:3] for line in lines] == [["1", "reference_student", "1"], ["2", "reference_student", "1"]]
+    for line, threads in zip(lines, (1, 2)):
+        student = next(r for r in rows if r["threads"] == threads and r["model"] == "reference_student"
+                       and r["batch"] == 1 and r["runtime"] == "onnxruntime fp32")
+        assert f"{student['latency_ratio']:.1f}x" in line and f"{student['same_runtime_ratio']:.1f}x" in line
