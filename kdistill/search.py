@@ -44,7 +44,8 @@ from kdistill.errors import KdistillError
 from kdistill.fileio import atomic_file, write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model
-from kdistill.pipeline import prepare_teacher_outputs, remove_if_empty, run, seed_everything, train_student, train_teacher
+from kdistill.pipeline import (prepare_teacher_outputs, remove_if_empty, run, seed_everything, student_channels,
+                               train_student, train_teacher)
 from kdistill.tune import ForbiddenTestSplit
 
 FILES = ("search.json", "search.md", "search.png")
@@ -117,15 +118,15 @@ def label(candidate: dict) -> str:
 def measure_candidate(candidate: dict, config: Config, data: DatasetBundle) -> dict:
     """Parameters and MACs; the latency only when the parameter bound holds (timing costs seconds).
     ``status`` is None for a candidate within the budget, else why it is out."""
-    budget = config.student.budget
+    budget, channels = config.student.budget, student_channels(config)
     model = build_model(candidate["model"], len(data.classes), input_size=data.input_size,
-                        in_channels=data.channels, **candidate["model_args"]).eval()
+                        in_channels=channels, **candidate["model_args"]).eval()
     row = {**candidate, "label": label(candidate), "params": count_parameters(model),
-           "macs": count_macs(model, data.input_size, data.channels), "latency_ms": None, "runtime": None,
+           "macs": count_macs(model, data.input_size, channels), "latency_ms": None, "runtime": None,
            "val": None, "score": None, "epoch": None, "seconds": None, "pareto": False, "status": None}
     over = params_over_budget(row["params"], budget.params)
     if over is None:
-        latency = measure_latency(model, candidate["model"], input_size=data.input_size, channels=data.channels,
+        latency = measure_latency(model, candidate["model"], input_size=data.input_size, channels=channels,
                                   num_classes=len(data.classes), threads=budget.threads)
         row.update(latency_ms=latency["latency_ms"], runtime=latency["runtime"])
         over = latency_over_budget(latency, budget.latency_ms)
@@ -200,7 +201,7 @@ def _write_all(out: Path, config: Config, candidates: list[dict], started: float
     best = rows[0] if rows and rows[0]["status"] == TRAINED else None
     summary = {"metric": metric, "budget": dataclasses.asdict(config.student.budget),
                "search": dataclasses.asdict(config.search), "input_size": config.data.input_size,
-               "channels": config.data.channels, "seconds": round(time.perf_counter() - started, 1),
+               "channels": student_channels(config), "seconds": round(time.perf_counter() - started, 1),
                "best": best, "candidates": rows,
                "skipped": [c["label"] for c in rows if c["status"] == SKIPPED]}
     out.mkdir(parents=True, exist_ok=True)

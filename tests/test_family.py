@@ -3,13 +3,15 @@ checkpoint round trip from model.json, forward hooks, ONNX export parity and int
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import require_or_skip
+from conftest import make_image_folder, require_or_skip, tiny_config, write_config
+from kdistill.cli import main
 from kdistill.deploy.profile import count_parameters
 from kdistill.models import build_model
 from kdistill.models.checkpoint import architecture, load_checkpoint, save_checkpoint
@@ -110,3 +112,28 @@ def test_onnx_export_matches_pytorch_and_int8_runs(name, tmp_path: Path):
     quantize_int8(path, tmp_path / "model.int8.onnx", [x.numpy()])
     int8 = open_session(tmp_path / "model.int8.onnx", 1).run(None, {INPUT_NAME: x.numpy()})[0]
     assert int8.shape == (4, 2) and np.isfinite(int8).all()
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory) -> dict:
+    """A tiny teacher trained once, in a run folder the feature-method students below reuse."""
+    base = tmp_path_factory.mktemp("family_distill")
+    root = make_image_folder(base / "data")
+    student = {"model": "kd_mobile", "model_args": {"width": 4, "depth": 2, "se": True}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KDISTILL_CACHE_DIR", str(base / "cache"))
+        config = tiny_config(root, base / "run", export=False, student=student)
+        code = main(["train", str(write_config(base / "c.yaml", config)), "--role", "teacher"])
+    assert code == 0
+    return {"base": base, "config": config}
+
+
+@pytest.mark.parametrize("method", ["fitnet", "at", "rkd"])
+def test_feature_methods_distill_a_member_through_forward_hooks(trained_teacher, method):
+    base = trained_teacher["base"]
+    config = {**trained_teacher["config"], "distill": {**trained_teacher["config"]["distill"], "method": method}}
+    path = write_config(base / f"{method}.yaml", config)
+    assert main(["train", str(path), "--role", "distilled", "--teacher", str(base / "run" / "teacher"),
+                 "--out", str(base / method)]) == 0
+    meta = json.loads((base / method / "distilled" / "model.json").read_text())
+    assert meta["training"]["method"] == method and meta["architecture"]["name"] == "kd_mobile"
