@@ -51,7 +51,8 @@ from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.datasets import with_unlabeled
 from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views
 from kdistill.data.cache import resolve_cache_dir
-from kdistill.distill import CachedTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
+from kdistill.distill import CachedTeacher, FeatureTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
+from kdistill.distill.registry import method_defaults, needs_of, search_space, shared_keys, two_class_note
 from kdistill.distill.teacher import FLIP_VIEWS
 from kdistill.data.doctor import examine
 from kdistill.deploy.budget import enforce_budget
@@ -85,6 +86,7 @@ MODEL_FOLDERS = ("teacher", "baseline", "distilled")  # each model's checkpoint,
 RESUME_FOLDER = "resume"
 RUN_OUTPUTS = (*SUMMARY_FILES, CONFIG_FILE, SPLITS_FILE, *MODEL_FOLDERS, RESUME_FOLDER)
 SEED_FOLDER = re.compile(r"seed-?[0-9]+")  # seed<k>/ holds one seed's students (``seeds`` list)
+METHOD_FOLDER = re.compile(r"distilled-[A-Za-z0-9_]+")  # one per method of a ``distill.methods`` comparison
 
 
 def run(config: Config, resume: bool = False) -> dict:
@@ -117,7 +119,7 @@ def run(config: Config, resume: bool = False) -> dict:
     rows = [row for row, _, _ in evaluated]
     add_speed(rows, {row["id"]: model for row, _, model in evaluated}, **dataclasses.asdict(config.profile))
     first_seed = student_folders(config, out)[0][1]
-    deployment = _export_student(first_seed / "distilled", data) if config.export else None
+    deployment = _export_student(first_seed / distilled_runs(config)[0][1], data) if config.export else None
     statistics = run_statistics(rows, {row["id"]: probs for row, probs, _ in evaluated},
                                 data.test.labels.numpy(), data.positive_index)
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
@@ -164,27 +166,69 @@ def student_folders(config: Config, out: Path) -> list[tuple[int, Path]]:
     return [(seed, out / f"seed{seed}") for seed in config.seeds]  # names SEED_FOLDER matches
 
 
+def distilled_runs(config: Config) -> list[tuple[str, str]]:
+    """``(method, folder)`` of each distilled student of a seed: ``distilled/`` for ``distill.method``
+    alone, ``distilled-<method>/`` for every method of a ``distill.methods`` comparison."""
+    if config.distill.methods is None:
+        return [(config.distill.method, "distilled")]
+    return [(method, f"distilled-{method}") for method in config.distill.methods]
+
+
+def with_method(config: Config, method: str) -> Config:
+    return dataclasses.replace(config, distill=dataclasses.replace(config.distill, method=method))
+
+
 def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, teacher,
                                 resume: bool) -> list[tuple[dict, object, tuple]]:
-    """Baseline and distilled student for every seed (the same initialization per seed for both),
+    """Baseline and distilled student(s) for every seed (the same initialization per seed for all),
     each evaluated on the test split as soon as it is trained: ``(row, test probabilities,
     (model, meta))`` per student (the model is timed later, beside the teacher). The teacher's outputs are
-    computed once, and only if some distilled student still has to train."""
-    needs_teacher = any(not (resume and (folder / "distilled" / "model.json").is_file())
-                        for _, folder in student_folders(config, out))
+    computed once per kind (cached logits, live features), and only if a student still needs them."""
+    runs = distilled_runs(config)
+    pending = [method for method, name in runs for _, folder in student_folders(config, out)
+               if not (resume and (folder / name / "model.json").is_file())]
+    outputs: dict[str, object] = {}
     with distributed.main_first(distributed.current()):  # torchrun: computed once, into the cache
-        outputs = prepare_teacher_outputs(teacher, data, config) if needs_teacher else None
+        for method in pending:
+            teacher_outputs_for(method, teacher, data, config, outputs)
     evaluated = []
     for seed, folder in student_folders(config, out):
         seeded = dataclasses.replace(config, seed=seed)
-        for role in ("baseline", "distilled"):
-            model, meta = train_student(seeded, data, folder, role, teacher, resume, outputs)
+        students = [("baseline", "baseline", "ce", None)]
+        students += [("distilled", name, method, teacher_outputs_for(method, teacher, data, config, outputs))
+                     for method, name in runs]
+        for role, name, method, method_outputs in students:
+            model, meta = train_student(with_method(seeded, method) if role == "distilled" else seeded,
+                                        data, folder, role, teacher, resume, method_outputs, folder_name=name)
             if not distributed.current().is_main:
                 continue
-            row, probs = _evaluate(model, meta, data, role, folder / role, config)
-            row["id"], row["seed"] = f"{role}-seed{seed}", seed
+            row, probs = _evaluate(model, meta, data, role, folder / name, config)
+            row["id"], row["seed"] = f"{name}-seed{seed}", seed
+            row.update(method_columns(row, method, len(data.classes), compared=len(runs) > 1 and role == "distilled"))
             evaluated.append((row, probs, (model, meta)))
     return evaluated
+
+
+def method_columns(row: dict, method: str, num_classes: int, compared: bool) -> dict:
+    """A student row's ``method``, its training cost (mean seconds per epoch, from the history), the
+    two-class degeneracy note where it applies, and in a comparison the ``group`` its mean ± std
+    and paired tests are reported under."""
+    seconds = [entry["seconds"] for entry in row.get("history") or [] if "seconds" in entry]
+    columns = {"method": method, "seconds_per_epoch": round(sum(seconds) / len(seconds), 3) if seconds else None}
+    note = two_class_note(method, num_classes)
+    if note:
+        columns["degenerate"] = note
+    if compared:
+        columns["group"] = f"distilled-{method}"
+    return columns
+
+
+def teacher_outputs_for(method: str, teacher, data: DatasetBundle, config: Config, prepared: dict):
+    """The teacher outputs ``method`` reads, prepared once per kind into ``prepared``."""
+    kind = "features" if "features" in needs_of(method) else "logits"
+    if kind not in prepared:
+        prepared[kind] = prepare_teacher_outputs(teacher, data, config, method)
+    return prepared[kind]
 
 
 def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
@@ -228,15 +272,17 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
 
 
 def train_student(config: Config, data: DatasetBundle, out: Path, role: str, teacher, resume: bool,
-                  teacher_outputs=None):
+                  teacher_outputs=None, folder_name: str | None = None):
     """Train the student alone (``baseline``) or distilled from the teacher (``distilled``).
 
     Both start from the same initialization (same seed) and use the same recipe, so the only
     difference between them is the loss. ``teacher_outputs`` (a CachedTeacher) lets a caller that
-    trains many students (``kdistill tune``) compute the teacher's outputs once.
+    trains many students (``kdistill tune``) compute the teacher's outputs once. ``folder_name``
+    (default: the role) names the checkpoint's folder: ``distilled-<method>`` in a comparison.
     """
     cfg, dcfg = config.student, config.distill
-    checkpoint_dir = out / role
+    folder_name = folder_name or role
+    checkpoint_dir = out / folder_name
     if resume and (checkpoint_dir / "model.json").is_file():
         log.info(f"{role}: already trained in {checkpoint_dir}, reusing it")
         return _calibrated(checkpoint_dir, data, config)
@@ -249,13 +295,17 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
         method, teacher_outputs, extra = build_method("ce", class_weights=weights), None, {"method": "ce"}
     else:
         check_unlabeled_method(config, data)
-        method = build_method(dcfg.method, alpha=dcfg.alpha, temperature=dcfg.temperature, class_weights=weights)
+        method = build_method(dcfg.method, class_weights=weights, **method_arguments(config))
         if teacher_outputs is None:
-            teacher_outputs = prepare_teacher_outputs(teacher, teacher_data, config)
-        # Recorded from the method: the article recipe fixes its own alpha and T.
-        extra = {"method": dcfg.method, "alpha": method.alpha, "temperature": method.temperature}
+            teacher_outputs = prepare_teacher_outputs(teacher, teacher_data, config, dcfg.method)
+        if hasattr(method, "bind"):  # feature methods: layers and connectors sized by one probe forward
+            method.bind(model, teacher_outputs, torch.zeros(1, data.channels, data.input_size, data.input_size))
+        note = two_class_note(dcfg.method, len(data.classes))
+        if note:
+            log.info(f"{folder_name}: degenerate for two classes: {note}")
+        extra = {"method": dcfg.method, **method_record(method)}
     meta = _meta(arch, data, role, {**extra, **dataclasses.asdict(cfg.train)}, config.seed)
-    _fit(model, method, data, role, checkpoint_dir, meta, out, teacher_outputs, cfg.train, config, resume)
+    _fit(model, method, data, folder_name, checkpoint_dir, meta, out, teacher_outputs, cfg.train, config, resume)
     return _calibrated(checkpoint_dir, data, config)
 
 
@@ -355,12 +405,34 @@ def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
                           f"data.unlabeled / data.labeled_fraction work with method kd")
 
 
-def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config):
+def method_arguments(config: Config) -> dict:
+    """The distilled method's constructor arguments: ``distill.alpha`` / ``distill.temperature``
+    where it shares them (kd, article), then its own ``distill.params.<method>``."""
+    dcfg = config.distill
+    shared = {key: getattr(dcfg, key) for key in shared_keys(dcfg.method)}
+    return {**shared, **(dcfg.params.get(dcfg.method) or method_defaults(dcfg.method))}
+
+
+def method_record(method) -> dict:
+    """What model.json records of the method: its ``record()``, else its alpha and temperature
+    (read from the method: the article recipe fixes its own)."""
+    if hasattr(method, "record"):
+        return method.record()
+    return {"alpha": method.alpha, "temperature": method.temperature}
+
+
+def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config, method: str | None = None):
     """What the distillation loss reads the teacher's logits from: a live teacher, or (the default)
     its outputs per view, computed once and cached (kdistill/distill/teacher.py). ``data`` is the
     teacher's view of the data; a live teacher fed a grayscale student's batches runs behind an
-    exact channel adapter."""
+    exact channel adapter. A method that reads features gets the live teacher with hooks (a
+    cache of full-resolution feature maps per view would not fit in memory)."""
     mean, std = data.normalization
+    if "features" in needs_of(method or config.distill.method):
+        if config.distill.teacher_cache:
+            log.info(f"{method or config.distill.method}: reads teacher features, so the teacher runs live "
+                     f"every step (distill.teacher_cache ignored for it)")
+        return FeatureTeacher(live_teacher_input(teacher, data, student_channels(config)))
     if not config.distill.teacher_cache:
         return LiveTeacher(live_teacher_input(teacher, data, student_channels(config)))
     started = time.perf_counter()
@@ -496,8 +568,11 @@ def _tuned(config: Config) -> dict | None:
         return None
     # The values are in the config already (the file was read when it was loaded): not re-read
     # here, where a moved file would lose a finished run.
-    return {"file": config.tuned, "values": {key: functools.reduce(getattr, key.split("."), config)
-                                             for key in TUNED_KEYS}}
+    values = {key: functools.reduce(getattr, key.split("."), config) for key in TUNED_KEYS}
+    method = config.distill.method
+    own = config.distill.params.get(method) or {}
+    values.update({f"distill.params.{method}.{name}": own[name] for name in search_space(method) if name in own})
+    return {"file": config.tuned, "values": values}
 
 
 def _tuned_note(tuned: dict | None) -> str:
@@ -549,7 +624,8 @@ def earlier_run_outputs(out: Path) -> tuple[str, ...]:
     """What ``kdistill run`` writes, plus the seed folders found in ``out`` (an earlier run may
     have used other seeds than this one)."""
     seeds = [entry.name for entry in out.iterdir() if _is_seed_folder(entry)] if out.is_dir() else []
-    return (*RUN_OUTPUTS, *sorted(seeds))
+    methods = [entry.name for entry in out.iterdir() if METHOD_FOLDER.fullmatch(entry.name)] if out.is_dir() else []
+    return (*RUN_OUTPUTS, *sorted(seeds), *sorted(methods))
 
 
 def _is_seed_folder(entry: Path) -> bool:
@@ -557,7 +633,7 @@ def _is_seed_folder(entry: Path) -> bool:
     if not (SEED_FOLDER.fullmatch(entry.name) and entry.is_dir()) or entry.is_symlink():
         return False
     run_names = (*MODEL_FOLDERS[1:], RESUME_FOLDER)  # the students and their resume state
-    return all(_named(child.name, run_names) for child in entry.iterdir())
+    return all(_named(child.name, run_names) or METHOD_FOLDER.fullmatch(child.name) for child in entry.iterdir())
 
 
 def _named(entry_name: str, names: tuple[str, ...]) -> bool:

@@ -1,0 +1,226 @@
+"""Distillation methods through the method contract: each method's loss is its pure loss combined
+as its file documents; feature hooks reach unmodified models; a method's own parameters train,
+resume and stay out of the checkpoint; DKD's warm-up; config and registry checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors.torch import load_file
+from torch import nn
+
+from kdistill.config import load_config
+from kdistill.data import Batch
+from kdistill.distill import FeatureTeacher, build_method
+from kdistill.distill import losses
+from kdistill.distill.hooks import default_layers, embedding_path
+from kdistill.distill.registry import check_params, distilling_methods, search_space, two_class_note
+from kdistill.errors import ConfigError
+from kdistill.models import build_model
+
+LOGIT_METHODS = ("dkd", "dist", "ls")
+FEATURE_METHODS = ("fitnet", "at", "rkd")
+
+
+def tiny_batch(classes: int = 3, size: int = 32, batch: int = 6) -> Batch:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    labels = torch.arange(batch) % classes
+    return Batch(images, labels, torch.arange(batch), torch.zeros(batch, dtype=torch.bool))
+
+
+def fixed_teacher(logits: torch.Tensor):
+    return lambda batch: logits[batch.index]
+
+
+@pytest.fixture
+def student():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+
+
+def test_every_method_is_registered_with_its_declarations():
+    assert set(LOGIT_METHODS + FEATURE_METHODS + ("kd", "article")) <= set(distilling_methods())
+    assert "ce" not in distilling_methods()
+    assert set(search_space("dkd")) == {"beta", "temperature"}
+    for name in ("dkd", "ls", "dist"):
+        assert two_class_note(name, 2) == losses.TWO_CLASS_DEGENERACY[name]
+        assert two_class_note(name, 10) is None
+    assert two_class_note("fitnet", 2) is None
+
+
+def test_logit_methods_equal_their_pure_losses_as_documented(student):
+    batch = tiny_batch()
+    teacher_logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    logits = student(batch.images)
+    ce = F.cross_entropy(logits, batch.labels)
+    expected = {
+        # DKD: CE + min(epoch / warmup, 1) * dkd_loss; epoch 1 of a 20-epoch warm-up.
+        "dkd": ce + (1 / 20) * losses.dkd_loss(logits, teacher_logits, batch.labels, 1.0, 8.0, 4.0),
+        "dist": ce + 2.0 * losses.dist_loss(logits, teacher_logits, 1.0, 1.0, 1.0),
+        "ls": 0.1 * ce + 9.0 * losses.kd_loss(logits, teacher_logits, 2.0, standardize=True),
+    }
+    for name, value in expected.items():
+        out = build_method(name)(batch, student, fixed_teacher(teacher_logits))
+        assert torch.allclose(out["loss"], value, atol=1e-6), name
+        assert torch.equal(out["logits"], logits.detach())
+
+
+def test_ls_hand_checked_value():
+    """Two classes: standardized logits are +-1/sqrt(2) whatever the scale, so KD at T=2 between
+    [+a, -a] (student) and [-a, +a] (teacher), a = 1/sqrt(2), is worked out by hand."""
+    a = 1 / math.sqrt(2)
+    student_logits, teacher_logits = torch.tensor([[3.0, 1.0]]), torch.tensor([[0.0, 5.0]])
+    p_t = torch.softmax(torch.tensor([-a, a]) / 2, 0)
+    p_s = torch.softmax(torch.tensor([a, -a]) / 2, 0)
+    by_hand = float((p_t * (p_t / p_s).log()).sum()) * 4  # KL(t || s) * T**2
+    assert losses.kd_loss(student_logits, teacher_logits, 2.0, standardize=True).item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_dkd_warm_up_follows_the_epoch(student):
+    batch = tiny_batch()
+    teacher_logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    method = build_method("dkd", warmup=4)
+    terms = []
+    for epoch in (1, 2, 4, 8):
+        method.set_epoch(epoch)
+        out = method(batch, student, fixed_teacher(teacher_logits))
+        terms.append(((out["loss"] - out["ce"]) / out["dkd"]).item())
+    assert terms == pytest.approx([0.25, 0.5, 1.0, 1.0])
+
+
+def test_feature_hooks_reach_torchvision_resnet_and_the_reference_student():
+    example = torch.zeros(1, 3, 64, 64)
+    resnet = torchvision.models.resnet18(num_classes=3)
+    assert default_layers(resnet, example) == ["layer3", "layer4"]
+    assert embedding_path(resnet) == "fc:input"
+    reference = build_model("reference_student", 3, input_size=64)
+    assert default_layers(reference, example) == ["features.2", "features.3"]
+    assert embedding_path(reference) == "classifier:input"
+
+
+def bound(name: str, **params):
+    torch.manual_seed(0)
+    student = build_model("reference_student", 3, input_size=32)
+    teacher = FeatureTeacher(torchvision.models.resnet18(num_classes=3))
+    method = build_method(name, **params)
+    method.bind(student, teacher, torch.zeros(1, 3, 32, 32))
+    return method, student, teacher
+
+
+def test_feature_methods_equal_their_pure_losses(monkeypatch):
+    batch = tiny_batch()
+    for name in FEATURE_METHODS:
+        method, student, teacher = bound(name)
+        out = method(batch, student, teacher)
+        out["loss"].backward()
+        assert student.features[0].weight.grad is not None, name  # gradients reach the student
+        # The same outputs taken directly: the student's stages by name, the teacher's likewise.
+        s_out = dict(student.named_modules())
+        with torch.no_grad():
+            x = batch.images
+            conv, relu_out = s_out["features.0"](x), None
+            relu_out = s_out["features.2"](s_out["features.1"](conv))
+            pooled = s_out["features.3"](relu_out)
+            logits = student.classifier(pooled.flatten(1))
+            ce = F.cross_entropy(logits, batch.labels)
+            t = teacher.model
+            h = t.maxpool(t.relu(t.bn1(t.conv1(x))))
+            l1 = t.layer1(h); l2 = t.layer2(l1); l3 = t.layer3(l2)
+            embedding = torch.flatten(t.avgpool(t.layer4(l3)), 1)
+        if name == "fitnet":  # at 32x32 the teacher's two smallest stages above 1x1 are layer2, layer3
+            assert method.teacher_paths == ["layer2"] and method.student_paths == ["features.2"]
+            regressed = method.regressor(losses.resize_map(relu_out, tuple(l2.shape[-2:])))
+            expected = ce + 100.0 * losses.hint_loss(regressed, l2)
+        elif name == "at":
+            expected = ce + losses.attention_transfer_loss([relu_out, pooled], [l2, l3], 1000.0)
+        else:
+            expected = ce + losses.rkd_loss(pooled.flatten(1), embedding, 25.0, 50.0)
+        assert torch.allclose(out["loss"].detach(), expected, rtol=1e-5, atol=1e-5), name
+
+
+def test_attention_map_hand_checked():
+    """One channel [[1, 2], [0, 0]]: energy |A|**2 = [1, 4, 0, 0], normalized by sqrt(17)."""
+    features = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]]]])
+    assert losses.attention_map(features)[0].tolist() == pytest.approx([1 / 17**0.5, 4 / 17**0.5, 0, 0])
+
+
+def test_rkd_is_zero_for_a_scaled_copy_and_positive_otherwise():
+    embedding = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    assert losses.rkd_loss(3 * embedding, embedding, 25.0, 50.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert losses.rkd_loss(embedding.flip(0) ** 2, embedding, 25.0, 50.0).item() > 1e-3
+
+
+def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path):
+    from kdistill.data import load_dataset
+    from kdistill.engine.loop import fit
+    from kdistill.models.checkpoint import architecture
+
+    data = load_dataset(dataset="digits", input_size=16, val_fraction=0.2, test_fraction=0.2,
+                        max_images_per_class=6, hflip=False, cache_dir=None)
+    torch.manual_seed(0)
+    student = build_model("reference_student", 10, input_size=16)
+    teacher = FeatureTeacher(build_model("tiny_cnn_d2", 10, input_size=16, width=4))
+    method = build_method("fitnet")
+    method.bind(student, teacher, torch.zeros(1, 3, 16, 16))
+    before = method.regressor.weight.detach().clone()
+    resume_dir = tmp_path / "resume"
+    kwargs = dict(name="distilled-fitnet", checkpoint_dir=tmp_path / "ckpt", checkpoint_meta={"architecture": architecture("reference_student", 10, 16, 3, {})},
+                  resume_dir=resume_dir, teacher=teacher, batch_size=8, lr=0.01, progress=False)
+    # One epoch of two, then stop: the resume state holds the regressor.
+    saved = {}
+    import kdistill.engine.loop as loop
+
+    original = loop._save_state
+
+    def keep_state(*args, **kw):
+        original(*args, **kw)
+        saved.update(load_file(str(resume_dir / "method.safetensors")))
+
+    loop._save_state = keep_state
+    try:
+        fit(student, method, data, epochs=1, **kwargs)
+    finally:
+        loop._save_state = original
+    assert not torch.equal(method.regressor.weight.detach(), before)  # optimized with the student
+    assert torch.equal(saved["regressor.weight"], method.regressor.weight.detach())
+    exported = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert not any("regressor" in key for key in exported)
+    assert set(exported) == set(student.state_dict())
+
+
+def test_resume_restores_the_method_parameters(tmp_path):
+    from kdistill.engine.loop import _load_state, _save_state, _TrainState, _build_optimizer, _build_schedule
+    from kdistill.engine.precision import grad_scaler
+
+    method, student, _ = bound("fitnet")
+    params = list(student.parameters()) + list(method.parameters())
+    opt = _build_optimizer("adamw", params, 1e-3, 0.0)
+    sched = _build_schedule("cosine", opt, 10)
+    scaler = grad_scaler(torch.device("cpu"), "fp32")
+    state = _TrainState([], 1, 0.5, {k: v.clone() for k, v in student.state_dict().items()})
+    _save_state(tmp_path / "r", student, opt, sched, scaler, state, dict(method.state_dict()))
+    saved = method.regressor.weight.detach().clone()
+    with torch.no_grad():
+        method.regressor.weight.add_(1.0)
+    _load_state(tmp_path / "r", student, opt, sched, scaler, method)
+    assert torch.equal(method.regressor.weight.detach(), saved)
+
+
+def test_config_rejects_unknown_methods_and_parameters_naming_the_key():
+    base = ["data.dataset=digits"]
+    cases = {"distill.method=nope": "distill.method:", "distill.methods=[kd,nope]": "distill.methods[1]:",
+             "distill.params.dkd.gamma=1": "distill.params.dkd.gamma:",
+             "distill.params.dist.weight=-2": "distill.params.dist.weight:",
+             "distill.params.nope.x=1": "distill.params.nope:"}
+    for override, key in cases.items():
+        with pytest.raises(ConfigError) as error:
+            load_config(None, [*base, override])
+        assert str(error.value).startswith(key) and "\n" not in str(error.value), override
+    config = load_config(None, [*base, "distill.methods=[kd,dkd]", "distill.params.dkd.beta=2"])
+    assert config.distill.params["dkd"]["beta"] == 2 and config.distill.params["dkd"]["warmup"] == 20
+    assert check_params("at", {})["beta"] == 1000.0
