@@ -238,3 +238,29 @@ def test_metadata_that_contradicts_the_graph_is_one_line_error(tmp_path, images,
     code = main(["predict", "--checkpoint", str(edited), str(images)])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and str(edited) in line and "64" in line and "32" in line
+
+
+def _gray_checkpoint(directory: Path, size: int = 32) -> Path:
+    """A 1-channel reference student checkpoint, normalized with the averaged ImageNet mean/std."""
+    from kdistill.data.transforms import normalization
+    from kdistill.models import build_model
+    from kdistill.models.checkpoint import architecture, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("reference_student", 2, input_size=size, in_channels=1)
+    mean, std = normalization(1)
+    meta = {"architecture": architecture("reference_student", 2, size, 1, {}), "classes": CLASSES,
+            "positive_class": "PNEUMONIA", "input_size": size, "channels": 1, "mean": list(mean),
+            "std": list(std), "threshold": 0.5}
+    save_checkpoint(directory, model, meta)
+    return directory
+
+
+def test_one_channel_checkpoint_exports_a_one_channel_graph(tmp_path, images):
+    """ONNX metadata and graph input say 1 channel, and int8 calibrates on 1-channel batches."""
+    checkpoint = _gray_checkpoint(tmp_path / "gray")
+    export_checkpoint(checkpoint, int8=True, calibration=images, check_images=images)  # parity checked inside
+    for name in ("model.onnx", "model.int8.onnx"):
+        assert read_contract(checkpoint / name)["channels"] == 1
+        dims = onnx.load(str(checkpoint / name)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims[1:]] == [1, 32, 32]

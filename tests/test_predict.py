@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,36 @@ def test_nothing_readable_is_an_error(tmp_path, folder_with_corrupt, capsys):
     assert main(["predict", "--checkpoint", str(checkpoint), str(corrupt), str(tmp_path / "nope.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "none of the 2 file(s)" in err and "Traceback" not in err
+
+
+def test_one_channel_model_reads_rgb_and_grayscale_files(tmp_path, capsys):
+    """A 1-channel checkpoint and its ONNX copy: an RGB file whose channels are equal predicts exactly
+    as its grayscale twin; a colour file is read as its luma, not refused."""
+    import numpy as np
+    from PIL import Image
+
+    from kdistill.data.transforms import normalization
+    from kdistill.models import build_model
+    from kdistill.models.checkpoint import architecture, save_checkpoint
+
+    import torch
+
+    torch.manual_seed(0)
+    mean, std = normalization(1)
+    checkpoint = tmp_path / "gray"
+    save_checkpoint(checkpoint, build_model("reference_student", 2, input_size=24, in_channels=1),
+                    {"architecture": architecture("reference_student", 2, 24, 1, {}),
+                     "classes": ["NORMAL", "PNEUMONIA"], "positive_class": "PNEUMONIA", "input_size": 24,
+                     "channels": 1, "mean": list(mean), "std": list(std), "threshold": 0.5})
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)
+    files = {"gray": tmp_path / "gray.png", "rgb": tmp_path / "rgb.png", "colour": tmp_path / "colour.png"}
+    Image.fromarray(pixels, mode="L").save(files["gray"])
+    Image.fromarray(np.stack([pixels] * 3, -1), mode="RGB").save(files["rgb"])
+    Image.fromarray(np.stack([pixels, pixels[::-1], pixels.T], -1), mode="RGB").save(files["colour"])
+    export_checkpoint(checkpoint, check_images=make_image_folder(tmp_path / "data", per_class=4) / "train")
+    for model in (checkpoint, checkpoint / "model.onnx"):
+        assert main(["predict", "--checkpoint", str(model), *map(str, files.values()), "--json"]) == 0
+        rows = {Path(r["file"]).stem: r for r in json.loads(capsys.readouterr().out)["predictions"]}
+        assert set(rows) == {"gray", "rgb", "colour"}
+        assert rows["rgb"]["positive_probability"] == rows["gray"]["positive_probability"]
+        assert rows["colour"]["positive_probability"] != rows["gray"]["positive_probability"]
