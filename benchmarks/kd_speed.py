@@ -11,6 +11,12 @@ reference student, a ResNet-18 teacher (random weights: speed does not depend on
 (b) kdistill training the student alone (``kdistill.engine.loop.fit``, cross-entropy).
 (c) kdistill distilling the same student with the decoded-image cache and the teacher-output cache.
     Building both caches is timed separately (``cache_build_s``); later runs reuse them.
+(d) the distilled student on a view bank of ``--bank-views`` K views per image (crop scale 0.6-1,
+    rotation 7, brightness/contrast 0.25, flip), and the student alone drawing from the same bank.
+    ``bank_build_s`` (rendering every view and running the teacher on it, writing the table) is
+    set beside ``bank_teacher_forward_s``, the teacher's forward passes alone over the same K*N
+    pre-rendered views. ``bank_vs_student`` is (d)'s distilled images/s over (b)'s;
+    ``bank_vs_student_same_views`` over the student alone on the bank.
 (a') the naive loop once more at the end: kdistill's training raises glibc's malloc thresholds for
     the whole process (kdistill/engine/allocator.py), so this is the naive recipe with that one setting.
 
@@ -26,6 +32,7 @@ student's CPU fast path (kdistill/models/reference/) gains.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -44,6 +51,7 @@ from kdistill.data import DatasetBundle, ImageSplit
 from kdistill.data.cache import cached_decode
 from kdistill.data.folder import class_names, scan_split
 from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, render_views
 from kdistill.distill import CachedTeacher, build_method
 from kdistill.distill.losses import kd_loss
 from kdistill.log import log
@@ -93,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--fast-path", choices=FAST_PATH_MODES, default="auto",
                         help="the students' student.fast_path setting (default auto)")
+    parser.add_argument("--bank-views", type=int, default=8, help="K views per image of the bank (d)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
@@ -173,18 +182,54 @@ def time_kdistill(classes, paths, labels, cache_dir: Path, args) -> dict:
     mean, std = data.normalization
     cached = CachedTeacher(teacher, train, channels=3, mean=mean, std=std, cache_dir=cache_dir)
     teacher_cache_s = time.perf_counter() - started
-    student_epochs, distill_epochs, waits = [], [], []
+    bank = draw_views(len(train) * args.bank_views, torch.Generator().manual_seed(0), BANK_SPEC)
+    bank = bank.view(len(train), args.bank_views, VIEW_WIDTH)
+    started = time.perf_counter()
+    banked = CachedTeacher(teacher, train, channels=3, mean=mean, std=std, cache_dir=cache_dir, views=bank)
+    bank_build_s = time.perf_counter() - started
+    bank_data = dataclasses.replace(data, bank=bank)
+    student_epochs, distill_epochs, waits, bank_epochs, bank_alone_epochs = [], [], [], [], []
     for _ in range(args.rounds):
         student_epochs += epoch_seconds(data, build_method("ce"), None, args)
         distill_epochs += epoch_seconds(data, build_method("kd", alpha=ALPHA, temperature=TEMPERATURE),
                                         cached, args)
         waits.append(batch_seconds(data, cached, args))
+        bank_epochs += epoch_seconds(bank_data, build_method("kd", alpha=ALPHA, temperature=TEMPERATURE),
+                                     banked, args)
+        bank_alone_epochs += epoch_seconds(bank_data, build_method("ce"), None, args)
     distill_epoch = statistics.median(distill_epochs)
-    return {"student_img_s": len(train) / statistics.median(student_epochs),
+    student_img_s = len(train) / statistics.median(student_epochs)
+    bank_img_s = len(train) / statistics.median(bank_epochs)
+    return {"bank_views": args.bank_views, "bank_build_s": bank_build_s,
+            "bank_teacher_forward_s": teacher_forward_seconds(teacher, train, bank, args),
+            "bank_table_mb": banked.table.numel() * banked.table.element_size() / 1e6,
+            "bank_img_s": bank_img_s, "bank_vs_student": bank_img_s / student_img_s,
+            "bank_vs_student_same_views": bank_img_s * statistics.median(bank_alone_epochs) / len(train),
+            "student_img_s": student_img_s,
             "distill_img_s": len(train) / distill_epoch,
             "data_wait_share": statistics.median(waits) / distill_epoch,
             "cache_build_s": image_cache_s + teacher_cache_s,
             "image_cache_build_s": image_cache_s, "teacher_cache_build_s": teacher_cache_s}
+
+
+BANK_SPEC = AugmentSpec(scale=(0.6, 1.0), rotation=7, brightness=0.25, contrast=0.25)
+
+
+def teacher_forward_seconds(teacher, train: ImageSplit, bank: torch.Tensor, args) -> float:
+    """The teacher's forward passes alone over every view of the bank, rendered beforehand."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    teacher = teacher.eval()
+    total = 0.0
+    for column in range(bank.shape[1]):
+        for start in range(0, len(train), 64):
+            rows = torch.arange(start, min(start + 64, len(train)))
+            images = render_views(train.images[rows], bank[rows, column], train.images, out_size=args.size,
+                                  channels=3, mean=mean, std=std).contiguous(memory_format=torch.channels_last)
+            started = time.perf_counter()
+            with torch.no_grad():
+                teacher(images)
+            total += time.perf_counter() - started
+    return total
 
 
 def epoch_seconds(data: DatasetBundle, method, teacher, args) -> list[float]:
@@ -224,6 +269,10 @@ def report(f: dict) -> str:
         f"cache build (once): {f['cache_build_s']:.1f}s = decoded images {f['image_cache_build_s']:.1f}s "
         f"+ teacher outputs {f['teacher_cache_build_s']:.1f}s",
         f"(a') naive loop again, after kdistill raised malloc's thresholds: {f['naive_same_allocator_img_s']:.1f} images/s",
+        f"(d) distilled on a bank of {f['bank_views']} views: {f['bank_img_s']:.1f} images/s, "
+        f"(d)/(b) = {f['bank_vs_student']:.2f}, over the student alone on the bank {f['bank_vs_student_same_views']:.2f}; "
+        f"bank build {f['bank_build_s']:.1f}s (teacher forward alone {f['bank_teacher_forward_s']:.1f}s), "
+        f"table {f['bank_table_mb']:.2f} MB",
         f"(c)/(b) = {f['distill_vs_student']:.2f}   (c)/(a) = {f['distill_vs_naive']:.1f}   "
         f"(c)/(a') = {f['distill_vs_naive_same_allocator']:.1f}"])
 
