@@ -67,6 +67,7 @@ def test_labeled_fraction_moves_whole_patients_to_the_pool(folders):
     data, plain = load(root, labeled_fraction=0.25), load(root)
     assert 0 < len(data.train) < len(plain.train)
     assert len(data.train) + len(data.unlabeled) == len(plain.train)
+    assert abs(len(data.train) / len(plain.train) - 0.25) < 0.1
     assert not set(data.train.groups) & set(data.unlabeled.groups)
     assert data.val.names == plain.val.names and data.test.names == plain.test.names
 

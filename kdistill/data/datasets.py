@@ -162,7 +162,11 @@ def load_dataset(
 def _drop_labels(raw: _RawSplit, labeled_fraction: float, seed: int, info: dict) -> tuple[_RawSplit, _RawSplit]:
     """Keep the labels of about ``labeled_fraction`` of the patients (stratified); the rest become
     unlabelled images."""
-    keep, dropped = grouped_holdout(raw.labels, raw.groups, 1.0 - labeled_fraction, seed)
+    # grouped_holdout holds out one of round(1 / fraction) folds: hold out the smaller part.
+    if labeled_fraction <= 0.5:
+        dropped, keep = grouped_holdout(raw.labels, raw.groups, labeled_fraction, seed)
+    else:
+        keep, dropped = grouped_holdout(raw.labels, raw.groups, 1.0 - labeled_fraction, seed)
     info["sources"]["unlabeled"] = (f"train/ with labels dropped ({1 - labeled_fraction:.0%} of "
                                     f"patients): a simulation")
     return raw.subset(keep), raw.subset(dropped)
