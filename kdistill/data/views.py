@@ -147,7 +147,9 @@ def render_views(images: torch.Tensor, views: torch.Tensor, partners: torch.Tens
         other = _render_unmixed(partner_images, views[chosen], out_size, channels)
         x[chosen] = _mix(x[chosen], other, views[chosen])
     scale, shift = normalization_affine(mean, std)
-    return (x * scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+    if x.shape[1] != len(scale):  # one grey channel for a colour model: broadcast, as to_model_input does
+        return (x * scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+    return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))  # x is this function's own
 
 
 def _render_unmixed(images: torch.Tensor, views: torch.Tensor, out_size: int, channels: int) -> torch.Tensor:
@@ -163,6 +165,9 @@ def _geometry(x: torch.Tensor, views: torch.Tensor, out_size: int) -> torch.Tens
     full_box = (views[:, X0] == 0) & (views[:, Y0] == 0) & (views[:, X1] == 1) & (views[:, Y1] == 1)
     exact = full_box & (views[:, ANGLE] == 0) & (x.shape[-1] == out_size) & (x.shape[-2] == out_size)
     flipped = views[:, FLIP] > 0.5
+    if not bool(exact.any()):  # every row resampled: no row-wise copies
+        grid = F.affine_grid(_affine(views), [len(x), x.shape[1], out_size, out_size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = x.clone() if bool(exact.all()) else torch.empty(len(x), x.shape[1], out_size, out_size)
     mirror = (exact & flipped).nonzero().flatten()
     if len(mirror):
@@ -193,17 +198,15 @@ def _affine(views: torch.Tensor) -> torch.Tensor:
 
 
 def _intensity(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Brightness then contrast, in place. Exact for factors of 1 (``y * 1 + m * 0`` is ``y``), so
+    rows left unchanged need no masking."""
     brightness, contrast = views[:, BRIGHTNESS], views[:, CONTRAST]
-    changed = ((brightness != 1) | (contrast != 1)).nonzero().flatten()
-    if not len(changed):
+    if not bool(((brightness != 1) | (contrast != 1)).any()):
         return x
-    y = (x[changed] * brightness[changed].view(-1, 1, 1, 1)).clamp_(0, 255)
-    grey = y.mean(dim=(1, 2, 3), keepdim=True)
-    c = contrast[changed].view(-1, 1, 1, 1)
-    blended = (y * c + grey * (1 - c)).clamp_(0, 255)
-    # Rows whose contrast is 1 keep y untouched: (y - m) * 1 + m need not give y back in float.
-    x[changed] = torch.where(c == 1, y, blended)
-    return x
+    x.mul_(brightness.view(-1, 1, 1, 1)).clamp_(0, 255)
+    grey = x.mean(dim=(1, 2, 3), keepdim=True)
+    c = contrast.view(-1, 1, 1, 1)
+    return x.mul_(c).add_(grey * (1 - c)).clamp_(0, 255)
 
 
 def _mix(x: torch.Tensor, other: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
