@@ -202,8 +202,9 @@ def test_resume_restores_the_method_parameters(tmp_path):
     opt = _build_optimizer("adamw", params, 1e-3, 0.0)
     sched = _build_schedule("cosine", opt, 10)
     scaler = grad_scaler(torch.device("cpu"), "fp32")
-    state = _TrainState([], 1, 0.5, {k: v.clone() for k, v in student.state_dict().items()})
-    _save_state(tmp_path / "r", student, opt, sched, scaler, state, dict(method.state_dict()))
+    state = _TrainState([], 1, 0.5, {k: v.clone() for k, v in student.state_dict().items()},
+                        dict(method.state_dict()))
+    _save_state(tmp_path / "r", student, opt, sched, scaler, state)
     saved = method.regressor.weight.detach().clone()
     with torch.no_grad():
         method.regressor.weight.add_(1.0)

@@ -116,7 +116,8 @@ def fit(
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log.info(_epoch_line(name, record, epochs))
         if world.is_main:
-            _save_state(resume_dir, model, opt, sched, runner.scaler, state, method_state(method))
+            state.method_tensors = method_state(method)
+            _save_state(resume_dir, model, opt, sched, runner.scaler, state)
     model.load_state_dict(state.best_weights)
     best_val = {k[4:]: v for k, v in state.history[state.best_epoch - 1].items() if k.startswith("val_")}
     meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
@@ -135,6 +136,8 @@ class _TrainState:
     best_epoch: int
     best_score: float | None
     best_weights: dict | None
+    # A method's own parameters (a regressor): in the resume state only, never in the checkpoint.
+    method_tensors: dict = dataclasses.field(default_factory=dict)
 
     def improved_by(self, score: float | None, metric: str) -> bool:
         if score is None or (isinstance(score, float) and math.isnan(score)):
@@ -324,8 +327,7 @@ def remove_resume_state(resume_dir: Path) -> None:
     shutil.rmtree(_previous_dir(resume_dir), ignore_errors=True)
 
 
-def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState,
-                method_tensors: dict[str, torch.Tensor] | None = None) -> None:
+def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState) -> None:
     """Weights, optimizer and best weights as safetensors; the rest (scheduler, the fp16 gradient
     scaler's loss scale and growth counter) as JSON. No pickle.
 
@@ -344,8 +346,8 @@ def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState,
         save_file({k: v.cpu() for k, v in state.best_weights.items()}, str(tmp / "best.safetensors"))
         save_file(opt_tensors or {"__empty__": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
         files = list(STATE_FILES)
-        if method_tensors:  # the method's own parameters (a regressor): resumed, never exported
-            save_file({k: v.detach().cpu().contiguous() for k, v in method_tensors.items()},
+        if state.method_tensors:  # the method's own parameters (a regressor): resumed, never exported
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.method_tensors.items()},
                       str(tmp / METHOD_FILE))
             files.append(METHOD_FILE)
         sched_state = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
