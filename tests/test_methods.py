@@ -225,3 +225,16 @@ def test_config_rejects_unknown_methods_and_parameters_naming_the_key():
     config = load_config(None, [*base, "distill.methods=[kd,dkd]", "distill.params.dkd.beta=2"])
     assert config.distill.params["dkd"]["beta"] == 2 and config.distill.params["dkd"]["warmup"] == 20
     assert check_params("at", {})["beta"] == 1000.0
+
+
+def test_tune_searches_the_methods_own_parameters():
+    from kdistill.tune import search_for, with_values
+
+    kd = load_config(None, ["data.dataset=digits"])
+    assert set(search_for(kd)) == {"alpha", "temperature", "lr"}
+    dkd = load_config(None, ["data.dataset=digits", "distill.method=dkd"])
+    space = search_for(dkd)
+    assert space["beta"] == ("distill.params.dkd.beta", 1.0, 16.0, True) and "alpha" not in space
+    tried = with_values(dkd, {"beta": 3.0, "temperature": 2.0, "lr": 1e-3}, space)
+    assert tried.distill.params["dkd"] == {"beta": 3.0, "temperature": 2.0}
+    assert tried.student.train.lr == 1e-3 and tried.distill.temperature == dkd.distill.temperature
