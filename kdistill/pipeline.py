@@ -195,7 +195,9 @@ def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, 
     for seed, folder in student_folders(config, out):
         seeded = dataclasses.replace(config, seed=seed)
         students = [("baseline", "baseline", "ce", None)]
-        students += [("distilled", name, method, teacher_outputs_for(method, teacher, data, config, outputs))
+        students += [("distilled", name, method,
+                      None if resume and (folder / name / "model.json").is_file()  # reused, not trained
+                      else teacher_outputs_for(method, teacher, data, config, outputs))
                      for method, name in runs]
         for role, name, method, method_outputs in students:
             model, meta = train_student(with_method(seeded, method) if role == "distilled" else seeded,
