@@ -180,6 +180,10 @@ class DistillConfig:
         None, "K views per training image drawn once from data.augment (the view bank); each epoch "
         "the students draw one per image and the cached teacher output is that view's (null or 0: "
         "flips only)")
+    bank_memory_mb: int = setting(
+        4096, "the view bank is rendered once into uint8 images when they fit in this many MB "
+        "(N*K*S*H*W bytes, S the source channels: 4,400 grey images, K=8, 128 px: ~577 MB), so "
+        "each step reads them as ordinary batches; above it each batch renders its views")
     bank_seed: int = setting(0, "seed of the view bank (fixed apart from the training seed, so every "
                              "student seed shares one bank and one teacher table)")
     cache_dtype: Literal["float32", "float16"] = setting(

@@ -49,11 +49,11 @@ from kdistill.models.checkpoint import architecture, load_checkpoint, read_meta,
 from kdistill.config import TUNED_KEYS, Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.datasets import with_unlabeled
-from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views
+from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, materialized_bytes
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import CachedTeacher, FeatureTeacher, HeadOnStoredFeatures, LiveTeacher, build_method, freeze
 from kdistill.distill.registry import method_defaults, needs_of, search_space, shared_keys, two_class_note
-from kdistill.distill.teacher import FLIP_VIEWS
+from kdistill.distill.teacher import FLIP_VIEWS, tensor_sha256
 from kdistill.data.doctor import examine
 from kdistill.deploy.budget import enforce_budget
 from kdistill.errors import CheckpointError, ConfigError, DataError
@@ -370,9 +370,12 @@ def student_views(config: Config, data: DatasetBundle, role: str) -> DatasetBund
     with a live teacher both see fresh views of ``data.augment`` every step; with the teacher's
     flip table both see flips only (the table holds no other view)."""
     bank = view_bank(config, data)
+    bank_images = None if bank is None else materialized_bank(config, data, bank)
     data = with_unlabeled(data) if role == "distilled" else dataclasses.replace(data, unlabeled=None)
     if bank is not None:
-        return dataclasses.replace(data, bank=bank[:len(data.train)])
+        rows = len(data.train)  # the baseline's rows lead the distilled student's
+        return dataclasses.replace(data, bank=bank[:rows],
+                                   bank_images=None if bank_images is None else bank_images[:rows])
     if config.distill.teacher_cache:
         return dataclasses.replace(data, augment=None)
     return data
@@ -395,6 +398,31 @@ def view_bank(config: Config, data: DatasetBundle) -> torch.Tensor | None:
     if data.unlabeled is not None:
         parts.append(draw_views(len(data.unlabeled) * count, generator, spec, partner_count=labelled))
     return torch.cat(parts).view(-1, count, VIEW_WIDTH)
+
+
+# The last materialized bank, with its key: every student and the teacher table read one copy.
+_MATERIALIZED: dict = {}
+
+
+def materialized_bank(config: Config, data: DatasetBundle, bank: torch.Tensor) -> torch.Tensor | None:
+    """The view bank rendered once as uint8 images ``[N, K, S, H, W]`` over the train then the
+    unlabelled images, or None (each batch renders its views) when it would take more than
+    ``distill.bank_memory_mb``."""
+    train = with_unlabeled(data).train
+    needed_mb = materialized_bytes(train.images, bank.shape[1]) / 1e6
+    if needed_mb > config.distill.bank_memory_mb:
+        log.info(f"view bank: materialized it would take {needed_mb:.0f} MB > distill.bank_memory_mb="
+                 f"{config.distill.bank_memory_mb}; rendering each batch's views instead")
+        return None
+    key = (tensor_sha256(bank), tensor_sha256(train.images))
+    if _MATERIALIZED.get("key") != key:
+        _MATERIALIZED.clear()  # one bank at a time: drop the old one before building the new
+        started = time.perf_counter()
+        images = materialize_views(train.images, bank, train.images)
+        log.info(f"view bank: {bank.shape[1]} views of {len(train)} images rendered to uint8 "
+                 f"({needed_mb:.0f} MB) in {time.perf_counter() - started:.1f}s")
+        _MATERIALIZED.update(key=key, images=images)
+    return _MATERIALIZED["images"]
 
 
 def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
@@ -443,7 +471,8 @@ def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config, method
     train = with_unlabeled(data).train  # the distilled student's images: train, then unlabelled
     outputs = CachedTeacher(teacher, train, channels=data.channels, mean=mean, std=std,
                             cache_dir=resolve_cache_dir(config.data.cache_dir),
-                            dtype=config.distill.cache_dtype, views=views)
+                            dtype=config.distill.cache_dtype, views=views,
+                            bank_images=None if bank is None else materialized_bank(config, data, bank))
     log.info(f"teacher outputs for {len(train)} images x {outputs.table.shape[1]} views ready in "
              f"{time.perf_counter() - started:.1f}s (computed or read from the cache)")
     return outputs

@@ -59,6 +59,9 @@ class DatasetBundle:
     # Images without labels (``data.unlabeled``, or train images whose labels a labelled-fraction
     # simulation dropped): label -1; only the distilled student trains on them.
     unlabeled: ImageSplit | None = None
+    # The bank rendered once, uint8 ``[N, K, S, H, W]`` (``materialize_views``): batches index it and
+    # take the ordinary uint8 path; None: each batch renders its views.
+    bank_images: torch.Tensor | None = None
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -361,6 +364,7 @@ def iterate_batches(
     shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
     views: torch.Tensor | None = None,
     view_ids: torch.Tensor | None = None,
+    bank_images: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
     """Yield normalized batches; shuffling and flips draw from ``generator`` so they replay exactly.
     ``channels_last`` lays the images out NHWC (training: the convolutions run faster on CPU).
@@ -370,7 +374,9 @@ def iterate_batches(
     draws the same permutation and flips, so the parts are disjoint.
     ``views`` (``[N, VIEW_WIDTH]``, one per image, kdistill/data/views.py) renders each image's view
     instead of the flips (``augment`` is then ignored); ``view_ids`` (``[N]``) records which bank
-    column each came from, in ``Batch.view``."""
+    column each came from, in ``Batch.view``. With ``bank_images`` (the materialized bank,
+    ``[N, K, S, H, W]`` uint8) each image's view is read from it at ``view_ids`` instead of
+    rendered, and the batch takes the uint8 path (``to_input`` included)."""
     count = len(split)
     if (shuffle or augment) and generator is None:
         raise ValueError("shuffle/augment need a seeded generator")
@@ -380,6 +386,10 @@ def iterate_batches(
         order = shard(order)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
+        if views is not None and bank_images is not None:
+            yield _stored_view_batch(split, index, views, view_ids, bank_images, channels, mean, std,
+                                     channels_last, to_input)
+            continue
         if views is not None:
             yield _view_batch(split, index, views, view_ids, channels, mean, std, channels_last)
             continue
@@ -403,6 +413,27 @@ def _view_batch(split: ImageSplit, index: torch.Tensor, views: torch.Tensor, vie
                           channels=channels, mean=mean, std=std)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    return _batch_of_views(split, index, chosen, view_ids, images)
+
+
+def _stored_view_batch(split: ImageSplit, index: torch.Tensor, views: torch.Tensor, view_ids, bank_images,
+                       channels: int, mean, std, channels_last: bool, to_input) -> Batch:
+    """The batch of ``index`` in its views, read from the materialized bank: a plain uint8 batch."""
+    if view_ids is None:
+        raise ValueError("a materialized view bank needs the bank columns of the views (view_ids)")
+    images = bank_images[index, view_ids[index]]
+    if to_input is not None:
+        images = to_input(images)
+    else:
+        images = to_model_input(images, channels, mean, std)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+    return _batch_of_views(split, index, views[index], view_ids, images)
+
+
+def _batch_of_views(split: ImageSplit, index: torch.Tensor, chosen: torch.Tensor, view_ids,
+                    images) -> Batch:
+    """A batch of views ``chosen`` with the mixing partners' labels and lambdas when any is mixed."""
     partner = chosen[:, PARTNER].long()
     mixed = partner >= 0
     labels = split.labels[index]

@@ -138,6 +138,40 @@ def render_views(images: torch.Tensor, views: torch.Tensor, partners: torch.Tens
     """uint8 ``[B, S, H, W]`` and their views ``[B, VIEW_WIDTH]`` -> normalized float32
     ``[B, channels, out_size, out_size]``. ``partners`` gives the mixing partners' uint8 images:
     a tensor indexed by the views' partner column, or a function of those indices."""
+    x = _render_raw(images, views, partners, out_size=out_size, channels=channels)
+    scale, shift = normalization_affine(mean, std)
+    if x.shape[1] != len(scale):  # one grey channel for a colour model: broadcast, as to_model_input does
+        return (x * scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
+    return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))  # x is this function's own
+
+
+def materialize_views(images: torch.Tensor, bank: torch.Tensor, partners: torch.Tensor | PartnerLookup | None,
+                      *, chunk: int = 256) -> torch.Tensor:
+    """Every view of a per-image bank ``[N, K, VIEW_WIDTH]`` rendered once at the images' size and
+    rounded to uint8: ``[N, K, S, H, W]``, S the source channels (the materialized bank). A batch
+    of it is then an ordinary uint8 batch, and teacher and student read the very same image.
+    Rounding moves each value by at most 0.5/255 of the full range from the float render; mixing
+    partners are rendered into the stored view. Memory: N*K*S*H*W bytes (4,400 grey images, K=8,
+    128 px: ~577 MB)."""
+    count, views_per_image = bank.shape[:2]
+    channels, height, width = images.shape[1:]
+    out = torch.empty(count, views_per_image, channels, height, width, dtype=torch.uint8)
+    for column in range(views_per_image):
+        for start in range(0, count, chunk):
+            rows = slice(start, min(start + chunk, count))
+            out[rows, column] = _render_raw(images[rows], bank[rows, column], partners,
+                                            out_size=width, channels=channels).round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def materialized_bytes(images: torch.Tensor, views_per_image: int) -> int:
+    """Bytes a materialized bank of ``views_per_image`` views of ``images`` ``[N, S, H, W]`` takes."""
+    return images.numel() * views_per_image
+
+
+def _render_raw(images: torch.Tensor, views: torch.Tensor, partners, *, out_size: int,
+                channels: int) -> torch.Tensor:
+    """The views before normalization, values in [0, 255]: float32 ``[B, 1|channels, out, out]``."""
     x = _render_unmixed(images, views, out_size, channels)
     mixed = views[:, MIX] > 0
     if bool(mixed.any()):
@@ -146,10 +180,7 @@ def render_views(images: torch.Tensor, views: torch.Tensor, partners: torch.Tens
         partner_images = partners(index) if callable(partners) else partners[index]
         other = _render_unmixed(partner_images, views[chosen], out_size, channels)
         x[chosen] = _mix(x[chosen], other, views[chosen])
-    scale, shift = normalization_affine(mean, std)
-    if x.shape[1] != len(scale):  # one grey channel for a colour model: broadcast, as to_model_input does
-        return (x * scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
-    return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))  # x is this function's own
+    return x
 
 
 def _render_unmixed(images: torch.Tensor, views: torch.Tensor, out_size: int, channels: int) -> torch.Tensor:

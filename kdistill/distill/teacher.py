@@ -79,22 +79,26 @@ class CachedTeacher:
 
     ``views`` is either one bank shared by every image (``[K, 5]``, default the plain and mirrored
     views; rows looked up by ``Batch.flipped``) or a bank per image (``[N, K, VIEW_WIDTH]``,
-    kdistill/data/views.py; rows looked up by ``Batch.view``)."""
+    kdistill/data/views.py; rows looked up by ``Batch.view``). ``bank_images``, the per-image bank
+    materialized as uint8 images (``[N, K, S, H, W]``, ``materialize_views``), makes the table from
+    those very images: the student reads the same uint8 view, so the replay is exact by construction."""
 
     reads_images = False  # rows are looked up by Batch.index and Batch.flipped / Batch.view
 
     def __init__(self, model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
                  batch_size: int = 64, cache_dir: Path | None = None, dtype: str = "float32",
-                 views: torch.Tensor = FLIP_VIEWS):
+                 views: torch.Tensor = FLIP_VIEWS, bank_images: torch.Tensor | None = None):
         model = freeze(model)
         key = {"what": "logits", "weights": state_dict_sha256(model.state_dict())}
+        if bank_images is not None:  # views rounded to uint8 give other numbers than float renders
+            key["rendered"] = "uint8"
         self.per_image = views.dim() == 3
         self.view_of_flip = None if self.per_image else flip_view_index(views)
 
         def compute() -> torch.Tensor:
             if self.per_image:
                 return bank_table(model, split, views, channels=channels, mean=mean, std=std,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, bank_images=bank_images)
             return view_table(model, split, channels=channels, mean=mean, std=std,
                               batch_size=batch_size, views=views)
 
@@ -141,13 +145,17 @@ def view_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, *,
 
 
 def bank_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, bank: torch.Tensor, *,
-               channels: int, mean, std, batch_size: int = 64) -> torch.Tensor:
+               channels: int, mean, std, batch_size: int = 64,
+               bank_images: torch.Tensor | None = None) -> torch.Tensor:
     """``fn`` on every image's every view of a per-image bank ``[N, K, VIEW_WIDTH]``, rendered as
-    training renders them, batched under ``no_grad``: ``[N, K, D]`` float32."""
+    training renders them (or read from ``bank_images``, the bank materialized as uint8), batched
+    under ``no_grad``: ``[N, K, D]`` float32."""
     table = None
     for column in range(bank.shape[1]):
+        view_ids = torch.full((len(split),), column, dtype=torch.long)
         for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std,
-                                     channels_last=True, views=bank[:, column]):
+                                     channels_last=True, views=bank[:, column], view_ids=view_ids,
+                                     bank_images=bank_images):
             with torch.no_grad():
                 out = fn(batch.images).float()
             if table is None:

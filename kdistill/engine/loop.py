@@ -219,15 +219,18 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
 def training_batches(model, teacher, data: DatasetBundle, batch_size: int, generator: torch.Generator,
                      runner: _StepRunner | None = None, world: distributed.World = distributed.World()):
     """One epoch's training batches for ``model``, as the training loop draws them. Views other
-    than flips (``data.augment``, ``data.bank``) arrive rendered and normalized: a model's own fast
-    input form applies to plain and mirrored images only."""
+    than flips (``data.augment``, ``data.bank``) arrive rendered and normalized, except a
+    materialized bank's (``data.bank_images``): those are plain uint8 images, so a model's own fast
+    input form applies to them as to plain and mirrored images."""
     mean, std = data.normalization
     views, view_ids = epoch_views(data, generator)
-    to_input = training_input(model, teacher, data, runner, world) if views is None else None
+    stored = views is not None and data.bank_images is not None
+    to_input = training_input(model, teacher, data, runner, world) if views is None or stored else None
     return iterate_batches(data.train, batch_size, channels=data.channels, mean=mean, std=std,
                            shuffle=True, augment=data.hflip, generator=generator,
                            # channels_last: the reference student's CPU training step runs faster on it.
                            channels_last=True, to_input=to_input, views=views, view_ids=view_ids,
+                           bank_images=data.bank_images if stored else None,
                            shard=functools.partial(distributed.shard, world=world) if world.active else None)
 
 
