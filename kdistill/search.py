@@ -44,8 +44,9 @@ from kdistill.errors import KdistillError
 from kdistill.fileio import atomic_file, write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model
-from kdistill.pipeline import (prepare_teacher_outputs, remove_if_empty, run, seed_everything, student_channels,
-                               train_student, train_teacher)
+from kdistill.distill.setup import prepare_teacher_outputs, student_channels
+from kdistill.engine.run_folder import remove_if_empty
+from kdistill.pipeline import run, seed_everything, train_student, train_teacher
 from kdistill.tune import ForbiddenTestSplit
 
 FILES = ("search.json", "search.md", "search.png")

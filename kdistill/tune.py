@@ -32,8 +32,9 @@ from kdistill.data import DatasetBundle, load_dataset
 from kdistill.errors import ConfigError, KdistillError
 from kdistill.fileio import write_text_atomic
 from kdistill.log import log
-from kdistill.pipeline import (prepare_teacher_outputs, remove_if_empty, seed_everything, train_student,
-                               train_teacher)
+from kdistill.distill.setup import prepare_teacher_outputs
+from kdistill.engine.run_folder import remove_if_empty
+from kdistill.pipeline import seed_everything, train_student, train_teacher
 from kdistill.engine.loop import LOWER_IS_BETTER
 
 # Shared search name -> (config key, log scale); their ranges are the tune section's.

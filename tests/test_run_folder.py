@@ -8,6 +8,7 @@ import pytest
 
 from conftest import leftover_temp_files, tiny_config, write_config
 from kdistill import pipeline
+from kdistill.engine import run_folder
 from kdistill.cli import main
 from kdistill.config import from_dict
 from kdistill.models.checkpoint import read_meta
@@ -60,7 +61,7 @@ def test_clearing_takes_seed_folders_and_leftovers_but_not_the_users_files(tmp_p
         (out / name).write_text("{}")
     config = from_dict(tiny_config(image_root, out, teacher={"checkpoint": str(out / "teacher")}))
 
-    pipeline.clear_earlier_run(out, config, pipeline.earlier_run_outputs(out))
+    run_folder.clear_earlier_run(out, config, run_folder.earlier_run_outputs(out))
 
     assert sorted(path.name for path in out.iterdir()) == ["notes.md", "seed7", "teacher"]
     assert (out / "seed7" / "mine").is_dir() and leftover_temp_files(out) == []
@@ -108,6 +109,6 @@ def test_a_run_into_an_empty_or_new_folder_removes_nothing(image_root, tmp_path,
     missing, empty = tmp_path / "missing", tmp_path / "empty"
     empty.mkdir()
     for out in (missing, empty):
-        pipeline.clear_earlier_run(out, config, pipeline.earlier_run_outputs(out))
+        run_folder.clear_earlier_run(out, config, run_folder.earlier_run_outputs(out))
     assert not missing.exists() and list(empty.iterdir()) == []
     assert "removed" not in caplog.text

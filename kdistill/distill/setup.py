@@ -1,0 +1,154 @@
+"""What the students see and what the teacher provides: the students' channels, training images
+and views (unlabelled images, the view bank and its rendered uint8 copy), and the teacher's outputs
+a distillation method reads (cached table, live teacher, or live teacher with feature hooks)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from kdistill.config import Config
+from kdistill.data import DatasetBundle
+from kdistill.data.cache import resolve_cache_dir
+from kdistill.data.datasets import with_unlabeled
+from kdistill.data.transforms import normalization
+from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, materialized_bytes
+from kdistill.distill.registry import needs_of
+from kdistill.distill.teacher import FLIP_VIEWS, CachedTeacher, FeatureTeacher, LiveTeacher, tensor_sha256
+from kdistill.errors import ConfigError
+from kdistill.log import log
+from kdistill.models.channels import ChannelAdapter
+
+
+def student_channels(config: Config) -> int:
+    """The student's input channels: ``student.channels``, else ``data.channels``."""
+    return config.student.channels or config.data.channels
+
+
+def student_data(config: Config, data: DatasetBundle, role: str = "distilled") -> DatasetBundle:
+    """The data as the student reads it: same splits, batches built for the student's channels
+    (and their normalization). The stored images serve both: one grayscale channel is expanded,
+    colour images are averaged, at batch time. Its training views: see ``student_views``."""
+    channels = student_channels(config)
+    data = data if channels == data.channels else dataclasses.replace(data, channels=channels)
+    return student_views(config, data, role)
+
+
+def student_views(config: Config, data: DatasetBundle, role: str) -> DatasetBundle:
+    """The students' training images and views. The distilled student also trains on the
+    unlabelled images; the baseline never does. Under a view bank both draw from the same bank;
+    with a live teacher both see fresh views of ``data.augment`` every step; with the teacher's
+    flip table both see flips only (the table holds no other view)."""
+    bank = view_bank(config, data)
+    bank_images = None if bank is None else materialized_bank(config, data, bank)
+    data = with_unlabeled(data) if role == "distilled" else dataclasses.replace(data, unlabeled=None)
+    if bank is not None:
+        rows = len(data.train)  # the baseline's rows lead the distilled student's
+        return dataclasses.replace(data, bank=bank[:rows],
+                                   bank_images=None if bank_images is None else bank_images[:rows])
+    if config.distill.teacher_cache:
+        return dataclasses.replace(data, augment=None)
+    return data
+
+
+def view_bank(config: Config, data: DatasetBundle) -> torch.Tensor | None:
+    """``distill.bank_views`` views per image (``[N, K, VIEW_WIDTH]``) drawn from
+    ``distill.bank_seed``: the train split's rows first, then the unlabelled images', so the
+    baseline's rows are the distilled student's first rows. Mixing partners are labelled images."""
+    count = config.distill.bank_views
+    if not count:
+        return None
+    if not config.distill.teacher_cache:
+        raise ConfigError("distill.bank_views: a view bank replays stored teacher outputs; with "
+                          "distill.teacher_cache=false the live teacher sees fresh views instead (set one)")
+    generator = torch.Generator().manual_seed(config.distill.bank_seed)
+    spec = data.augment or AugmentSpec(hflip=data.hflip)
+    labelled = len(data.train)
+    parts = [draw_views(labelled * count, generator, spec, partner_count=labelled)]
+    if data.unlabeled is not None:
+        parts.append(draw_views(len(data.unlabeled) * count, generator, spec, partner_count=labelled))
+    return torch.cat(parts).view(-1, count, VIEW_WIDTH)
+
+
+# The last materialized bank, with its key: every student and the teacher table read one copy.
+_MATERIALIZED: dict = {}
+
+
+def materialized_bank(config: Config, data: DatasetBundle, bank: torch.Tensor) -> torch.Tensor | None:
+    """The view bank rendered once as uint8 images ``[N, K, S, H, W]`` over the train then the
+    unlabelled images, or None (each batch renders its views) when it would take more than
+    ``distill.bank_memory_mb``."""
+    train = with_unlabeled(data).train
+    needed_mb = materialized_bytes(train.images, bank.shape[1]) / 1e6
+    if needed_mb > config.distill.bank_memory_mb:
+        log.info(f"view bank: materialized it would take {needed_mb:.0f} MB > distill.bank_memory_mb="
+                 f"{config.distill.bank_memory_mb}; rendering each batch's views instead")
+        return None
+    key = (tensor_sha256(bank), tensor_sha256(train.images))
+    if _MATERIALIZED.get("key") != key:
+        _MATERIALIZED.clear()  # one bank at a time: drop the old one before building the new
+        started = time.perf_counter()
+        images = materialize_views(train.images, bank, train.images)
+        log.info(f"view bank: {bank.shape[1]} views of {len(train)} images rendered to uint8 "
+                 f"({needed_mb:.0f} MB) in {time.perf_counter() - started:.1f}s")
+        _MATERIALIZED.update(key=key, images=images)
+    return _MATERIALIZED["images"]
+
+
+def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
+    """Images without labels train only through a distillation term on every row: ``kd`` (its
+    cross-entropy covers the labelled rows). Other methods need every label."""
+    if data.unlabeled is None and not bool((data.train.labels < 0).any()):
+        return
+    if config.distill.method != "kd":
+        raise ConfigError(f"distill.method: {config.distill.method} needs a label on every image; "
+                          f"data.unlabeled / data.labeled_fraction work with method kd")
+
+
+def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config, method: str | None = None):
+    """What the distillation loss reads the teacher's logits from: a live teacher, or (the default)
+    its outputs per view, computed once and cached (kdistill/distill/teacher.py). ``data`` is the
+    teacher's view of the data; a live teacher fed a grayscale student's batches runs behind an
+    exact channel adapter. A method that reads features gets the live teacher with hooks (a
+    cache of full-resolution feature maps per view would not fit in memory)."""
+    mean, std = data.normalization
+    if "features" in needs_of(method or config.distill.method):
+        if config.distill.teacher_cache:
+            log.info(f"{method or config.distill.method}: reads teacher features, so the teacher runs live "
+                     f"every step (distill.teacher_cache ignored for it)")
+        return FeatureTeacher(live_teacher_input(teacher, data, student_channels(config)))
+    if not config.distill.teacher_cache:
+        return LiveTeacher(live_teacher_input(teacher, data, student_channels(config)))
+    started = time.perf_counter()
+    bank = view_bank(config, data)
+    views = FLIP_VIEWS if bank is None else bank
+    train = with_unlabeled(data).train  # the distilled student's images: train, then unlabelled
+    outputs = CachedTeacher(teacher, train, channels=data.channels, mean=mean, std=std,
+                            cache_dir=resolve_cache_dir(config.data.cache_dir),
+                            dtype=config.distill.cache_dtype, views=views,
+                            bank_images=None if bank is None else materialized_bank(config, data, bank))
+    log.info(f"teacher outputs for {len(train)} images x {outputs.table.shape[1]} views ready in "
+             f"{time.perf_counter() - started:.1f}s (computed or read from the cache)")
+    return outputs
+
+
+def teacher_outputs_for(method: str, teacher, data: DatasetBundle, config: Config, prepared: dict):
+    """The teacher outputs ``method`` reads, prepared once per kind into ``prepared``."""
+    kind = "features" if "features" in needs_of(method) else "logits"
+    if kind not in prepared:
+        prepared[kind] = prepare_teacher_outputs(teacher, data, config, method)
+    return prepared[kind]
+
+
+def live_teacher_input(teacher: torch.nn.Module, data: DatasetBundle, channels: int) -> torch.nn.Module:
+    """The teacher as it runs on batches made for a ``channels``-channel student: itself when the
+    channels agree, else wrapped in a ``ChannelAdapter`` (1-channel student, 3-channel teacher)."""
+    if channels == data.channels:
+        return teacher
+    if channels != 1:
+        raise ConfigError(f"student.channels: {channels} with a {data.channels}-channel teacher needs "
+                          f"distill.teacher_cache=true (a live teacher adapts 1 channel to 3 only)")
+    (mean_in, std_in), (mean_out, std_out) = normalization(channels), data.normalization
+    return ChannelAdapter(teacher, mean_in=mean_in, std_in=std_in, mean_out=mean_out, std_out=std_out)
