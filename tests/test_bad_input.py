@@ -124,7 +124,7 @@ def test_corrupt_jpeg_is_an_error_when_asked(image_root, tmp_path, capsys):
 @pytest.mark.parametrize("override,needles", [
     ("student.train.epoch=3", ["student.train.epoch", "unknown key"]),
     ("student.train.epochs=abc", ["student.train.epochs", "expected int", "'abc'"]),
-    ("distill.method=fitnet", ["distill.method", "'fitnet'"]),
+    ("distill.method=nosuch", ["distill.method", "'nosuch'"]),
     ("distill.alpha=1.5", ["distill.alpha"]),
     ("student.train.lr=nan", ["student.train.lr", "finite"]),
     ("distill.temperature=inf", ["distill.temperature", "finite"]),
