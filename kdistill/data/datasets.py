@@ -394,14 +394,17 @@ def iterate_batches(
             yield _view_batch(split, index, views, view_ids, channels, mean, std, channels_last)
             continue
         flipped = flips[index]
-        images = apply_flips(split.images[index], flipped)
-        if to_input is not None:
-            images = to_input(images)
-        else:
-            images = to_model_input(images, channels, mean, std)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        images = _as_model_input(apply_flips(split.images[index], flipped), to_input, channels, mean, std,
+                                 channels_last)
         yield Batch(images, split.labels[index], index, flipped)
+
+
+def _as_model_input(images: torch.Tensor, to_input, channels: int, mean, std, channels_last: bool):
+    """A uint8 batch as the model takes it: its own fast form (``to_input``) or normalized floats."""
+    if to_input is not None:
+        return to_input(images)
+    images = to_model_input(images, channels, mean, std)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def _view_batch(split: ImageSplit, index: torch.Tensor, views: torch.Tensor, view_ids, channels: int,
@@ -421,13 +424,7 @@ def _stored_view_batch(split: ImageSplit, index: torch.Tensor, views: torch.Tens
     """The batch of ``index`` in its views, read from the materialized bank: a plain uint8 batch."""
     if view_ids is None:
         raise ValueError("a materialized view bank needs the bank columns of the views (view_ids)")
-    images = bank_images[index, view_ids[index]]
-    if to_input is not None:
-        images = to_input(images)
-    else:
-        images = to_model_input(images, channels, mean, std)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    images = _as_model_input(bank_images[index, view_ids[index]], to_input, channels, mean, std, channels_last)
     return _batch_of_views(split, index, views[index], view_ids, images)
 
 
