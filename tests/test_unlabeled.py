@@ -110,3 +110,32 @@ def test_methods_that_need_labels_say_so(folders):
     with pytest.raises(ConfigError, match="needs a label on every image"):
         check_unlabeled_method(config, student_data(config, data, "distilled"))
     check_unlabeled_method(load_config(None, [f"data.root={root}"]), student_data(config, data, "distilled"))
+
+
+def test_training_accuracy_counts_labelled_rows_only(image_root, tmp_path):
+    """Unlabelled rows (label -1) have no right answer: a method that is right on every labelled
+    row scores training accuracy 1.0, however many unlabelled rows the epoch holds."""
+    import dataclasses
+
+    from kdistill.data import load_dataset
+    from kdistill.engine.loop import fit
+    from kdistill.models import build_model
+    from kdistill.models.checkpoint import architecture
+
+    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    labels = data.train.labels.clone()
+    labels[::2] = -1  # half the training rows lose their label
+    data = dataclasses.replace(data, train=dataclasses.replace(data.train, labels=labels))
+
+    def right_on_labelled_rows(batch, model, teacher):
+        logits = model(batch.images)
+        perfect = torch.nn.functional.one_hot(batch.labels.clamp(min=0), 2).float() * 10
+        return {"loss": logits.sum() * 0, "logits": perfect}
+
+    model = build_model("reference_student", 2, input_size=16)
+    mean, std = data.normalization
+    meta = {"architecture": architecture("reference_student", 2, 16, 3, {}), "classes": data.classes,
+            "input_size": 16, "channels": data.channels, "mean": list(mean), "std": list(std)}
+    result = fit(model, right_on_labelled_rows, data, name="student", checkpoint_dir=tmp_path / "c",
+                 checkpoint_meta=meta, resume_dir=tmp_path / "r", epochs=1, batch_size=8, progress=False)
+    assert result.history[0]["train_accuracy"] == 1.0

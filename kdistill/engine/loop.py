@@ -193,7 +193,7 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
     interactive = sys.stderr.isatty()
     bar = tqdm(batches, total=total, desc=f"{name} {epoch}/{epochs}", leave=False,
                disable=not progress, mininterval=0.1 if interactive else 30.0)
-    seen, loss_sum, correct = 0, 0.0, 0
+    seen, loss_sum, correct, labeled = 0, 0.0, 0, 0
     for step, batch in enumerate(bar, start=1):
         batch = runner.to_device(batch)
         with runner.autocast():
@@ -210,10 +210,14 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
         count = len(batch.labels)
         seen += count
         loss_sum += loss.item() * count
-        correct += int((out["logits"].argmax(1) == batch.labels).sum())
+        # Training accuracy over labelled rows only: unlabelled images (label -1) have no answer.
+        has_label = batch.labels >= 0
+        correct += int(((out["logits"].argmax(1) == batch.labels) & has_label).sum())
+        labeled += int(has_label.sum())
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-    seen, loss_sum, correct = distributed.sum_across([seen, loss_sum, correct], world)
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": sched.get_last_lr()[0]}
+    seen, loss_sum, correct, labeled = distributed.sum_across([seen, loss_sum, correct, labeled], world)
+    return {"train_loss": loss_sum / seen, "train_accuracy": correct / max(labeled, 1),
+            "lr": sched.get_last_lr()[0]}
 
 
 def training_batches(model, teacher, data: DatasetBundle, batch_size: int, generator: torch.Generator,
