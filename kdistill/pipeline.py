@@ -86,6 +86,7 @@ def run(config: Config, resume: bool = False) -> dict:
     findings = _run_doctor(config) if world.is_main else None
     # Fail now, before anything is written or the teacher has trained.
     check_models_build(config, data, ("teacher", "student"))
+    check_unlabeled_method(config, data)  # before the teacher trains, for every method compared
     if world.is_main:
         if not resume:
             clear_earlier_run(out, config, earlier_run_outputs(out))

@@ -110,6 +110,10 @@ def test_methods_that_need_labels_say_so(folders):
     with pytest.raises(ConfigError, match="needs a label on every image"):
         check_unlabeled_method(config, student_data(config, data, "distilled"))
     check_unlabeled_method(load_config(None, [f"data.root={root}"]), student_data(config, data, "distilled"))
+    # A comparison is checked for every method it lists, not only distill.method (kd).
+    compared = load_config(None, [f"data.root={root}", "distill.methods=[kd,dkd]"])
+    with pytest.raises(ConfigError, match="distill.methods: dkd needs a label"):
+        check_unlabeled_method(compared, student_data(compared, data, "distilled"))
 
 
 def test_training_accuracy_counts_labelled_rows_only(image_root, tmp_path):

@@ -15,6 +15,7 @@ from kdistill.data.cache import resolve_cache_dir
 from kdistill.data.datasets import with_unlabeled
 from kdistill.data.transforms import normalization
 from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, materialized_bytes
+from kdistill.distill.method_setup import distilled_runs
 from kdistill.distill.registry import needs_of
 from kdistill.distill.teacher import FLIP_VIEWS, CachedTeacher, FeatureTeacher, LiveTeacher, tensor_sha256
 from kdistill.errors import ConfigError
@@ -102,9 +103,11 @@ def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
     cross-entropy covers the labelled rows). Other methods need every label."""
     if data.unlabeled is None and not bool((data.train.labels < 0).any()):
         return
-    if config.distill.method != "kd":
-        raise ConfigError(f"distill.method: {config.distill.method} needs a label on every image; "
-                          f"data.unlabeled / data.labeled_fraction work with method kd")
+    key = "distill.method" if config.distill.methods is None else "distill.methods"
+    for method, _ in distilled_runs(config):
+        if method != "kd":
+            raise ConfigError(f"{key}: {method} needs a label on every image; "
+                              f"data.unlabeled / data.labeled_fraction work with method kd")
 
 
 def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config, method: str | None = None):
