@@ -22,7 +22,8 @@ Output folder::
     search.md    the same as a table, best first, with the budget and the time spent
     search.png   validation metric against latency, every trained candidate, the Pareto front marked
     teacher/     the teacher, when it was trained here
-    best/        the full run of the winner (results.json, report.md, report.html, checkpoints)
+    best/        the full run of the winner (results.json, report.md, report.html, checkpoints);
+                 its results.json keeps the candidates under ``search``, which both reports show
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ from kdistill.log import log
 from kdistill.models import build_model
 from kdistill.distill.setup import prepare_teacher_outputs, student_channels
 from kdistill.engine.run_folder import remove_if_empty
-from kdistill.pipeline import run, seed_everything, train_student, train_teacher
+from kdistill.engine.run_folder import RESULTS_FILE
+from kdistill.pipeline import run, seed_everything, train_student, train_teacher, write_reports
 from kdistill.tune import ForbiddenTestSplit
 
 FILES = ("search.json", "search.md", "search.png")
 TRAINED, OVER_BUDGET, SKIPPED = "trained", "over budget", "skipped: time budget"
+# What the full run's results.json keeps of search.json (the report draws and ranks from these).
+SEARCH_KEYS = ("metric", "budget", "search", "input_size", "channels", "seconds", "best", "candidates", "skipped")
 
 
 def search_student(config: Config, out: Path) -> dict:
@@ -79,8 +83,20 @@ def search_student(config: Config, out: Path) -> dict:
     best = summary["best"]
     if best is None:
         raise KdistillError(f"search: no candidate was trained (time budget {config.search.time_budget_s} s)")
-    summary["final"] = run(final_config(config, best, out))
+    final = final_config(config, best, out)
+    summary["final"] = attach_to_final_run(run(final), Path(final.out), summary)
     return summary
+
+
+def attach_to_final_run(results: dict, final_out: Path, summary: dict) -> dict:
+    """Add the search's candidates to the full run's ``results.json`` under ``search`` and rewrite
+    its reports, so report.md and report.html show how the winner was chosen."""
+    if not (final_out / RESULTS_FILE).is_file():  # no results written (a torchrun worker rank)
+        return results
+    results = {**results, "search": {key: summary[key] for key in SEARCH_KEYS}}
+    write_json_atomic(final_out / RESULTS_FILE, results)
+    write_reports(final_out, results)
+    return results
 
 
 def _out_of_time(config: Config, started: float) -> bool:

@@ -131,6 +131,19 @@ def test_search_trains_the_winner_fully_through_the_pipeline(searched):
     assert not (final / "teacher").exists()  # the search's teacher is reused, not trained again
 
 
+def test_the_final_reports_show_every_candidate(searched):
+    final, summary = searched["out"] / "best", searched["summary"]
+    results = json.loads((final / "results.json").read_text())
+    assert [c["label"] for c in results["search"]["candidates"]] == [c["label"] for c in summary["candidates"]]
+    html = (final / "report.html").read_text()
+    section = html.split("<h2>Student search</h2>", 1)[1].split("<h2>", 1)[0]
+    assert '<img src="data:image/png;base64,' in section
+    assert summary["best"]["label"] in section and "(chosen)" in section and "(reference)" in section
+    markdown = (final / "report.md").read_text()
+    assert "## Student search" in markdown and f"| 1 | {summary['best']['label']}" in markdown
+    assert markdown.count("(chosen) |") == 1
+
+
 def test_time_budget_stops_new_candidates(image_root: Path, tmp_path: Path, monkeypatch):
     config = load_config(write_config(tmp_path / "c.yaml", tiny_config(
         image_root, tmp_path / "run", search={**GRID, "time_budget_s": 1e-9}, export=False)))

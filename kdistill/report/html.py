@@ -14,7 +14,7 @@ from html import escape
 
 from kdistill.report import plots
 from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct
-from kdistill.report.markdown import verdict
+from kdistill.report.markdown import SEARCH_TOP, search_header, search_row_cells, search_table_rows, verdict
 from kdistill.report.methods import COLUMNS as METHOD_COLUMNS, compared_methods, method_rows
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
@@ -42,7 +42,8 @@ def html_report(results: dict, config_yaml: str) -> str:
     """The whole report page for one run."""
     sections = [_heading(results), _verdict(results), _methods_table(results), _summary_table(results),
                 _models_table(results),
-                _threshold_table(results), _paired_table(results), _plots(results), _doctor(results),
+                _threshold_table(results), _paired_table(results), _student_search(results.get("search")),
+                _plots(results), _doctor(results),
                 _run_info(results), _config(config_yaml)]
     body = "\n".join(section for section in sections if section)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -256,6 +257,23 @@ def _auc_diff(value, interval) -> str:
     if interval and len(interval) == 2 and None not in interval:
         text += f' <span class="muted">[{interval[0]:+.3f}, {interval[1]:+.3f}]</span>'
     return text
+
+
+def _student_search(search: dict | None) -> str:
+    """The search that chose this run's student: every candidate's validation score against its
+    latency, and the short ranked table."""
+    if not search:
+        return ""
+    metric, best_label = str(search.get("metric", "score")), (search.get("best") or {}).get("label")
+    figure = _img(plots.student_search(search.get("candidates") or [], metric, best_label),
+                  f"validation {metric} vs batch-1 latency, every trained candidate")
+    rows = [[escape(cell) for cell in search_row_cells(rank, c, best_label)] for rank, c in search_table_rows(search)]
+    note = (f"Ranked on the validation split after {(search.get('search') or {}).get('proxy_epochs', '?')} "
+            f"distilled proxy epoch(s); the best {SEARCH_TOP} and the reference student (search.md lists all "
+            f"{len(search.get('candidates') or [])}). The chosen student was then trained fully: the tables above.")
+    return ("<h2>Student search</h2>\n" + f'<div class="plots">{figure}</div>\n'
+            + _table([escape(cell) for cell in search_header(search)], rows)
+            + f'\n<p class="muted">{escape(note)}</p>')
 
 
 def _plots(results: dict) -> str:

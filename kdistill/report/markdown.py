@@ -9,6 +9,7 @@ from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, 
 from kdistill.report.methods import compared_methods, methods_markdown
 
 SIGNIFICANCE = 0.05
+SEARCH_TOP = 10  # ranked rows of a student search shown in the reports
 SUMMARY_COLUMNS = (("accuracy", "accuracy %", True), ("balanced_accuracy", "balanced acc %", True),
                    ("sensitivity", "sensitivity %", True), ("specificity", "specificity %", True),
                    ("auc", "AUC", False), ("ece", "ECE", False))
@@ -150,6 +151,7 @@ def markdown_report(results: dict) -> str:
         "",
         comparison_table(results),
         *_statistics_section(results),
+        *_search_section(results.get("search")),
         "",
         "## How these figures were obtained",
         "",
@@ -185,6 +187,52 @@ def markdown_report(results: dict) -> str:
     if dataset.get("skipped_files"):
         lines.append(f"- {len(dataset['skipped_files'])} unreadable files skipped (see results.json).")
     return "\n".join(lines) + "\n"
+
+
+def search_table_rows(search: dict, top: int = SEARCH_TOP) -> list[tuple[str, dict]]:
+    """``(rank, candidate)`` for the best ``top`` trained candidates of a student search, then the
+    reference student when it ranks lower or was not trained (its rank then empty)."""
+    candidates = search.get("candidates") or []
+    trained = [c for c in candidates if c.get("status") == "trained"]  # search.json lists them best first
+    rows = [(str(rank), c) for rank, c in enumerate(trained[:top], 1)]
+    for c in candidates:
+        if c.get("reference") and all(c is not shown for _, shown in rows):
+            rank = trained.index(c) + 1 if c in trained else None
+            rows.append(("" if rank is None else str(rank), c))
+    return rows
+
+
+def search_row_cells(rank: str, candidate: dict, best_label: str | None) -> list[str]:
+    """One ranked-table row as plain text: rank, student, params, latency, score, Pareto, status."""
+    latency, score = candidate.get("latency_ms"), candidate.get("score")
+    name = candidate.get("label", "?") + (" (reference)" if candidate.get("reference") else "")
+    if candidate.get("label") == best_label:
+        name += " (chosen)"
+    params = candidate.get("params")
+    return [rank, name, "n/a" if params is None else count(params), "" if latency is None else f"{latency:.3f}",
+            "" if score is None else f"{score:.4f}", "yes" if candidate.get("pareto") else "",
+            str(candidate.get("status", ""))]
+
+
+def search_header(search: dict) -> list[str]:
+    return ["rank", "student", "params", "latency b1 (ms)", f"val {search.get('metric', 'score')}",
+            "Pareto", "status"]
+
+
+def _search_section(search: dict | None) -> list[str]:
+    """The student search that chose this run's student: the short ranked table."""
+    if not search:
+        return []
+    best_label = (search.get("best") or {}).get("label")
+    trained = sum(c.get("status") == "trained" for c in search.get("candidates") or [])
+    lines = ["", "## Student search (validation split)", "",
+             f"{len(search.get('candidates') or [])} candidates, {trained} trained for "
+             f"{(search.get('search') or {}).get('proxy_epochs', '?')} proxy epoch(s), ranked on the validation "
+             f"{search.get('metric', '?')}; the best {SEARCH_TOP} and the reference student (search.md lists all).",
+             "", "| " + " | ".join(search_header(search)) + " |", "|---:|---|---:|---:|---:|:-:|---|"]
+    lines += ["| " + " | ".join(search_row_cells(rank, c, best_label)) + " |"
+              for rank, c in search_table_rows(search)]
+    return lines
 
 
 def _threshold_note(rows: list[dict], positive: str) -> str:

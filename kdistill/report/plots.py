@@ -156,3 +156,45 @@ def _mean_std(values: Sequence[float], summarized: dict | None = None) -> tuple[
         return summarized["mean"], summarized.get("std") or 0.0
     array = np.asarray(values, dtype=float)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def student_search(candidates: Sequence[dict], metric: str, best_label: str | None = None) -> bytes | None:
+    """Validation ``metric`` against batch-1 latency for every trained candidate of a student search;
+    marker area grows with the parameter count, the Pareto front is joined, the winner starred and
+    the reference student labelled."""
+    trained = [c for c in candidates if c.get("status") == "trained"
+               and c.get("score") is not None and c.get("latency_ms") is not None]
+    if not trained:
+        return None
+    figure = _figure(5.6, 3.8)
+    axes = figure.subplots()
+    largest = max(c.get("params") or 1 for c in trained)
+    sizes = [12 + 140 * (c.get("params") or 0) / largest for c in trained]
+    axes.scatter([c["latency_ms"] for c in trained], [c["score"] for c in trained], s=sizes,
+                 color="#8c8c8c", alpha=0.6, label="candidate (area: params)")
+    front = sorted((c for c in trained if c.get("pareto")), key=lambda c: c["latency_ms"])
+    if front:
+        axes.plot([c["latency_ms"] for c in front], [c["score"] for c in front], marker="o", markersize=4,
+                  color="#c44e52", label="Pareto front")
+    middle = (min(c["latency_ms"] for c in trained) + max(c["latency_ms"] for c in trained)) / 2
+    for c in trained:
+        if c.get("label") == best_label:
+            axes.scatter([c["latency_ms"]], [c["score"]], marker="*", s=220, color="#55a868",
+                         edgecolors="black", linewidths=0.6, zorder=3, label="chosen")
+        if c.get("pareto") or c.get("reference") or c.get("label") == best_label:
+            text = f"{c.get('label', '?')} ({_short_count(c.get('params'))})" + (" ref" if c.get("reference") else "")
+            right_half = c["latency_ms"] > middle  # labels lean inwards, so none runs off the plot
+            axes.annotate(text, (c["latency_ms"], c["score"]), fontsize=6, xytext=(-4 if right_half else 4, 3),
+                          textcoords="offset points", ha="right" if right_half else "left")
+    axes.set(xlabel="latency, batch 1 (ms)", ylabel=f"validation {metric}",
+             title="Student search: every trained candidate")
+    axes.title.set_fontsize(10)
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _short_count(params: int | None) -> str:
+    if params is None:
+        return "? params"
+    return f"{params / 1e6:.2f} M" if params >= 1e6 else f"{params / 1e3:.1f} k"
