@@ -45,6 +45,17 @@ def require_real_data() -> Path:
     pytest.skip(EXPECTED_SKIP + reason)
 
 
+def real_train_files() -> tuple[list[Path], list[int]]:
+    """The real ``train/`` JPEGs (NORMAL, then PNEUMONIA, each sorted) and their labels 0/1."""
+    train = require_real_data() / "train"
+    paths, labels = [], []
+    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
+        files = sorted((train / name).glob("*.jpeg"))
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels
+
+
 _unexpected_skips: list[str] = []
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import make_image_folder, require_real_data
+from conftest import make_image_folder, real_train_files
 from kdistill.config import DEFAULT_PATIENT_REGEX
 from kdistill.data import load_dataset
 from kdistill.data.split import grouped_holdout, patient_keys
@@ -80,12 +80,7 @@ def carve_like_the_loader(labels: list[int], groups: list[str]) -> dict[str, np.
 def test_real_chest_xray_names_carved_share_no_patient():
     """All 5,216 real training names: kdistill's keys merge files into fewer patients than files,
     and the carved train/val/test share no patient by the test's own key."""
-    train = require_real_data() / "train"
-    paths, labels = [], []
-    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
-        files = sorted((train / name).glob("*.jpeg"))
-        paths += files
-        labels += [label] * len(files)
+    paths, labels = real_train_files()
     groups = patient_keys(paths, DEFAULT_PATIENT_REGEX)
     independent = {independent_patient_key(p.name) for p in paths}
     assert len(set(groups)) < len(paths)  # grouping did merge files

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, require_real_data
+from conftest import make_image_folder, real_train_files
 from kdistill.config import DEFAULT_PATIENT_REGEX
 from kdistill.data import load_dataset
 from kdistill.data.split import grouped_holdout, patient_keys
@@ -63,12 +63,7 @@ def test_grouped_holdout_keeps_patients_on_one_side(fraction, seed):
 def test_grouped_holdout_on_real_chest_xray_names():
     """The real file names of ../shared/data/chest_xray/train all carry a patient key, and the
     carved split shares no patient."""
-    train = require_real_data() / "train"
-    paths, labels = [], []
-    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
-        files = sorted((train / name).glob("*.jpeg"))
-        paths += files
-        labels += [label] * len(files)
+    paths, labels = real_train_files()
     groups = patient_keys(paths, DEFAULT_PATIENT_REGEX)
     assert not [g for g in groups if g.startswith("file:")]
     assert len(set(groups)) < len(groups)  # some patients do have several images
