@@ -13,7 +13,7 @@ import kdistill.search as search_module
 from conftest import make_image_folder, tiny_config, write_config
 from kdistill.cli import main
 from kdistill.config import load_config
-from kdistill.deploy.profile import count_parameters
+from kdistill.deploy.profile import count_macs, count_parameters
 from kdistill.errors import ConfigError
 from kdistill.models import build_model
 
@@ -175,3 +175,24 @@ def test_a_configured_family_student_is_not_listed_twice(image_root: Path, tmp_p
                                                                        search=GRID, student=student)))
     labels = [search_module.label(c) for c in search_module.candidate_grid(config)]
     assert len(labels) == 4 and labels[0] == "kd_plain w2 d1 s2" and len(set(labels)) == 4
+
+
+def test_candidates_are_sized_and_timed_on_the_students_channels(image_root: Path, tmp_path: Path, monkeypatch):
+    # A grayscale student of a 3-channel teacher: the stem has 1 input channel, not data.channels.
+    config = load_config(write_config(tmp_path / "c.yaml", tiny_config(image_root, tmp_path / "run",
+                                                                       student={"channels": 1})))
+    assert config.data.channels == 3
+    data = type("Data", (), {"classes": ["a", "b"], "input_size": 16, "channels": 3})()
+    timed: list[int] = []
+
+    def fake_latency(model, name, *, channels, **_):
+        timed.append(channels)
+        return {"latency_ms": 0.1, "runtime": "torch", "threads": 1}
+
+    monkeypatch.setattr(search_module, "measure_latency", fake_latency)
+    args = {"width": 2, "depth": 1, "stem_stride": 2, "expansion": 2}
+    row = search_module.measure_candidate({"model": "kd_mobile", "model_args": args, "reference": False}, config, data)
+    grayscale = build_model("kd_mobile", 2, input_size=16, in_channels=1, **args)
+    assert row["params"] == count_parameters(grayscale) != member_params("kd_mobile", 2)
+    assert row["macs"] == count_macs(grayscale, 16, 1)
+    assert timed == [1]
