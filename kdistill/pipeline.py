@@ -420,5 +420,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
     else:
         teacher = train_teacher(config, data, out, resume=True)[0] if role == "distilled" else None
         train_student(config, data, out, role, teacher, resume)
+    if distributed.current().is_main:
+        remove_if_empty(out / RESUME_FOLDER)  # the model's own state went when it finished
     log.info(f"{role}: checkpoint written to {out / role}")
     return out / role

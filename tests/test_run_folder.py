@@ -112,3 +112,24 @@ def test_a_run_into_an_empty_or_new_folder_removes_nothing(image_root, tmp_path,
         run_folder.clear_earlier_run(out, config, run_folder.earlier_run_outputs(out))
     assert not missing.exists() and list(empty.iterdir()) == []
     assert "removed" not in caplog.text
+
+
+def test_train_leaves_no_empty_resume_folder(image_root, tmp_path):
+    """`kdistill train` removes its resume state once the model is done, and the emptied
+    resume/ folder with it."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+    for role in ("teacher", "baseline"):
+        assert main(["train", str(config), "--role", role]) == 0
+        assert (out / role / "model.json").is_file() and not (out / "resume").exists(), role
+
+
+def test_train_keeps_a_resume_folder_holding_another_models_state(image_root, tmp_path):
+    """Another model's unfinished state stays resumable after this one is trained."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+    (out / "resume" / "distilled").mkdir(parents=True)
+    (out / "resume" / "distilled" / "state.json").write_text("{}")
+    assert main(["train", str(config), "--role", "teacher"]) == 0
+    assert (out / "resume" / "distilled" / "state.json").is_file()
+    assert not (out / "resume" / "teacher").exists()

@@ -162,5 +162,7 @@ def _listed(names: list[str], limit: int = 10) -> str:
 
 
 def remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it is an empty folder (a resume folder whose models all finished);
+    a folder still holding anything stays."""
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
