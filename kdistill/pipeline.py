@@ -58,6 +58,7 @@ from kdistill.engine.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE,
                                         earlier_run_outputs, remove_if_empty, student_folders, write_run_files)
 from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
+from kdistill.eval.pooled import pooled_tests_from_results
 from kdistill.eval.inference import predict_logits
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
@@ -136,6 +137,7 @@ def regenerate_reports(run_dir: Path) -> None:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    results["pooled_tests"] = pooled_tests_from_results(results)  # a file from before them: from its predictions
     write_reports(run_dir, results)
     log.info(f"written to {run_dir}/ (report.md, report.html)")
 

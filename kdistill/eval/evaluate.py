@@ -18,6 +18,7 @@ from kdistill.models.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
 from kdistill.fileio import write_json_atomic
 from kdistill.eval.inference import predict_logits
+from kdistill.eval.pooled import pooled_tests
 from kdistill.eval.metrics import (bootstrap_ci, bootstrap_indices, classification_metrics,
                               expected_calibration_error, mcnemar_exact, mean_std,
                               paired_auc_difference, predict)
@@ -65,9 +66,11 @@ def run_statistics(rows: list[dict], probs: dict[str, np.ndarray], labels: np.nd
                    positive_index: int | None) -> dict:
     """The ``results.json`` entries that look across models: ``summary`` (mean, std and n of every
     role over its seeds), ``paired_tests`` (distilled vs baseline of the same seed on the same test
-    images) and ``predictions`` (labels and every model's probabilities, for plots)."""
+    images), ``pooled_tests`` (one test per method over all seeds, the test images as units; see
+    ``kdistill.eval.pooled``) and ``predictions`` (labels and every model's probabilities, for plots)."""
     return {"summary": summarize(rows),
             "paired_tests": paired_tests(rows, probs, labels, positive_index),
+            "pooled_tests": pooled_tests(rows, probs, labels, positive_index),
             "predictions": {"labels": labels.tolist(),
                             "probabilities": {key: np.round(p, 6).tolist() for key, p in probs.items()}}}
 

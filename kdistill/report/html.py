@@ -15,7 +15,8 @@ from html import escape
 from kdistill.report import plots
 from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct
 from kdistill.report.markdown import SEARCH_TOP, search_header, search_row_cells, search_table_rows, verdict
-from kdistill.report.methods import COLUMNS as METHOD_COLUMNS, compared_methods, method_rows
+from kdistill.report.methods import (COLUMNS as METHOD_COLUMNS, POOLED_TEST, compared_methods, method_rows,
+                                     pooled_sentence, pooled_test)
 
 TEST_NAMES = {"mcnemar": "McNemar", "bootstrap": "paired bootstrap"}
 DETAILS_LIMIT = 200  # items listed per doctor finding; the counts are always complete
@@ -135,6 +136,9 @@ def _verdict(results: dict) -> str:
         parts.append(f"Paired {escape(name)} test of distilled vs alone on the same "
                      f"test images, per seed: p = {escape(p_values)}.")
         parts.append(f"<strong>{escape(verdict(tests))}</strong>")
+        pooled = pooled_test(results, tests[0].get("method"))
+        if pooled:
+            parts.append(escape(pooled_sentence(pooled)))
     else:
         parts.append("No paired test in this results file, so no claim about whether distillation helped.")
     return '<h2>Verdict</h2>\n<p class="verdict">' + " ".join(p for p in parts if p) + "</p>"
@@ -247,7 +251,23 @@ def _paired_table(results: dict) -> str:
              _auc_diff(t.get("auc_diff"), t.get("auc_diff_ci"))] for t in tests]
     header = ["seed", "alone", "distilled", "test", "only alone correct", "only distilled correct", "p-value",
               "accuracy diff (points)", "AUC diff [95% CI]"]
-    return "<h2>Paired tests: distilled vs alone, same test images</h2>\n" + _table(header, rows)
+    return ("<h2>Paired tests: distilled vs alone, same test images</h2>\n" + _table(header, rows)
+            + _pooled_table(results.get("pooled_tests") or []))
+
+
+def _pooled_table(tests: list[dict]) -> str:
+    """Under the per-seed tests: one test per method over all seeds, the test images as units."""
+    if not tests:
+        return ""
+    rows = [[escape(str(t.get("method", "distilled"))), escape(", ".join(str(s) for s in t.get("seeds") or [])),
+             _p(t.get("p_value")), f"{100 * t['accuracy_diff']:+.2f}", str(t.get("images_better")),
+             str(t.get("images_worse")), _auc_diff(t.get("auc_diff"), t.get("auc_diff_ci"))] for t in tests]
+    header = ["method", "seeds", "p-value", "mean accuracy diff (points)", "images right on more seeds distilled",
+              "images right on fewer seeds distilled", "AUC diff of seed-averaged probabilities [95% CI]"]
+    note = (f"Pooled over seeds ({POOLED_TEST}): the seeds are repeated measurements of the same test "
+            "images, so the images are the units, not image-seed pairs.")
+    return ("<h3>Pooled over seeds</h3>\n" + _table([escape(h) for h in header], rows)
+            + f'<p class="muted">{escape(note)}</p>')
 
 
 def _auc_diff(value, interval) -> str:

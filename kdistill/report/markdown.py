@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
 from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct
-from kdistill.report.methods import compared_methods, methods_markdown
+from kdistill.report.methods import POOLED_TEST, compared_methods, methods_markdown, pooled_sentence, pooled_test
 
 SIGNIFICANCE = 0.05
 SEARCH_TOP = 10  # ranked rows of a student search shown in the reports
@@ -117,11 +117,17 @@ def _statistics_section(results: dict) -> list[str]:
             title = f" ({method_tests[0]['method']})" if compared_methods(results) else ""
             lines += ["", f"## Distilled{title} vs alone on the same test images", "",
                       paired_table(method_tests), "", verdict(method_tests)]
+            pooled = pooled_test(results, method_tests[0].get("method"))
+            if pooled:
+                lines += ["", pooled_sentence(pooled)]
         lines += [
                   "", "McNemar's exact test counts the test images exactly one of the two students "
                   "classifies correctly (each at its own validation threshold); the AUC interval comes "
                   f"from {BOOTSTRAP_RESAMPLES} bootstrap resamples of the test images shared by both models. Seeds are "
                   "tested one by one, without correction for multiple comparisons."]
+        if results.get("pooled_tests"):
+            lines[-1] += (f" The pooled line tests all seeds at once with the test images as units "
+                          f"({POOLED_TEST}): the seeds are repeated measurements of the same images, not new samples.")
     if any("at_0.5" in row for row in results["models"]):
         lines += ["", "## Threshold and calibration (fitted on the validation split)", "",
                   calibration_table(results)]
