@@ -7,8 +7,10 @@ import io
 import json
 import shutil
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import leftover_temp_files, make_image_folder, tiny_config, write_config
@@ -248,3 +250,20 @@ def test_resume_with_a_damaged_saved_config_names_the_file(image_root, tmp_path,
     config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
     code, err = run_cli(["run", str(config), "--resume"], capsys)
     assert_one_line_error(code, err, str(out / "config.yaml"), "--resume")
+
+
+def test_weights_that_cannot_be_downloaded_fail_before_anything_is_written(image_root, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Offline, the chest X-ray config's ImageNet teacher (a torchvision download): one line
+    naming the model, and no config.yaml, splits.json or checkpoint in the output folder."""
+    def offline(url, *args, **kwargs):
+        raise URLError(f"no network for {url}")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no cached weights either
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    config = Path(__file__).resolve().parents[1] / "configs" / "chest_xray.yaml"
+    out = tmp_path / "out"
+    code, err = run_cli(["run", str(config), f"data.root={image_root}", f"out={out}",
+                         f"data.cache_dir={tmp_path / 'cache'}"], capsys)
+    assert_one_line_error(code, err, "resnet18", "ImageNet weights", "teacher.pretrained=false")
+    assert not out.exists()

@@ -11,17 +11,20 @@ from kdistill.config import Config
 from kdistill.data import DatasetBundle
 from kdistill.deploy.budget import enforce_budget
 from kdistill.distill.setup import student_channels
+from kdistill.engine import distributed
 from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.log import log
 from kdistill.models import build_model
 from kdistill.models.checkpoint import read_meta
 from kdistill.models.stages import partial_trainable
-from kdistill.models.weights import PACKAGED, packaged_weights_file
+from kdistill.models.weights import DOWNLOAD, PACKAGED, packaged_weights_file, weight_source
 
 
 def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ...]) -> None:
-    """Each role's model name and model_args build for this data (random weights: nothing is
-    downloaded), a teacher checkpoint matches the data, and local teacher weights exist."""
+    """Each role's model name and model_args build for this data, a teacher checkpoint matches the
+    data, and the teacher's starting weights are at hand: a local file exists, a weights package is
+    installed, downloaded ImageNet weights are fetched now (into torchvision's or timm's cache, where
+    training finds them), so an offline run fails before anything is written."""
     for role in roles:
         cfg = getattr(config, role)
         if role == "teacher" and cfg.checkpoint:
@@ -32,9 +35,11 @@ def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ..
         if role == "teacher" and cfg.pretrained and not cfg.weights and cfg.model in PACKAGED:
             packaged_weights_file(cfg.model)  # a missing package is named before anything is written
         channels = data.channels if role == "teacher" else student_channels(config)
+        download = role == "teacher" and weight_source(cfg.model, cfg.pretrained, cfg.weights) is DOWNLOAD
         try:
-            model = build_model(cfg.model, len(data.classes), input_size=data.input_size,
-                                in_channels=channels, **cfg.model_args)
+            with distributed.main_first(distributed.current()):  # under torchrun one rank downloads
+                model = build_model(cfg.model, len(data.classes), input_size=data.input_size,
+                                    in_channels=channels, pretrained=download, **cfg.model_args)
         except TypeError as exc:  # an argument the model does not take
             raise ConfigError(f"{role}.model_args: {cfg.model_args} ({exc})") from None
         except ConfigError as exc:  # an unknown name: say which key holds it
