@@ -84,6 +84,9 @@ class DataConfig:
     val_fraction: float = setting(
         0.15, "carved from train, grouped by patient, when `val/` is missing or too small")
     test_fraction: float = setting(0.15, "carved from train the same way when `test/` is missing")
+    test_match: Optional[str] = setting(
+        None, "a regex on file names: the files of train/ it matches form the test split (a held-out "
+        "source), instead of a carved one; validation is still carved, patient-grouped, from the rest")
     min_val_images: int = setting(100, "a `val/` folder smaller than this is not trusted for selection")
     split_seed: int = setting(0, "fixed apart from the training seed so every run sees the same split")
     max_images_per_class: Optional[int] = setting(None, "per split; for quick trials and tests")

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from kdistill.data.cache import cached_decode, resolve_cache_dir
 from kdistill.data.digits import digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
-from kdistill.data.split import grouped_holdout, merge_identical_files, patient_keys, shared_groups
+from kdistill.data.split import (grouped_holdout, matching_holdout, merge_identical_files, patient_keys,
+                                 shared_groups)
 from kdistill.data.transforms import apply_flips, normalization, random_flips, to_model_input
 from kdistill.data.views import FLIP, LAMBDA, PARTNER, AugmentSpec, augment_spec, draw_views, render_views
-from kdistill.errors import DataError
+from kdistill.errors import ConfigError, DataError
 from kdistill.log import log
 
 
@@ -124,6 +125,7 @@ def load_dataset(
     patient_regex: str = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)",
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    test_match: str | None = None,
     min_val_images: int = 100,
     split_seed: int = 0,
     max_images_per_class: int | None = None,
@@ -138,13 +140,18 @@ def load_dataset(
     Decoded images are cached on disk under ``cache_dir`` (see ``kdistill.data.cache``).
     ``unlabeled`` is a folder of images without labels; ``labeled_fraction`` keeps the labels of
     that share of the train split's patients and moves the rest to the unlabelled pool (a
-    simulation of a partly read archive)."""
+    simulation of a partly read archive). ``test_match`` is a regex on file names: the train/
+    files it matches are the test split (a held-out source) instead of a carved one."""
     split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction,
                       min_val_images=min_val_images, split_seed=split_seed)
     if dataset == "digits":
+        if test_match is not None:
+            raise ConfigError("data.test_match: holds out files of a data.root folder by name; "
+                              "the built-in digits have no file names")
         classes, splits, info = _digits_splits(input_size, **split_args)
     elif root is not None:
-        classes, splits, info = _folder_splits(Path(root), patient_regex, **split_args)
+        classes, splits, info = _folder_splits(Path(root), patient_regex, test_match=test_match,
+                                               **split_args)
     else:
         raise DataError("no data: set data.root to a folder or data.dataset to digits")
     positive_class = _check_positive_class(classes, positive_class)
@@ -242,11 +249,15 @@ class _RawSplit:
 
 
 def _folder_splits(root: Path, patient_regex: str, *, val_fraction: float, test_fraction: float,
-                   min_val_images: int, split_seed: int) -> tuple[list[str], dict, dict]:
+                   min_val_images: int, split_seed: int,
+                   test_match: str | None = None) -> tuple[list[str], dict, dict]:
     classes, found = scan_dataset_root(root)
     raw = {name: _raw_from_folder(split, patient_regex) for name, split in found.items()}
     info: dict = {"root": str(root), "sources": {"train": "train/"}}
-    if "test" in raw:
+    if test_match is not None:
+        raw["train"], raw["test"] = _hold_out_matching(raw, classes, test_match, root)
+        info["sources"]["test"] = f"train/ files matching '{test_match}' (a held-out source)"
+    elif "test" in raw:
         info["sources"]["test"] = "test/"
     else:
         raw["train"], raw["test"] = _carve(raw["train"], test_fraction, split_seed, "test")
@@ -263,7 +274,8 @@ def _folder_splits(root: Path, patient_regex: str, *, val_fraction: float, test_
     leaks = shared_groups(raw["train"].groups, raw["val"].groups, raw["test"].groups)
     if leaks:
         log.info(f"warning: {len(leaks)} patient keys appear in more than one split "
-                 f"(e.g. {sorted(leaks)[0]}); the supplied splits leak patients")
+                 f"(e.g. {sorted(leaks)[0]}); the supplied splits leak patients"
+                 + (" (data.test_match assigns files by name)" if test_match is not None else ""))
     info["patients_in_several_splits"] = len(leaks)
     return classes, raw, info
 
@@ -283,6 +295,19 @@ def _digits_splits(input_size: int, *, val_fraction: float, test_fraction: float
 def _raw_from_folder(split: FolderSplit, patient_regex: str) -> _RawSplit:
     keys = merge_identical_files(split.paths, patient_keys(split.paths, patient_regex))
     return _RawSplit(split.paths, split.labels, keys)
+
+
+def _hold_out_matching(raw: dict[str, _RawSplit], classes: list[str], pattern: str,
+                       root: Path) -> tuple[_RawSplit, _RawSplit]:
+    """(the rest of train/, its files matching ``pattern``); a test/ folder as well is refused,
+    since which of the two is the test split would be a guess."""
+    if "test" in raw:
+        raise ConfigError(f"data.test_match: {root}/test/ exists too; the held-out files would "
+                          f"replace it as the test split, so remove one of the two")
+    train = raw["train"]
+    keep, held = matching_holdout(train.paths, train.labels, classes, pattern)
+    log.debug(f"held out test: {len(held)} train/ files matching '{pattern}'")
+    return train.subset(keep), train.subset(held)
 
 
 def _carve(raw: _RawSplit, fraction: float, seed: int, what: str) -> tuple[_RawSplit, _RawSplit]:

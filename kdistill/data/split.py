@@ -103,3 +103,33 @@ def shared_groups(*group_lists: Sequence[str]) -> set[str]:
         for key in set(groups):
             seen[key] = seen.get(key, 0) + 1
     return {key for key, count in seen.items() if count > 1}
+
+
+def matching_holdout(
+    paths: Sequence[Path], labels: Sequence[int], classes: Sequence[str], pattern: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (keep, holdout): the files whose name ``pattern`` matches are held out.
+
+    A held-out source (one hospital's or scanner's naming scheme) shows what transfers, where a
+    random carve scores every model alike. Files go by name alone: a patient key with files on
+    both sides stays split, and the leak check (``shared_groups``) counts it.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"data.test_match: '{pattern}' is not a valid regex ({exc})") from None
+    held = np.array([regex.search(path.name) is not None for path in paths], dtype=bool)
+    label_array = np.asarray(labels)
+    for index, name in enumerate(classes):
+        _check_class_held_out(pattern, name, held[label_array == index])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def _check_class_held_out(pattern: str, class_name: str, held: np.ndarray) -> None:
+    """One class's files must be on both sides: some in the test split, some left to train on."""
+    if not held.any():
+        raise ConfigError(f"data.test_match: '{pattern}' matches no train/ file of class "
+                          f"'{class_name}'; the held-out test split needs every class")
+    if held.all():
+        raise ConfigError(f"data.test_match: '{pattern}' matches every train/ file of class "
+                          f"'{class_name}' ({held.size}); none would be left to train on")
