@@ -24,7 +24,7 @@ from kdistill.distill import CachedTeacher
 from kdistill.distill.teacher import LiveTeacher
 from kdistill.models import build_model
 from kdistill.models.reference.fused import bn_relu_maxpool2_blocks
-from kdistill.engine.loop import _StepRunner, training_input
+from kdistill.engine.loop import StepRunner, training_input
 
 GRAY = normalization(1)
 
@@ -146,7 +146,7 @@ def test_training_loop_uses_blocks_only_where_they_apply():
     # A live teacher reads the images; other models and other precisions take ordinary batches.
     assert not _uses_blocks(student, LiveTeacher(build_model("tiny_cnn_d2", 2)), data)
     assert training_input(build_model("tiny_cnn_d2", 2), None, data) is None
-    assert not _uses_blocks(student, None, data, _StepRunner(torch.device("cpu"), "bf16", None))
+    assert not _uses_blocks(student, None, data, StepRunner(torch.device("cpu"), "bf16", None))
     assert not _uses_blocks(student, None, _bundle(size=6, source_channels=3, channels=1))
 
 

@@ -92,7 +92,7 @@ def fit(
     # Under torchrun each process takes its share of the epoch; batch_size is per process.
     steps_per_epoch = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     trained = distributed.wrap_student(model, world)  # ``model`` itself when not distributed
-    runner = _StepRunner(place, precision, teacher)
+    runner = StepRunner(place, precision, teacher)
     opt = _build_optimizer(optimizer, params, lr, weight_decay)
     sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
     state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
@@ -182,11 +182,11 @@ def set_train_mode(model: nn.Module) -> None:
 
 def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, generator, name,
                      epoch, epochs, progress, world: distributed.World = distributed.World(),
-                     runner: _StepRunner | None = None) -> dict:
+                     runner: StepRunner | None = None) -> dict:
     set_train_mode(model)
     if isinstance(method, nn.Module):
         method.train()
-    runner = runner or _StepRunner(torch.device("cpu"), "fp32", teacher)
+    runner = runner or StepRunner(torch.device("cpu"), "fp32", teacher)
     batches = training_batches(model, teacher, data, batch_size, generator, runner, world)
     total = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     # In a terminal the bar redraws often; in a log file it is rewritten every 30 s at most.
@@ -221,7 +221,7 @@ def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, gener
 
 
 def training_batches(model, teacher, data: DatasetBundle, batch_size: int, generator: torch.Generator,
-                     runner: _StepRunner | None = None, world: distributed.World = distributed.World()):
+                     runner: StepRunner | None = None, world: distributed.World = distributed.World()):
     """One epoch's training batches for ``model``, as the training loop draws them. Views other
     than flips (``data.augment``, ``data.bank``) arrive rendered and normalized, except a
     materialized bank's (``data.bank_images``): those are plain uint8 images, so a model's own fast
@@ -238,7 +238,7 @@ def training_batches(model, teacher, data: DatasetBundle, batch_size: int, gener
                            shard=functools.partial(distributed.shard, world=world) if world.active else None)
 
 
-def training_input(model, teacher, data: DatasetBundle, runner: _StepRunner | None = None,
+def training_input(model, teacher, data: DatasetBundle, runner: StepRunner | None = None,
                    world: distributed.World = distributed.World()):
     """The model's own uint8 -> training input converter (kdistill/models/fast_path.py), or None
     for ordinary normalized batches. Asked only when nothing but the model reads the images: no
@@ -252,10 +252,11 @@ def training_input(model, teacher, data: DatasetBundle, runner: _StepRunner | No
                                 device=device, precision=precision)
 
 
-class _StepRunner:
+class StepRunner:
     """What a training step needs to run on ``device`` in ``precision``: batches and teacher
     outputs moved there, the autocast region (the live teacher runs inside it too) and the fp16
-    gradient scaler. On the CPU in fp32 every piece is a no-op."""
+    gradient scaler. On the CPU in fp32 every piece is a no-op. :func:`training_input` and
+    :func:`training_batches` read its device and precision to pick the model's input form."""
 
     def __init__(self, device: torch.device, precision: str, teacher):
         self.device, self.precision = device, precision
