@@ -15,7 +15,8 @@ ROW_KEYS = {
     "build_over_forward_write", "full_build_s", "full_bare_forward_s", "view_bytes", "view_row_bytes",
     "table_bytes_per_view_float32", "table_bytes_per_view_float16", "table_file_bytes_per_view_float32",
     "table_file_bytes_per_view_float16", "full_views_mb", "full_table_mb_float32", "full_table_mb_float16",
-    "student_alone_s_per_image", "student_bank_s_per_image", "student_bank_vs_alone", "full_bank_materialized"}
+    "student_alone_s_per_image", "student_bank_s_per_image", "student_bank_vs_alone", "student_rendered_s_per_image",
+    "student_rendered_vs_alone", "full_bank_materialized"}
 
 
 def load_bench():
@@ -25,15 +26,16 @@ def load_bench():
     return module
 
 
-def test_bank_cost_prints_every_figure_with_finite_ratios(capsys):
+def test_bank_cost_prints_every_figure_with_finite_ratios(tmp_path, capsys):
     bench = load_bench()
+    saved = tmp_path / "bank_cost.json"
     figures = bench.main(["--images", "8", "--sizes", "32", "--views", "1", "2", "--teacher", "reference_student",
-                          "--epochs", "1", "--rounds", "1", "--json"])
-    assert json.loads(capsys.readouterr().out) == figures  # --json prints exactly the returned figures
+                          "--epochs", "1", "--rounds", "1", "--json", "--out", str(saved)])
+    assert json.loads(capsys.readouterr().out) == figures == json.loads(saved.read_text())
     assert [(row["size"], row["views"]) for row in figures["rows"]] == [(32, 1), (32, 2)]
     for row in figures["rows"]:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
-        for ratio in ("build_over_forward_write", "student_bank_vs_alone"):
+        for ratio in ("build_over_forward_write", "student_bank_vs_alone", "student_rendered_vs_alone"):
             assert math.isfinite(row[ratio]) and row[ratio] > 0, (ratio, row[ratio])
         # The build's parts add up, and the teacher's forwards happen inside its pass.
         assert math.isclose(row["build_s"], row["draw_s"] + row["render_s"] + row["teacher_pass_s"], rel_tol=1e-6)
