@@ -237,9 +237,12 @@ TUNED_PARAMS_PREFIX = "distill.params."
 class CalibrationConfig:
     """Fitted on the validation split after training and stored in each checkpoint's model.json."""
 
-    threshold_rule: Literal["balanced_accuracy", "youden"] = setting(
-        "balanced_accuracy", "binary data: the decision threshold maximizes balanced accuracy "
-        "(= Youden's J); the rules differ only in where inside the best interval it sits")
+    # Keep the Literal in sync with THRESHOLD_RULES in kdistill/eval/calibration.py.
+    threshold_rule: Literal["balanced_accuracy", "youden", "prior", "argmax"] = setting(
+        "balanced_accuracy", "binary data: balanced_accuracy and youden fit the decision threshold "
+        "on validation to maximize balanced accuracy (= Youden's J), differing only in where inside "
+        "the best interval it sits; prior: the positive class's share of the training labels (the "
+        "balanced-accuracy Bayes cut for calibrated probabilities); argmax: 0.5")
     temperature: bool = setting(True, "temperature scaling of the logits (false: T = 1)")
 
 

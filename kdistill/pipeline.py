@@ -42,7 +42,7 @@ import torch
 
 from kdistill import __version__
 from kdistill.engine import distributed
-from kdistill.eval.calibration import calibrate
+from kdistill.eval.calibration import calibrate, positive_fraction
 from kdistill.models.checkpoint import architecture, load_checkpoint, update_meta
 from kdistill.config import TUNED_KEYS, Config
 from kdistill.data import DatasetBundle, load_dataset
@@ -264,10 +264,15 @@ def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config):
 
 
 def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict:
-    """Temperature and threshold fitted on the VALIDATION split (never the test split)."""
+    """Temperature and threshold fitted on the VALIDATION split (never the test split); the
+    ``prior`` threshold rule reads the training labels' positive share instead."""
     logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
-    fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index,
-                       rule=config.calibration.threshold_rule, temperature=config.calibration.temperature)
+    rule = config.calibration.threshold_rule
+    prior = None
+    if rule == "prior" and data.positive_index is not None:
+        prior = positive_fraction(data.train.labels.numpy(), data.positive_index)
+    fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index, rule=rule,
+                       temperature=config.calibration.temperature, train_positive_fraction=prior)
     threshold = "none (arg-max)" if fitted["threshold"] is None else f"{fitted['threshold']:.4f}"
     log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f}, threshold {threshold}"
              f" ({fitted['threshold_rule']}), fitted on {len(data.val)} validation images")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ import torch
 import kdistill.eval.calibration as calibration
 from conftest import make_image_folder, require_or_skip, tiny_config, write_config
 from deploy_helpers import make_checkpoint
-from kdistill.eval.calibration import calibrate, choose_threshold, fit_temperature, scaled_probs
+from kdistill.eval.calibration import (THRESHOLD_RULES, calibrate, choose_threshold, fit_temperature,
+                                       positive_fraction, scaled_probs)
 from kdistill.models.checkpoint import load_checkpoint, update_meta
 from kdistill.cli import main
-from kdistill.config import from_dict
+from kdistill.config import CalibrationConfig, from_dict
 from kdistill.data import load_dataset
 from kdistill.eval.evaluate import score_logits
 from kdistill.eval.metrics import expected_calibration_error
@@ -69,6 +71,44 @@ def test_threshold_tie_goes_to_sensitivity_and_rules_differ_only_by_the_midpoint
         choose_threshold(scores, positives, "f1")
 
 
+def test_prior_rule_is_the_training_positive_share_and_argmax_is_half():
+    """Training labels 30 NORMAL, 90 PNEUMONIA, 10 unlabelled (-1, left out): prior = 90/120 = 0.75,
+    whatever validation says; argmax = 0.5. Neither needs both classes in validation."""
+    train = np.array([0] * 30 + [1] * 90 + [-1] * 10)
+    assert positive_fraction(train, 1) == pytest.approx(0.75)
+    assert positive_fraction(train, 0) == pytest.approx(0.25)
+    scores = np.array([0.9, 0.8, 0.35, 0.6, 0.3, 0.1])
+    positives = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert choose_threshold(scores, positives, "prior", train_positive_fraction=0.75) == 0.75
+    assert choose_threshold(scores, positives, "argmax") == 0.5
+    assert choose_threshold(scores, np.ones(6, bool), "prior", train_positive_fraction=0.75) == 0.75
+    assert choose_threshold(scores, np.ones(6, bool), "argmax") == 0.5
+    with pytest.raises(ValueError, match="'prior' needs the training labels"):
+        choose_threshold(scores, positives, "prior")
+    with pytest.raises(ValueError, match="one class only"):
+        choose_threshold(scores, positives, "prior", train_positive_fraction=1.0)
+    with pytest.raises(ValueError, match="no labelled images"):
+        positive_fraction(np.array([-1, -1]), 1)
+
+
+def test_calibrate_prior_stores_the_threshold_and_its_source():
+    logits, labels = overconfident_logits(n=500)
+    binary_logits, binary_labels = logits[:, :2], (labels == 1).astype(int)
+    fitted = calibrate(binary_logits, binary_labels, 1, rule="prior", train_positive_fraction=0.2)
+    assert fitted["threshold"] == 0.2 and fitted["threshold_rule"] == "prior"
+    assert fitted["calibration"]["train_positive_fraction"] == 0.2
+    argmax = calibrate(binary_logits, binary_labels, 1, rule="argmax")
+    assert argmax["threshold"] == 0.5 and argmax["threshold_rule"] == "argmax"
+    assert argmax["temperature"] == fitted["temperature"]  # the rule never moves the temperature
+
+
+def test_config_rules_match_the_calibration_rules():
+    """The config's Literal and THRESHOLD_RULES list the same rules (a rule in one only would be
+    refused by the other)."""
+    hint = typing.get_type_hints(CalibrationConfig)["threshold_rule"]
+    assert set(typing.get_args(hint)) == set(THRESHOLD_RULES)
+
+
 def test_threshold_maximizes_validation_balanced_accuracy():
     """Brute force over every possible cut: no threshold beats the chosen one on validation."""
     rng = np.random.default_rng(1)
@@ -112,6 +152,22 @@ def test_pipeline_calibration_never_touches_the_test_split(image_root):
     assert poisoned == clean and clean["calibration"]["images"] == len(data.val)
 
 
+def test_pipeline_prior_rule_reads_the_training_labels(image_root):
+    """fit_calibration with rule prior on unbalanced data (8 NORMAL, 24 PNEUMONIA): the threshold is
+    the PNEUMONIA share of the training split's labels, far from 0.5, whatever the model says."""
+    for path in sorted((image_root / "train" / "NORMAL").iterdir())[8:]:
+        path.unlink()
+    config = from_dict(tiny_config(image_root, image_root / "unused", calibration={"threshold_rule": "prior"}))
+    data = load_dataset(**dataclasses.asdict(config.data))
+    train = data.train.labels.numpy()
+    share = float((train == data.positive_index).sum()) / len(train)
+    assert abs(share - 0.5) > 0.15  # so a 0.5 or a validation-fitted threshold could not pass
+    model, meta = load_checkpoint(make_checkpoint(image_root / "ckpt", size=16))
+    fitted = fit_calibration(model, meta, data, config)
+    assert fitted["threshold"] == pytest.approx(share) and fitted["threshold_rule"] == "prior"
+    assert fitted["calibration"]["train_positive_fraction"] == pytest.approx(share)
+
+
 @pytest.fixture(scope="module")
 def spied_run(tmp_path_factory):
     """A 2-seed `kdistill run` with the two fitting functions wrapped to record what they see."""
@@ -124,7 +180,8 @@ def spied_run(tmp_path_factory):
         patch.setattr(calibration, "fit_temperature",
                       lambda logits, labels: seen["temperature"].append(np.array(labels)) or fit_t(logits, labels))
         patch.setattr(calibration, "choose_threshold",
-                      lambda s, positives, rule: seen["threshold"].append(np.array(positives)) or choose(s, positives, rule))
+                      lambda s, positives, rule, **kw: seen["threshold"].append(np.array(positives))
+                      or choose(s, positives, rule, **kw))
         code = main(["run", str(config)])
     return {"code": code, "out": base / "out", "seen": seen}
 
@@ -163,9 +220,10 @@ def test_temperature_is_applied_by_predict_and_in_onnx(tmp_path, capsys):
 
     root = make_image_folder(tmp_path / "data", per_class=3, size=32) / "train"
     checkpoint = make_checkpoint(tmp_path / "ckpt")
-    update_meta(checkpoint, {"temperature": 3.0, "threshold": 0.4})
+    update_meta(checkpoint, {"temperature": 3.0, "threshold": 0.4, "threshold_rule": "prior"})
     export_checkpoint(checkpoint, check_images=root)
-    assert read_contract(checkpoint / "model.onnx")["temperature"] == 3.0
+    contract = read_contract(checkpoint / "model.onnx")
+    assert contract["temperature"] == 3.0 and contract["threshold_rule"] == "prior"
     model, meta = load_checkpoint(checkpoint)
     from kdistill.data import load_eval_folder
     from kdistill.eval.inference import predict_logits
@@ -196,3 +254,12 @@ def test_evaluation_applies_the_checkpoint_temperature():
     assert after["at_0.5"] == before["at_0.5"]  # T never moves the 0.5 cut
     assert after["accuracy"] == pytest.approx(((probs[:, 1] >= 0.6) == labels).mean())
     assert all(0 <= bound <= 1 for bound in after["ci"]["accuracy"])
+
+
+def test_report_table_names_every_threshold_rule():
+    """The Markdown calibration table prints each model's rule beside its threshold."""
+    from kdistill.report.markdown import calibration_table
+
+    rows = [{"role": "teacher", "threshold": 0.5, "threshold_rule": rule, "at_0.5": {}} for rule in THRESHOLD_RULES]
+    lines = calibration_table({"models": rows}).splitlines()[2:]
+    assert [line.split("|")[2].strip().split(" ")[1] for line in lines] == [f"({r})" for r in THRESHOLD_RULES]

@@ -1,13 +1,14 @@
-"""Decision threshold and temperature scaling, both fitted on the VALIDATION split only.
+"""Decision threshold and temperature scaling. Temperature is fitted on the VALIDATION split only;
+the threshold comes from validation too, or from the training labels' class shares (``prior``).
 
 Temperature scaling (Guo et al., 2017) divides the logits by one scalar ``T`` chosen to minimize
 the negative log-likelihood of the validation labels; it changes confidence, never the arg-max,
 so accuracy at the arg-max and AUC stay as they are while the probabilities become honest (ECE).
 
 The decision threshold (binary data only) is applied to the positive class's temperature-scaled
-probability, so it is chosen on those same probabilities. Both rules maximize the same quantity:
-for two classes Youden's J = sensitivity + specificity - 1 = 2 * balanced accuracy - 1. They differ
-only in where inside the best interval the threshold sits:
+probability: the positive class wins at probability >= threshold. Two rules fit it on validation,
+and both maximize the same quantity: for two classes Youden's J = sensitivity + specificity - 1 =
+2 * balanced accuracy - 1. They differ only in where inside the best interval the threshold sits:
 
 - every validation operating point comes from ``sklearn.metrics.roc_curve`` (all points kept);
   among operating points with the same best J, the one with the HIGHER sensitivity wins (for a
@@ -17,7 +18,19 @@ only in where inside the best interval the threshold sits:
 - ``balanced_accuracy`` (default): the midpoint between that score and the next lower validation
   score, so the same validation decisions are made with the widest margin on either side.
 
-Nothing here reads the test split: callers pass validation logits and labels.
+On a nearly separable validation split both sit among a handful of borderline images, a cut that
+need not transfer to other data. Two rules fit nothing to validation's scores:
+
+- ``prior``: the threshold is the positive class's share of the TRAINING labels, pi. For
+  calibrated probabilities p, calling positive when p > pi maximizes expected balanced accuracy:
+  reweighting both classes to equal priors turns the posterior odds p/(1-p) into
+  (p/(1-p)) * ((1-pi)/pi), which exceeds 1 exactly when p > pi (the Bayes rule under equal
+  priors). It assumes the model's probabilities reflect the training shares; a model trained
+  with ``class_weighting: balanced`` already learnt equal priors, and ``argmax`` suits it instead.
+- ``argmax``: the threshold is 0.5, the arg-max decision on the scaled probabilities.
+
+Nothing here reads the test split: callers pass validation logits and labels, and for ``prior``
+the training labels' positive fraction.
 """
 
 from __future__ import annotations
@@ -31,7 +44,8 @@ from sklearn.metrics import roc_curve
 from kdistill.log import log
 from kdistill.eval.metrics import expected_calibration_error
 
-THRESHOLD_RULES = ("balanced_accuracy", "youden")
+# Keep in sync with the Literal of ``CalibrationConfig.threshold_rule`` in kdistill/config.py.
+THRESHOLD_RULES = ("balanced_accuracy", "youden", "prior", "argmax")
 LOG_T_BOUNDS = (-4.0, 4.0)  # T between 0.018 and 55: wider would only fit degenerate logits
 
 
@@ -63,12 +77,26 @@ def fit_temperature(logits: torch.Tensor | np.ndarray, labels: np.ndarray) -> fl
     return float(np.exp(best.x)) if best.fun < nll(0.0) else 1.0
 
 
+def positive_fraction(labels: np.ndarray, positive_index: int) -> float:
+    """The positive class's share of the labelled images (label -1, no label, is left out)."""
+    labels = np.asarray(labels)
+    labelled = labels[labels >= 0]
+    if len(labelled) == 0:
+        raise ValueError("threshold rule 'prior': the training split has no labelled images")
+    return float((labelled == positive_index).mean())
+
+
 def choose_threshold(positive_probs: np.ndarray, positives: np.ndarray,
-                     rule: str = "balanced_accuracy") -> float | None:
-    """The validation threshold on the positive-class probability (see the module docstring);
-    ``None`` when validation lacks one of the classes (no ROC curve to choose from)."""
+                     rule: str = "balanced_accuracy", *,
+                     train_positive_fraction: float | None = None) -> float | None:
+    """The threshold on the positive-class probability (see the module docstring); ``None`` when a
+    validation rule meets validation lacking one of the classes (no ROC curve to choose from)."""
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
+    if rule == "argmax":
+        return 0.5
+    if rule == "prior":
+        return _prior_threshold(train_positive_fraction)
     positives = np.asarray(positives, dtype=bool)
     if positives.all() or not positives.any():
         return None
@@ -82,21 +110,37 @@ def choose_threshold(positive_probs: np.ndarray, positives: np.ndarray,
     return (chosen + (float(lower.max()) if len(lower) else 0.0)) / 2
 
 
+def _prior_threshold(train_positive_fraction: float | None) -> float:
+    """The ``prior`` rule's threshold: the training positive fraction, which must lie inside (0, 1)."""
+    if train_positive_fraction is None:
+        raise ValueError("threshold rule 'prior' needs the training labels' positive fraction "
+                         "(train_positive_fraction); this caller did not pass it")
+    if not 0.0 < train_positive_fraction < 1.0:
+        raise ValueError(f"threshold rule 'prior': the training labels hold one class only "
+                         f"(positive fraction {train_positive_fraction}); no prior to threshold at")
+    return float(train_positive_fraction)
+
+
 def calibrate(logits: torch.Tensor | np.ndarray, labels: np.ndarray, positive_index: int | None, *,
-              rule: str = "balanced_accuracy", temperature: bool = True) -> dict:
+              rule: str = "balanced_accuracy", temperature: bool = True,
+              train_positive_fraction: float | None = None) -> dict:
     """Temperature, then threshold, from validation logits and labels: the ``model.json`` entries
     ``temperature``, ``threshold``, ``threshold_rule`` and a ``calibration`` record of what they
-    were fitted on."""
+    were fitted on. ``train_positive_fraction``: the training labels' positive share, which the
+    ``prior`` rule needs."""
     labels = np.asarray(labels)
     t = fit_temperature(logits, labels) if temperature else 1.0
     probs = scaled_probs(logits, t)
     threshold = None
     if positive_index is not None:
-        threshold = choose_threshold(probs[:, positive_index], labels == positive_index, rule)
+        threshold = choose_threshold(probs[:, positive_index], labels == positive_index, rule,
+                                     train_positive_fraction=train_positive_fraction)
         if threshold is None:
             threshold = 0.5  # validation has one class only: keep the neutral threshold
     record = {"fitted_on": "val", "images": int(len(labels)),
               "val_ece_uncalibrated": expected_calibration_error(scaled_probs(logits), labels),
               "val_ece": expected_calibration_error(probs, labels)}
+    if positive_index is not None and rule == "prior":
+        record["train_positive_fraction"] = train_positive_fraction  # the threshold's source
     return {"temperature": t, "threshold": threshold,
             "threshold_rule": rule if positive_index is not None else None, "calibration": record}

@@ -222,7 +222,7 @@ def _models_note(results: dict) -> str:
     if any(r.get("ci") for r in models):
         notes.append("Confidence intervals: bootstrap over test images, 95%.")
     if rule:
-        notes.append(f"Decision threshold chosen on the validation split (rule: {rule}); temperature "
+        notes.append(f"Decision threshold set by rule {rule} (see the config reference); temperature "
                      "fitted on the validation split; ECE after temperature scaling.")
     if first.get("threads") is not None:
         notes.append(f"CPU latency with {first['threads']} thread(s), batch 1, median after warm-up.")

@@ -129,7 +129,7 @@ def _statistics_section(results: dict) -> list[str]:
             lines[-1] += (f" The pooled line tests all seeds at once with the test images as units "
                           f"({POOLED_TEST}): the seeds are repeated measurements of the same images, not new samples.")
     if any("at_0.5" in row for row in results["models"]):
-        lines += ["", "## Threshold and calibration (fitted on the validation split)", "",
+        lines += ["", "## Threshold and calibration (never fitted on the test split)", "",
                   calibration_table(results)]
     return lines
 
@@ -169,7 +169,8 @@ def markdown_report(results: dict) -> str:
         "(PyTorch eager, channels-last, ONNX Runtime; the `kdistill bench` code), every architecture "
         "timed side by side, median of repeated rounds after warm-up. MACs counted by "
         "torch.utils.flop_counter.",
-        "- Every epoch, decision threshold and temperature was selected on the validation split only; "
+        "- Every epoch, decision threshold and temperature was selected on the validation split only (the "
+        "prior threshold rule reads the training labels instead); "
         "the test split was used once, for these tables.",
     ]
     for row in results["models"]:
@@ -245,7 +246,7 @@ def _threshold_note(rows: list[dict], positive: str) -> str:
     thresholds = {row.get("threshold") for row in rows}
     if any("threshold_rule" in row for row in rows):
         return (f"Each model calls {positive} when its temperature-scaled {positive} probability reaches "
-                f"its own threshold, chosen on the validation split (table above).")
+                f"its own threshold, set by the rule named beside it in the table above.")
     return f"Decision threshold {num(next(iter(thresholds)), 2)} on the {positive} probability."
 
 
