@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -349,7 +348,8 @@ def report(f: dict) -> str:
     for r in f["rows"]:
         lines.append(f"            {r['size']:4d} {r['views']:4d} | {r['draw_ms_per_view']:5.2f} "
                      f"{r['render_ms_per_view']:7.2f} {r['teacher_pass_ms_per_view']:8.2f} "
-                     f"({r['teacher_forward_in_pass_ms_per_view']:8.2f}) {r['build_ms_per_view']:8.2f}       | {r['bare_forward_ms_per_view']:8.2f} "
+                     f"({r['teacher_forward_in_pass_ms_per_view']:8.2f}) {r['build_ms_per_view']:8.2f}       | "
+                     f"{r['bare_forward_ms_per_view']:8.2f} "
                      f"{r['write_ms_per_view']:6.3f}       | {r['build_over_forward_write']:17.2f} | "
                      f"{r['full_build_s']:12.1f}")
     lines += ["", "storage     size    K | view B  table B f32/f16 (file) | full: views MB  table MB f32/f16 "
