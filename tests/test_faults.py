@@ -105,8 +105,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def interrupt_at(monkeypatch, epoch_to_fail: int) -> list[int]:
-    """Make ``_train_one_epoch`` raise at ``epoch_to_fail``; return the list of epochs trained."""
-    real = train_module._train_one_epoch
+    """Make ``train_one_epoch`` raise at ``epoch_to_fail``; return the list of epochs trained."""
+    real = train_module.train_one_epoch
     signature = inspect.signature(real)
     trained: list[int] = []
 
@@ -117,7 +117,7 @@ def interrupt_at(monkeypatch, epoch_to_fail: int) -> list[int]:
         trained.append(epoch)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_one_epoch", flaky)
+    monkeypatch.setattr(train_module, "train_one_epoch", flaky)
     return trained
 
 
@@ -193,7 +193,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_sta
         tiny_fit(data, tmp_path, method=exploding)
     state = tmp_path / "resume" / "student"
     assert saved_epochs(state) == 1
-    train_module._verify_state(state)  # complete: sizes and checksums match
+    train_module.verify_train_state(state)  # complete: sizes and checksums match
     assert all(torch.isfinite(v).all() for v in load_file(str(state / "last.safetensors")).values())
     assert not (tmp_path / "student").exists()
     assert leftover_temp_files(tmp_path) == []

@@ -155,7 +155,8 @@ def test_rkd_is_zero_for_a_scaled_copy_and_positive_otherwise():
     assert losses.rkd_loss(embedding.flip(0) ** 2, embedding, 25.0, 50.0).item() > 1e-3
 
 
-def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path):
+def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path, monkeypatch):
+    import kdistill.engine.loop as loop
     from kdistill.data import load_dataset
     from kdistill.engine.loop import fit
     from kdistill.models.checkpoint import architecture
@@ -173,19 +174,14 @@ def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path):
                   resume_dir=resume_dir, teacher=teacher, batch_size=8, lr=0.01, progress=False)
     # One epoch of two, then stop: the resume state holds the regressor.
     saved = {}
-    import kdistill.engine.loop as loop
-
-    original = loop._save_state
+    original = loop.save_train_state
 
     def keep_state(*args, **kw):
         original(*args, **kw)
         saved.update(load_file(str(resume_dir / "method.safetensors")))
 
-    loop._save_state = keep_state
-    try:
-        fit(student, method, data, epochs=1, **kwargs)
-    finally:
-        loop._save_state = original
+    monkeypatch.setattr(loop, "save_train_state", keep_state)
+    fit(student, method, data, epochs=1, **kwargs)
     assert not torch.equal(method.regressor.weight.detach(), before)  # optimized with the student
     assert torch.equal(saved["regressor.weight"], method.regressor.weight.detach())
     exported = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
@@ -194,21 +190,21 @@ def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path):
 
 
 def test_resume_restores_the_method_parameters(tmp_path):
-    from kdistill.engine.loop import _load_state, _save_state, _TrainState, _build_optimizer, _build_schedule
+    from kdistill.engine.loop import TrainState, build_optimizer, build_schedule, load_train_state, save_train_state
     from kdistill.engine.precision import grad_scaler
 
     method, student, _ = bound("fitnet")
     params = list(student.parameters()) + list(method.parameters())
-    opt = _build_optimizer("adamw", params, 1e-3, 0.0)
-    sched = _build_schedule("cosine", opt, 10)
+    opt = build_optimizer("adamw", params, 1e-3, 0.0)
+    sched = build_schedule("cosine", opt, 10)
     scaler = grad_scaler(torch.device("cpu"), "fp32")
-    state = _TrainState([], 1, 0.5, {k: v.clone() for k, v in student.state_dict().items()},
-                        dict(method.state_dict()))
-    _save_state(tmp_path / "r", student, opt, sched, scaler, state)
+    state = TrainState([], 1, 0.5, {k: v.clone() for k, v in student.state_dict().items()},
+                       dict(method.state_dict()))
+    save_train_state(tmp_path / "r", student, opt, sched, scaler, state)
     saved = method.regressor.weight.detach().clone()
     with torch.no_grad():
         method.regressor.weight.add_(1.0)
-    _load_state(tmp_path / "r", student, opt, sched, scaler, method)
+    load_train_state(tmp_path / "r", student, opt, sched, scaler, method)
     assert torch.equal(method.regressor.weight.detach(), saved)
 
 

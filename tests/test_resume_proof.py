@@ -23,7 +23,7 @@ class Killed(KeyboardInterrupt):
 
 def spy_on_epochs(monkeypatch, fail_at: tuple[str, int] | None = None) -> list[tuple[str, int]]:
     """Record (model name, epoch) of every epoch trained; raise Killed at ``fail_at``."""
-    real = loop._train_one_epoch
+    real = loop.train_one_epoch
     signature = inspect.signature(real)
     trained = []
 
@@ -34,7 +34,7 @@ def spy_on_epochs(monkeypatch, fail_at: tuple[str, int] | None = None) -> list[t
         trained.append((bound["name"], bound["epoch"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_train_one_epoch", spy)
+    monkeypatch.setattr(loop, "train_one_epoch", spy)
     return trained
 
 

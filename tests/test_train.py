@@ -31,8 +31,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def interrupt_at(monkeypatch, epoch_to_fail: int, role: str | None = None):
-    """Make ``_train_one_epoch`` raise at the start of ``epoch_to_fail`` (of ``role`` if given)."""
-    real = train_module._train_one_epoch
+    """Make ``train_one_epoch`` raise at the start of ``epoch_to_fail`` (of ``role`` if given)."""
+    real = train_module.train_one_epoch
     signature = inspect.signature(real)
 
     def flaky(*args, **kwargs):
@@ -41,19 +41,19 @@ def interrupt_at(monkeypatch, epoch_to_fail: int, role: str | None = None):
             raise Interrupted()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_one_epoch", flaky)
+    monkeypatch.setattr(train_module, "train_one_epoch", flaky)
 
 
 def record_epoch_ends(monkeypatch) -> list[dict]:
     """Spy on the per-epoch state save: a copy of the weights at the end of every epoch run."""
-    real = train_module._save_state
+    real = train_module.save_train_state
     ends = []
 
     def spy(resume_dir, model, opt, sched, scaler, state):
         ends.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real(resume_dir, model, opt, sched, scaler, state)
 
-    monkeypatch.setattr(train_module, "_save_state", spy)
+    monkeypatch.setattr(train_module, "save_train_state", spy)
     return ends
 
 
@@ -126,19 +126,19 @@ def test_resume_state_keeps_the_fp16_loss_scale(tmp_path):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    state = train_module._TrainState([], 0, None, model.state_dict())
+    state = train_module.TrainState([], 0, None, model.state_dict())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 37})
-    train_module._save_state(tmp_path / "scaled", model, opt, sched, scaler, state)
-    train_module._save_state(tmp_path / "plain", model, opt, sched,
-                             torch.amp.GradScaler("cpu", enabled=False), state)
+    train_module.save_train_state(tmp_path / "scaled", model, opt, sched, scaler, state)
+    train_module.save_train_state(tmp_path / "plain", model, opt, sched,
+                                  torch.amp.GradScaler("cpu", enabled=False), state)
 
     restored = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    train_module._load_state(tmp_path / "scaled", model, opt, sched, restored)
+    train_module.load_train_state(tmp_path / "scaled", model, opt, sched, restored)
     assert restored.state_dict()["scale"] == 512.0
     assert restored.state_dict()["_growth_tracker"] == 37
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    train_module._load_state(tmp_path / "plain", model, opt, sched, fresh)
+    train_module.load_train_state(tmp_path / "plain", model, opt, sched, fresh)
     assert fresh.state_dict()["scale"] == 2.0**16
 
 

@@ -93,18 +93,18 @@ def fit(
     steps_per_epoch = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     trained = distributed.wrap_student(model, world)  # ``model`` itself when not distributed
     runner = StepRunner(place, precision, teacher)
-    opt = _build_optimizer(optimizer, params, lr, weight_decay)
-    sched = _build_schedule(schedule, opt, epochs * steps_per_epoch)
-    state = _TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
+    opt = build_optimizer(optimizer, params, lr, weight_decay)
+    sched = build_schedule(schedule, opt, epochs * steps_per_epoch)
+    state = TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
     if resume:
         state = _load_newest_state(resume_dir, name, model, opt, sched, runner.scaler, method) or state
     for epoch in range(len(state.history) + 1, epochs + 1):
         started = time.perf_counter()
         if hasattr(method, "set_epoch"):  # warm-ups and schedules inside the method
             method.set_epoch(epoch)
-        train_stats = _train_one_epoch(trained, method, teacher, data, opt, sched, batch_size,
-                                       _epoch_generator(seed, epoch), name, epoch, epochs,
-                                       progress and world.is_main, world=world, runner=runner)
+        train_stats = train_one_epoch(trained, method, teacher, data, opt, sched, batch_size,
+                                      _epoch_generator(seed, epoch), name, epoch, epochs,
+                                      progress and world.is_main, world=world, runner=runner)
         val = _validate(_InputsTo(model, place) if place.type != "cpu" else model, data)
         record = {"epoch": epoch, **train_stats, "val_loss": val["loss"],
                   **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "confusion_matrix")},
@@ -117,7 +117,7 @@ def fit(
         log.info(_epoch_line(name, record, epochs))
         if world.is_main:
             state.method_tensors = method_state(method)
-            _save_state(resume_dir, model, opt, sched, runner.scaler, state)
+            save_train_state(resume_dir, model, opt, sched, runner.scaler, state)
     model.load_state_dict(state.best_weights)
     best_val = {k[4:]: v for k, v in state.history[state.best_epoch - 1].items() if k.startswith("val_")}
     meta = {**checkpoint_meta, "selected": {"epoch": state.best_epoch, "metric": select_metric,
@@ -131,7 +131,10 @@ def fit(
 
 
 @dataclass
-class _TrainState:
+class TrainState:
+    """What the resume state holds besides the optimizer and schedule: the per-epoch history,
+    the best epoch so far and its weights, and a method's own tensors."""
+
     history: list[dict]
     best_epoch: int
     best_score: float | None
@@ -180,9 +183,12 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
-def _train_one_epoch(model, method, teacher, data, opt, sched, batch_size, generator, name,
-                     epoch, epochs, progress, world: distributed.World = distributed.World(),
-                     runner: StepRunner | None = None) -> dict:
+def train_one_epoch(model: nn.Module, method, teacher, data: DatasetBundle, opt: torch.optim.Optimizer,
+                    sched, batch_size: int, generator: torch.Generator, name: str, epoch: int,
+                    epochs: int, progress: bool, world: distributed.World = distributed.World(),
+                    runner: StepRunner | None = None) -> dict:
+    """One pass over the training set, stepping ``opt`` and ``sched`` per batch; returns the
+    epoch's training loss, accuracy and last learning rate. :func:`fit` calls it once per epoch."""
     set_train_mode(model)
     if isinstance(method, nn.Module):
         method.train()
@@ -313,13 +319,16 @@ def _epoch_line(name: str, record: dict, epochs: int) -> str:
             f" | {record['seconds']:.1f}s")
 
 
-def _build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer named in the config: ``sgd`` (Nesterov momentum 0.9), else AdamW."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _build_schedule(name: str, opt, total_steps: int):
+def build_schedule(name: str, opt: torch.optim.Optimizer,
+                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step learning-rate schedule: ``cosine`` to zero over ``total_steps``, else constant."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
@@ -335,7 +344,8 @@ def remove_resume_state(resume_dir: Path) -> None:
     shutil.rmtree(_previous_dir(resume_dir), ignore_errors=True)
 
 
-def _save_state(resume_dir: Path, model, opt, sched, scaler, state: _TrainState) -> None:
+def save_train_state(resume_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler,
+                     state: TrainState) -> None:
     """Weights, optimizer and best weights as safetensors; the rest (scheduler, the fp16 gradient
     scaler's loss scale and growth counter) as JSON. No pickle.
 
@@ -373,8 +383,8 @@ def _file_digest(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def _verify_state(resume_dir: Path) -> dict:
-    """The parsed ``state.json`` of a complete state; a :class:`CheckpointError` says what is torn."""
+def verify_train_state(resume_dir: Path) -> dict:
+    """The parsed ``state.json`` of a complete resume state; a :class:`CheckpointError` says what is torn."""
     try:
         saved = json.loads((resume_dir / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -387,12 +397,12 @@ def _verify_state(resume_dir: Path) -> dict:
 
 
 def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler,
-                       method=None) -> _TrainState | None:
+                       method=None) -> TrainState | None:
     """Resume from the newest complete state; fall back to the previous epoch's if it is torn."""
     candidates = [d for d in (resume_dir, _previous_dir(resume_dir)) if (d / "state.json").exists()]
     for index, directory in enumerate(candidates):
         try:
-            state = _load_state(directory, model, opt, sched, scaler, method)
+            state = load_train_state(directory, model, opt, sched, scaler, method)
         except CheckpointError as exc:
             if index + 1 == len(candidates):
                 raise
@@ -404,8 +414,11 @@ def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler,
     return None
 
 
-def _load_state(resume_dir: Path, model, opt, sched, scaler, method=None) -> _TrainState:
-    saved = _verify_state(resume_dir)
+def load_train_state(resume_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler,
+                     method=None) -> TrainState:
+    """Restore what :func:`save_train_state` wrote into ``model``, ``opt``, ``sched``, ``scaler``
+    (and ``method``'s own tensors); a torn or foreign state raises :class:`CheckpointError`."""
+    saved = verify_train_state(resume_dir)
     try:
         model.load_state_dict(load_file(str(resume_dir / "last.safetensors")))
         if method_state(method):  # before the optimizer, whose state refers to these parameters
@@ -417,7 +430,7 @@ def _load_state(resume_dir: Path, model, opt, sched, scaler, method=None) -> _Tr
     except Exception as exc:  # a torn or foreign resume state must not be half-used
         raise CheckpointError(f"{resume_dir}: cannot resume from this state ({exc}); "
                               f"delete it to start over") from None
-    return _TrainState(saved["history"], saved["best_epoch"], saved["best_score"], best)
+    return TrainState(saved["history"], saved["best_epoch"], saved["best_score"], best)
 
 
 def _load_scaler(scaler, saved: dict) -> None:
