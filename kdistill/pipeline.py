@@ -274,8 +274,10 @@ def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> d
     fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index, rule=rule,
                        temperature=config.calibration.temperature, train_positive_fraction=prior)
     threshold = "none (arg-max)" if fitted["threshold"] is None else f"{fitted['threshold']:.4f}"
-    log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f}, threshold {threshold}"
-             f" ({fitted['threshold_rule']}), fitted on {len(data.val)} validation images")
+    source = {"prior": "the training labels' positive share", "argmax": "the arg-max"}.get(
+        rule, f"fitted on {len(data.val)} validation images")
+    log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f} (fitted on"
+             f" {len(data.val)} validation images), threshold {threshold} ({fitted['threshold_rule']}: {source})")
     return fitted
 
 
