@@ -6,7 +6,8 @@ For every K in ``--views`` and input size in ``--sizes``, over N images of ``FOL
 fixed random subset, seed 0; no other folder is read) or, without ``--data``, N generated grey
 images, each piece timed through the functions a ``kdistill run`` with ``distill.bank_views=K``
 calls (kdistill/distill/setup.py), with the settings of ``--config`` (default the packaged chest
-X-ray config: its augmentation, channels, student, method):
+X-ray config: its channels, student, method) and the views of ``--set`` (default the radiologist
+views: random-resized crop at scale 0.6-1, rotation 7 degrees, brightness and contrast 0.25):
 
 1. Building the bank: ``draw_s`` (``view_bank``: K*N view rows), ``render_s``
    (``materialized_bank``: every view rendered once to uint8), ``teacher_pass_s``
@@ -102,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="input sizes (default 128 224)")
     parser.add_argument("--teacher", default="timm:tf_efficientnet_lite0", help="teacher model (random weights)")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the run's settings (default chest_xray.yaml)")
+    parser.add_argument("--set", nargs="*", default=list(RADIOLOGIST_VIEWS), metavar="KEY=VALUE",
+                        help="config overrides, e.g. the views (default: the radiologist views)")
     parser.add_argument("--epochs", type=int, default=2, help="student epochs per measurement (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating alone/bank measurements (default 2)")
     parser.add_argument("--full-images", type=int, default=FULL_TRAIN_IMAGES,
@@ -117,10 +120,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# The bank exists for views beyond the flip; the packaged configs train on flips only.
+RADIOLOGIST_VIEWS = ("data.augment.scale=[0.6,1.0]", "data.augment.rotation=7",
+                     "data.augment.brightness=0.25", "data.augment.contrast=0.25")
+
+
 def bench_config(args, size: int, views: int) -> Config:
     """The run's config with this bank, size and teacher (random weights); the teacher's table is
     cached only in the temporary folders this script passes in."""
-    return load_config(args.config, [f"data.input_size={size}", f"distill.bank_views={views}",
+    return load_config(args.config, [*args.set, f"data.input_size={size}", f"distill.bank_views={views}",
                                       "distill.teacher_cache=true", f"teacher.model={args.teacher}",
                                       "teacher.pretrained=false", "teacher.weights=null"])
 

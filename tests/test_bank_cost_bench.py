@@ -33,6 +33,8 @@ def test_bank_cost_prints_every_figure_with_finite_ratios(tmp_path, capsys):
                           "--epochs", "1", "--rounds", "1", "--json", "--out", str(saved)])
     assert json.loads(capsys.readouterr().out) == figures == json.loads(saved.read_text())
     assert [(row["size"], row["views"]) for row in figures["rows"]] == [(32, 1), (32, 2)]
+    # the bank is measured on views beyond the flip, whatever the packaged config trains on
+    assert figures["augment"]["scale"] == [0.6, 1.0] and figures["augment"]["rotation"] == 7
     for row in figures["rows"]:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         for ratio in ("build_over_forward_write", "student_bank_vs_alone", "student_rendered_vs_alone"):
