@@ -53,7 +53,8 @@ import torch
 from kdistill.config import Config, load_config
 from kdistill.data import DatasetBundle, ImageSplit, iterate_batches
 from kdistill.data.cache import cached_decode
-from kdistill.data.folder import class_names, scan_split
+from kdistill.data.folder import sample_train_files
+from kdistill.errors import DataError
 from kdistill.data.views import VIEW_WIDTH, augment_spec, materialized_bytes
 from kdistill.distill import build_method
 from kdistill.distill.method_setup import method_arguments
@@ -140,7 +141,7 @@ def load_images(args, config: Config, scratch: Path) -> DatasetBundle:
     decoded-image cache, in ``scratch``), or generated grey images."""
     size, channels = config.data.input_size, config.data.channels
     if args.data:
-        classes, paths, labels = pick_train_images(Path(args.data), args.images)
+        classes, paths, labels = train_subset(Path(args.data), args.images)
         images, kept, bad, key = cached_decode(paths, size, channels, "skip", scratch / "decoded")
         if bad:
             sys.exit(f"{bad[0][0]}: {bad[0][1]}")
@@ -160,17 +161,6 @@ def load_images(args, config: Config, scratch: Path) -> DatasetBundle:
     data_cfg = dataclasses.asdict(config.data)
     return DatasetBundle(classes, classes[-1], train, val, val, size, channels, {}, config.data.hflip,
                          augment_spec(data_cfg["augment"], config.data.hflip))
-
-
-def pick_train_images(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
-    """``count`` files of ``root/train`` drawn at random (seed 0), in a fixed order."""
-    train = root / "train"
-    if not train.is_dir():
-        sys.exit(f"{root}: no train/ folder (expected {root}/train/<class>/<images>)")
-    classes = class_names(train)
-    found = scan_split(train, classes)
-    chosen = sorted(np.random.default_rng(0).permutation(len(found.paths))[:count].tolist())
-    return classes, [found.paths[i] for i in chosen], [found.labels[i] for i in chosen]
 
 
 # --- one (size, K) --------------------------------------------------------------------------------
@@ -377,6 +367,14 @@ def report(f: dict) -> str:
                      f"{1000 * r['student_rendered_s_per_image']:17.3f} {r['student_rendered_vs_alone']:15.2f}")
     return "\n".join(lines)
 
+
+
+def train_subset(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
+    """The benchmark's fixed subset of ``root/train``; a bad folder exits with its one-line reason."""
+    try:
+        return sample_train_files(root, count)
+    except DataError as exc:
+        sys.exit(str(exc))
 
 if __name__ == "__main__":
     main()

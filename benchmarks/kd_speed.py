@@ -51,7 +51,8 @@ from torchvision import transforms
 from kdistill.models.checkpoint import architecture
 from kdistill.data import DatasetBundle, ImageSplit
 from kdistill.data.cache import cached_decode
-from kdistill.data.folder import class_names, scan_split
+from kdistill.data.folder import sample_train_files
+from kdistill.errors import DataError
 from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, render_views
 from kdistill.distill import CachedTeacher, build_method
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    classes, paths, labels = pick_images(Path(args.data), args.images)
+    classes, paths, labels = train_subset(Path(args.data), args.images)
     was_disabled, log.disabled = log.disabled, True  # fit's epoch lines would interleave with the figures
     try:
         naive_img_s, naive_wait = time_naive(paths, labels, args)
@@ -106,17 +107,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bank-views", type=int, default=8, help="K views per image of the bank (d)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
-
-
-def pick_images(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
-    """``count`` files of ``root/train`` drawn at random (seed 0), in a fixed order."""
-    train = root / "train"
-    if not train.is_dir():
-        sys.exit(f"{root}: no train/ folder (expected {root}/train/<class>/<images>)")
-    classes = class_names(train)
-    found = scan_split(train, classes)
-    chosen = sorted(np.random.default_rng(0).permutation(len(found.paths))[:count].tolist())
-    return classes, [found.paths[i] for i in chosen], [found.labels[i] for i in chosen]
 
 
 # --- (a) the common recipe ----------------------------------------------------------------
@@ -281,6 +271,14 @@ def report(f: dict) -> str:
         f"(c)/(b) = {f['distill_vs_student']:.2f}   (c)/(a) = {f['distill_vs_naive']:.1f}   "
         f"(c)/(a') = {f['distill_vs_naive_same_allocator']:.1f}"])
 
+
+
+def train_subset(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
+    """The benchmark's fixed subset of ``root/train``; a bad folder exits with its one-line reason."""
+    try:
+        return sample_train_files(root, count)
+    except DataError as exc:
+        sys.exit(str(exc))
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kdistill.errors import DataError
 from kdistill.log import log
 
@@ -78,3 +80,15 @@ def is_broken_link(path: Path) -> bool:
     image's) so that decoding reports it under ``on_bad_image`` instead of it vanishing silently.
     Sub-folders, including linked ones, are never entered, so a link to a parent cannot loop the scan."""
     return path.is_symlink() and not path.exists()
+
+
+def sample_train_files(root: Path, count: int, seed: int = 0) -> tuple[list[str], list[Path], list[int]]:
+    """``count`` files of ``root/train`` drawn at random with ``seed``, kept in folder order: the
+    fixed subsets the benchmarks time (the same images in every run and every script)."""
+    train = root / "train"
+    if not train.is_dir():
+        raise DataError(f"{root}: no train/ folder (expected {root}/train/<class>/<images>)")
+    classes = class_names(train)
+    found = scan_split(train, classes)
+    chosen = sorted(np.random.default_rng(seed).permutation(len(found.paths))[:count].tolist())
+    return classes, [found.paths[i] for i in chosen], [found.labels[i] for i in chosen]
