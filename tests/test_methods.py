@@ -143,6 +143,14 @@ def test_feature_methods_equal_their_pure_losses(monkeypatch):
         assert torch.allclose(out["loss"].detach(), expected, rtol=1e-5, atol=1e-5), name
 
 
+def test_attention_transfer_loss_hand_checked():
+    """Q_s = [1, 4, 0, 0] / sqrt(17), Q_t = [0, 0, 1, 4] / sqrt(17): mean squared difference
+    34 / 17 / 4 = 0.5, times beta (the authors' code: beta * mean, no half)."""
+    student = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]]]])
+    teacher = torch.tensor([[[[0.0, 0.0], [1.0, 2.0]]]])
+    assert losses.attention_transfer_loss([student], [teacher], 1000.0).item() == pytest.approx(500.0)
+
+
 def test_attention_map_hand_checked():
     """One channel [[1, 2], [0, 0]]: energy |A|**2 = [1, 4, 0, 0], normalized by sqrt(17)."""
     features = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]]]])

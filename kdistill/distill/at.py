@@ -1,4 +1,4 @@
-"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017): ``CE + beta / 2 * sum_j
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017): ``CE + beta * sum_j
 mean((Q_s,j - Q_t,j)**2)``, with ``Q`` each layer's L2-normalized spatial attention map (channel
 mean of ``A**p``, p = 2) and beta 1000, as in the authors' code. Every student layer is paired with
 a teacher layer (default: the two smallest resolutions of each); the student's map is resized to

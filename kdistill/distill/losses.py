@@ -165,13 +165,15 @@ def attention_map(features: torch.Tensor, size: tuple[int, int] | None = None, p
 
 def attention_transfer_loss(student_maps: list[torch.Tensor], teacher_maps: list[torch.Tensor],
                             beta: float, p: int = 2) -> torch.Tensor:
-    """AT: ``beta / 2 * sum_j mean((Q_s,j - Q_t,j)**2)`` over the layer pairs, as in the authors'
-    code; each student attention map is resized to its teacher's spatial size first."""
+    """AT: ``beta * sum_j mean((Q_s,j - Q_t,j)**2)`` over the layer pairs, as in the authors' code
+    (the paper's Eq. 2 has beta / 2 with a norm, the code a mean and no half; beta 1000 is set for
+    the code's form). Each student attention map is resized to its teacher's spatial size first;
+    the authors pool the larger raw feature map instead, so maps of different sizes differ."""
     total = student_maps[0].new_zeros(())
     for student, teacher in zip(student_maps, teacher_maps):
         size = tuple(teacher.shape[-2:])
         total = total + (attention_map(student, size, p) - attention_map(teacher.detach(), None, p)).pow(2).mean()
-    return beta / 2 * total
+    return beta * total
 
 
 def _pairwise_distances(embedding: torch.Tensor) -> torch.Tensor:
