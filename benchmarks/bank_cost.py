@@ -54,7 +54,6 @@ from kdistill.config import Config, load_config
 from kdistill.data import DatasetBundle, ImageSplit, iterate_batches
 from kdistill.data.cache import cached_decode
 from kdistill.data.folder import sample_train_files
-from kdistill.errors import DataError
 from kdistill.data.views import VIEW_WIDTH, augment_spec, materialized_bytes
 from kdistill.distill import build_method
 from kdistill.distill.method_setup import method_arguments
@@ -118,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--images >= 2, --views >= 1, --sizes >= 16, --epochs >= 1, --rounds >= 1")
     if not Path(args.config).is_file():
         sys.exit(f"{args.config}: config file not found")
+    if args.data is not None and not (Path(args.data) / "train").is_dir():
+        sys.exit(f"{args.data}: no train/ folder (expected {args.data}/train/<class>/<images>)")
     return args
 
 
@@ -141,7 +142,7 @@ def load_images(args, config: Config, scratch: Path) -> DatasetBundle:
     decoded-image cache, in ``scratch``), or generated grey images."""
     size, channels = config.data.input_size, config.data.channels
     if args.data:
-        classes, paths, labels = train_subset(Path(args.data), args.images)
+        classes, paths, labels = sample_train_files(Path(args.data), args.images)
         images, kept, bad, key = cached_decode(paths, size, channels, "skip", scratch / "decoded")
         if bad:
             sys.exit(f"{bad[0][0]}: {bad[0][1]}")
@@ -367,14 +368,6 @@ def report(f: dict) -> str:
                      f"{1000 * r['student_rendered_s_per_image']:17.3f} {r['student_rendered_vs_alone']:15.2f}")
     return "\n".join(lines)
 
-
-
-def train_subset(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
-    """The benchmark's fixed subset of ``root/train``; a bad folder exits with its one-line reason."""
-    try:
-        return sample_train_files(root, count)
-    except DataError as exc:
-        sys.exit(str(exc))
 
 if __name__ == "__main__":
     main()

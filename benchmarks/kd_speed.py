@@ -52,7 +52,6 @@ from kdistill.models.checkpoint import architecture
 from kdistill.data import DatasetBundle, ImageSplit
 from kdistill.data.cache import cached_decode
 from kdistill.data.folder import sample_train_files
-from kdistill.errors import DataError
 from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, render_views
 from kdistill.distill import CachedTeacher, build_method
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    classes, paths, labels = train_subset(Path(args.data), args.images)
+    classes, paths, labels = sample_train_files(Path(args.data), args.images)
     was_disabled, log.disabled = log.disabled, True  # fit's epoch lines would interleave with the figures
     try:
         naive_img_s, naive_wait = time_naive(paths, labels, args)
@@ -106,7 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the students' student.fast_path setting (default auto)")
     parser.add_argument("--bank-views", type=int, default=8, help="K views per image of the bank (d)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not (Path(args.data) / "train").is_dir():
+        sys.exit(f"{args.data}: no train/ folder (expected {args.data}/train/<class>/<images>)")
+    return args
 
 
 # --- (a) the common recipe ----------------------------------------------------------------
@@ -271,14 +273,6 @@ def report(f: dict) -> str:
         f"(c)/(b) = {f['distill_vs_student']:.2f}   (c)/(a) = {f['distill_vs_naive']:.1f}   "
         f"(c)/(a') = {f['distill_vs_naive_same_allocator']:.1f}"])
 
-
-
-def train_subset(root: Path, count: int) -> tuple[list[str], list[Path], list[int]]:
-    """The benchmark's fixed subset of ``root/train``; a bad folder exits with its one-line reason."""
-    try:
-        return sample_train_files(root, count)
-    except DataError as exc:
-        sys.exit(str(exc))
 
 if __name__ == "__main__":
     main()
