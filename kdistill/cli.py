@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2, help="CPU threads for the speed figures")
     evaluate.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
                           help="unreadable images: skip and list them (default), or stop")
+    study = commands.add_parser("threshold-study", help="each threshold rule against the best threshold in "
+                                "hindsight on a finished run's test split (judge rules on a held-out source)")
+    study.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a finished kdistill run")
+    study.add_argument("--json", action="store_true", help="print the study as JSON")
+    calibrate = commands.add_parser("calibrate", help="refit a checkpoint's threshold and temperature on a "
+                                    "labelled sample from the deployment site")
+    calibrate.add_argument("--checkpoint", required=True, help="checkpoint directory (its ONNX files are updated too)")
+    calibrate.add_argument("--data", required=True, help="the site's labelled images: FOLDER/<class>/ (say 50-200)")
+    calibrate.add_argument("--rule", choices=["balanced_accuracy", "youden"], default="balanced_accuracy",
+                           help="threshold rule fitted on the site's images (default balanced_accuracy)")
+    calibrate.add_argument("--no-temperature", action="store_true", help="keep T = 1 instead of fitting it")
+    calibrate.add_argument("--out", help="write a calibrated copy of the checkpoint here instead of updating it")
     doctor = commands.add_parser("doctor", help="check an image folder: counts, unreadable files, "
                                                  "duplicates, patients leaking across splits")
     doctor.add_argument("--data", required=True, help="dataset root with train/ [val/] [test/]")
@@ -168,6 +180,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _search_student(args)
     if args.command in ("export", "predict", "bench"):
         print(_deploy(args))
+        return 0
+    if args.command == "threshold-study":
+        import json
+
+        from kdistill.threshold_study import format_study, study_run
+
+        study = study_run(Path(args.run_dir))
+        print(json.dumps(study, indent=2) if args.json else format_study(study))
+        return 0
+    if args.command == "calibrate":
+        from kdistill.eval.site import calibrate_checkpoint
+
+        fitted = calibrate_checkpoint(Path(args.checkpoint), Path(args.data), rule=args.rule,
+                                      temperature=not args.no_temperature,
+                                      out=Path(args.out) if args.out else None)
+        record = fitted["calibration"]
+        threshold = "arg-max" if fitted["threshold"] is None else f"{fitted['threshold']:.4g}"
+        print(f"threshold {threshold}, temperature {fitted['temperature']:.4g} "
+              f"({fitted['threshold_rule']}, {record['images']} site images); written to "
+              f"{args.out or args.checkpoint}")
         return 0
     if args.command == "evaluate":
         from kdistill.eval.evaluate import evaluate_checkpoint

@@ -103,6 +103,10 @@ class DataConfig:
     labeled_fraction: Optional[float] = setting(
         None, "a simulation: keep the labels of this share of the train split (grouped by patient) "
         "and give the rest to the distilled student as unlabelled images (null: all labelled)")
+    external: list[str] = setting(
+        doc="labelled folders from other sources (`FOLDER/<class>/` or a root with `test/`): every model "
+        "is evaluated on each and reported beside the test split, never selected on; copies of the "
+        "run's own images are left out", factory=list)
 
 
 @dataclass
@@ -126,6 +130,10 @@ class TeacherConfig:
         doc="teacher.mode=partial: module paths (prefixes, e.g. `layer4`) that train instead of the "
         "last trainable_blocks stages (empty: use trainable_blocks)", factory=list)
     checkpoint: Optional[str] = setting(None, "reuse an already fine-tuned teacher checkpoint directory")
+    onnx_inference: bool = setting(
+        True, "on a CPU, the frozen teacher's inference passes (teacher table, shift battery, evaluation) "
+        "run in ONNX Runtime when it is installed and matches PyTorch on a check batch (2-3x faster for "
+        "convolutional teachers; logits within 1e-3, typically 1e-5); false: PyTorch")
     train: TrainConfig = setting(doc="the teacher's recipe", factory=lambda: TrainConfig(epochs=5, lr=1e-3))
 
 
@@ -238,12 +246,32 @@ class CalibrationConfig:
     """Fitted on the validation split after training and stored in each checkpoint's model.json."""
 
     # Keep the Literal in sync with THRESHOLD_RULES in kdistill/eval/calibration.py.
-    threshold_rule: Literal["balanced_accuracy", "youden", "prior", "argmax"] = setting(
+    threshold_rule: Literal["balanced_accuracy", "youden", "battery", "prior", "argmax"] = setting(
         "balanced_accuracy", "binary data: balanced_accuracy and youden fit the decision threshold "
         "on validation to maximize balanced accuracy (= Youden's J), differing only in where inside "
-        "the best interval it sits; prior: the positive class's share of the training labels (the "
-        "balanced-accuracy Bayes cut for calibrated probabilities); argmax: 0.5")
+        "the best interval it sits; battery: balanced_accuracy fitted on validation and every "
+        "rendering of the shift battery pooled (needs robustness.battery); prior: the positive "
+        "class's share of the training labels (the balanced-accuracy Bayes cut for calibrated "
+        "probabilities); argmax: 0.5")
     temperature: bool = setting(True, "temperature scaling of the logits (false: T = 1)")
+    site: Optional[str] = setting(
+        None, "a labelled sample from the deployment site (`FOLDER/<class>/`, say 50-200 images): every "
+        "model's threshold and temperature are refitted on it instead of validation (validation still "
+        "chooses epochs); checkpoints, ONNX files and the report record it; `kdistill calibrate` does the "
+        "same for a trained checkpoint")
+    site_rule: Literal["balanced_accuracy", "youden"] = setting(
+        "balanced_accuracy", "the threshold rule fitted on the site's sample")
+
+
+@dataclass
+class RobustnessConfig:
+    """The shift battery (kdistill/data/shifts.py): the validation split re-rendered under
+    acquisition changes (framing, intensity curves, blur and sharpening, noise, JPEG, resolution),
+    each at three severities; every model gets its metrics per shift and the drop from clean."""
+
+    battery: bool = setting(True, "score every model on the shift battery (its validation renderings)")
+    seed: int = setting(0, "seed of the battery's random draws (directions, noise); fixed, so "
+                        "every model and run is scored on the same renderings")
 
 
 @dataclass
@@ -266,6 +294,7 @@ class Config:
     profile: ProfileConfig = setting(doc="speed measurement", factory=ProfileConfig)
     calibration: CalibrationConfig = setting(doc="threshold and temperature fitting",
                                              factory=CalibrationConfig)
+    robustness: RobustnessConfig = setting(doc="the shift battery", factory=RobustnessConfig)
     tune: TuneConfig = setting(doc="hyper-parameter search ranges", factory=TuneConfig)
     search: SearchConfig = setting(doc="student search within the budget", factory=SearchConfig)
     tuned: Optional[str] = setting(
@@ -487,6 +516,9 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"seeds: {config.seeds} must be a non-empty list of different seeds (or null)")
     if config.teacher.trainable_blocks < 1:
         raise ConfigError(f"teacher.trainable_blocks: {config.teacher.trainable_blocks} must be at least 1")
+    if config.calibration.threshold_rule == "battery" and not config.robustness.battery:
+        raise ConfigError("calibration.threshold_rule: battery fits the threshold on the shift battery's "
+                          "renderings; set robustness.battery=true or choose another rule")
     _check_tune_ranges(config.tune)
     _check_budget_and_search(config.student.budget, config.search)
 

@@ -42,7 +42,7 @@ import torch
 
 from kdistill import __version__
 from kdistill.engine import distributed
-from kdistill.eval.calibration import calibrate, positive_fraction
+from kdistill.eval.calibration import calibrate, describe_fit, positive_fraction
 from kdistill.models.checkpoint import architecture, load_checkpoint, update_meta
 from kdistill.config import TUNED_KEYS, Config
 from kdistill.data import DatasetBundle, load_dataset
@@ -60,10 +60,14 @@ from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
 from kdistill.eval.pooled import pooled_tests_from_results
 from kdistill.eval.inference import predict_logits
+from kdistill.eval.robustness import Battery, battery_logits, robustness
+from kdistill.eval.site import fit_on_site
+from kdistill.data.external import load_labelled_folder
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
 from kdistill.models.fast_path import set_fast_path
+from kdistill.models.inference import use_runner
 from kdistill.models.stages import freeze_all_but, partial_trainable
 from kdistill.engine.precision import resolve_device
 from kdistill.report.markdown import comparison_table, markdown_report
@@ -83,6 +87,7 @@ def run(config: Config, resume: bool = False) -> dict:
         data = load_dataset(**dataclasses.asdict(config.data))
     log_data(data)
     require_every_class(data)
+    data = with_site_sample(data, config)
     world = distributed.current()  # under torchrun: rank 0 checks, evaluates and writes
     findings = _run_doctor(config) if world.is_main else None
     # Fail now, before anything is written or the teacher has trained.
@@ -105,8 +110,9 @@ def run(config: Config, resume: bool = False) -> dict:
     deployment = _export_student(first_seed / distilled_runs(config)[0][1], data) if config.export else None
     statistics = run_statistics(rows, {row["id"]: probs for row, probs, _ in evaluated},
                                 data.test.labels.numpy(), data.positive_index)
+    external = [evaluate_external(folder, evaluated, data) for folder in data.external]
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
-               **statistics,
+               **statistics, "external": external,
                "export": deployment, "doctor": findings, "tuned": _tuned(config),
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
@@ -181,13 +187,13 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     if cfg.checkpoint:
         model, meta = load_checkpoint(cfg.checkpoint)
         check_same_data(meta, data, cfg.checkpoint)
+        model = fast_frozen_teacher(model, meta, config)
         meta = {**meta, **fit_calibration(model, meta, data, config)}  # in memory: not the user's folder
-        return freeze(model), meta
+        return model, meta
     checkpoint_dir = out / "teacher"
     if resume and (checkpoint_dir / "model.json").is_file():
         log.info(f"teacher: already trained in {checkpoint_dir}, reusing it")
-        model, meta = _calibrated(checkpoint_dir, data, config)
-        return freeze(model), meta
+        return _calibrated(checkpoint_dir, data, config, teacher=True)
     torch.manual_seed(config.seed)
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
     model = build_model(**{"name": cfg.model, **arch["args"]}, pretrained=cfg.pretrained, weights=cfg.weights)
@@ -211,8 +217,21 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     # Fresh views of data.augment every step; head mode's stored features exist for flips only.
     fit_data = dataclasses.replace(data, augment=None) if cfg.mode == "head" else data
     _fit(model, method, fit_data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
-    model, meta = _calibrated(checkpoint_dir, data, config)
-    return freeze(model), meta
+    return _calibrated(checkpoint_dir, data, config, teacher=True)
+
+
+def fast_frozen_teacher(model: torch.nn.Module, meta: dict, config: Config) -> torch.nn.Module:
+    """The teacher frozen, its inference passes (teacher table, shift battery, evaluations) in ONNX
+    Runtime when ``teacher.onnx_inference`` and the export matches (kdistill/deploy/runner.py)."""
+    model = freeze(model)
+    if config.teacher.onnx_inference and resolve_device(config.device).type == "cpu":
+        from kdistill.deploy.runner import onnx_runner  # onnxruntime is an optional extra
+
+        runner = onnx_runner(model, channels=meta["channels"], input_size=meta["input_size"],
+                             threads=torch.get_num_threads(), what="teacher")
+        if runner is not None:
+            use_runner(model, runner)
+    return model
 
 
 def train_student(config: Config, data: DatasetBundle, out: Path, role: str, teacher, resume: bool,
@@ -253,10 +272,13 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     return _calibrated(checkpoint_dir, data, config)
 
 
-def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config):
+def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config, teacher: bool = False):
     """Load a trained checkpoint and store its validation-fitted temperature and threshold in its
-    model.json. Deterministic, so a resumed run writes the same values again."""
+    model.json. Deterministic, so a resumed run writes the same values again. A teacher comes back
+    frozen, ready for its inference passes."""
     model, meta = load_checkpoint(checkpoint_dir)
+    if teacher:
+        model = fast_frozen_teacher(model, meta, config)
     fitted = fit_calibration(model, meta, data, config)
     if not distributed.current().is_main:  # only rank 0 writes; the other ranks keep it in memory
         return model, {**meta, **fitted}
@@ -265,20 +287,69 @@ def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config):
 
 def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict:
     """Temperature and threshold fitted on the VALIDATION split (never the test split); the
-    ``prior`` threshold rule reads the training labels' positive share instead."""
+    ``prior`` threshold rule reads the training labels' positive share instead, the ``battery``
+    rule validation's renderings under the shift battery as well. With ``robustness.battery`` the
+    model's robustness record (metrics per shift, at the fitted threshold) comes with them."""
     logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
     rule = config.calibration.threshold_rule
+    battery, shifted = None, None
+    if config.robustness.battery:
+        started = time.perf_counter()
+        battery = Battery(data.val, config.robustness.seed, resolve_cache_dir(config.data.cache_dir))
+        shifted = battery_logits(model, meta, battery)
+        log.info(f"{meta.get('role', 'model')}: shift battery, {len(shifted)} renderings of {len(data.val)} "
+                 f"validation images, in {time.perf_counter() - started:.1f}s")
     prior = None
     if rule == "prior" and data.positive_index is not None:
         prior = positive_fraction(data.train.labels.numpy(), data.positive_index)
     fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index, rule=rule,
-                       temperature=config.calibration.temperature, train_positive_fraction=prior)
+                       temperature=config.calibration.temperature, train_positive_fraction=prior,
+                       shifted_logits=None if shifted is None else list(shifted.values()))
     threshold = "none (arg-max)" if fitted["threshold"] is None else f"{fitted['threshold']:.4f}"
-    source = {"prior": "the training labels' positive share", "argmax": "the arg-max"}.get(
+    source = {"prior": "the training labels' positive share", "argmax": "the arg-max",
+              "battery": f"fitted on {len(data.val)} validation images and their shift battery"}.get(
         rule, f"fitted on {len(data.val)} validation images")
     log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f} (fitted on"
              f" {len(data.val)} validation images), threshold {threshold} ({fitted['threshold_rule']}: {source})")
+    if battery is not None:
+        fitted["robustness"] = robustness(logits, shifted, data.val.labels.numpy(), {**meta, **fitted}, battery)
+    if data.site is not None:  # the site's own images replace validation's threshold and temperature
+        fitted.update(fit_on_site(model, {**meta, **fitted}, data.site, rule=config.calibration.site_rule,
+                                  temperature=config.calibration.temperature))
+        log.info(f"{meta.get('role', 'model')}: site calibration, temperature {fitted['temperature']:.3f}, "
+                 f"threshold {fitted['threshold']} (fitted on {describe_fit(fitted['calibration'])})")
     return fitted
+
+
+def with_site_sample(data: DatasetBundle, config: Config) -> DatasetBundle:
+    """The data with ``calibration.site``'s labelled sample decoded (copies of the run's images and
+    of the external test sets' images left out: a threshold must not be fitted on what is tested)."""
+    if config.calibration.site is None:
+        return data
+    run_files = {name: split.names for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
+    run_files.update({f"external {folder.name}": folder.split.names for folder in data.external})
+    site = load_labelled_folder(config.calibration.site, "site", data.classes, input_size=data.input_size,
+                                channels=data.channels, on_bad_image=config.data.on_bad_image,
+                                run_files=run_files, key="calibration.site")
+    log.info(f"site sample: {len(site.split)} images from {site.folder} "
+             f"({' / '.join(map(str, site.split.class_counts(len(data.classes))))})")
+    return dataclasses.replace(data, site=site)
+
+
+def evaluate_external(folder, evaluated: list, data: DatasetBundle) -> dict:
+    """Every model on one external test set: rows (matching the test rows' ids), mean ± std,
+    paired and pooled tests, predictions. Nothing is selected on it."""
+    rows, probs = [], {}
+    for test_row, _, (model, meta) in evaluated:
+        row, row_probs = evaluate_model(model, meta, folder.split, name=test_row["name"], role=test_row["role"],
+                                        checkpoint=test_row["checkpoint"])
+        row.update({key: test_row.get(key) for key in ("id", "seed", "group", "method")})
+        row.pop("history", None)
+        rows.append(row)
+        probs[row["id"]] = row_probs
+    log.info(f"external test set {folder.name}: {len(folder.split)} images, {len(rows)} models evaluated")
+    return {**folder.summary(data.classes),
+            **run_statistics(rows, probs, folder.split.labels.numpy(), data.positive_index), "models": rows}
 
 
 def freeze_all_but_head(model: torch.nn.Module) -> None:
@@ -331,6 +402,7 @@ def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, con
                                 checkpoint=str(checkpoint))
     row["selected"] = meta.get("selected")
     row["training"] = meta.get("training")
+    row["robustness"] = meta.get("robustness")
     return row, probs
 
 
@@ -338,7 +410,8 @@ def _dataset_summary(data: DatasetBundle) -> dict:
     return {**{k: v for k, v in data.info.items() if k != "skipped_files"},
             "skipped_files": data.info.get("skipped_files", []), "classes": data.classes,
             "positive_class": data.positive_class, "input_size": data.input_size,
-            "evaluated_on": "test"}
+            "evaluated_on": "test",
+            "site": None if data.site is None else data.site.summary(data.classes)}
 
 
 def _run_doctor(config: Config) -> dict | None:

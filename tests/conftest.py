@@ -124,8 +124,9 @@ def tiny_config(root: Path, out: Path, **sections) -> dict:
     """A config dict for a run of a few seconds: tiny models, 16x16 images, 2 epochs."""
     config = {
         "data": {"root": str(root), "input_size": 16, "val_fraction": 0.25, "test_fraction": 0.25},
+        # onnx_inference off: exporting each tiny teacher costs more than it saves (tests/test_runner.py)
         "teacher": {"model": "tiny_cnn_d2", "model_args": {"width": 4}, "pretrained": False,
-                    "train": {"epochs": 2, "batch_size": 8, "lr": 0.01}},
+                    "onnx_inference": False, "train": {"epochs": 2, "batch_size": 8, "lr": 0.01}},
         "student": {"model": "reference_student", "train": {"epochs": 2, "batch_size": 8, "lr": 0.01}},
         "distill": {"method": "kd", "alpha": 0.5, "temperature": 4.0},
         "profile": {"threads": 1, "repeats": 2, "throughput_batch": 4},

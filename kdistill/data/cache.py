@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,29 @@ def cached_decode(paths: list[Path], size: int, channels: int, on_bad_image: str
     return images, kept, bad, key
 
 
-def _write_entry(entry: Path, images: torch.Tensor, kept: list[int], bad: list[tuple[Path, str]]) -> None:
+def cached_images(key: dict, render: Callable[[], torch.Tensor], cache_dir: Path | None, what: str) -> torch.Tensor:
+    """Images ``render()`` makes from other images (uint8 ``[N, C, S, S]``), stored in the cache
+    under a hash of ``key`` (which must name everything they depend on) and read back
+    memory-mapped by later calls; without a cache folder they are rendered every call."""
+    if cache_dir is None:
+        return render()
+    digest = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, **key}, sort_keys=True).encode()).hexdigest()[:32]
+    entry = cache_dir / "images" / f"{what}-{digest}"
+    loaded = _load_entry(entry)
+    if loaded is not None:
+        return loaded[0]
+    images = render()
+    try:
+        _write_entry(entry, images, list(range(len(images))), [], quiet=True)
+    except OSError as exc:  # a cache that cannot be written must not stop the run
+        log.info(f"decoded-image cache: cannot write {entry}.npy ({exc}); keeping the images in memory")
+        return images
+    loaded = _load_entry(entry)
+    return images if loaded is None else loaded[0]
+
+
+def _write_entry(entry: Path, images: torch.Tensor, kept: list[int], bad: list[tuple[Path, str]],
+                 quiet: bool = False) -> None:
     manifest_path = entry.with_suffix(".json")
     manifest_path.unlink(missing_ok=True)  # no manifest may ever describe a half-rewritten array
     array_path = entry.with_suffix(".npy")
@@ -122,7 +145,7 @@ def _write_entry(entry: Path, images: torch.Tensor, kept: list[int], bad: list[t
                 "bytes": array_path.stat().st_size, "sha256": sha256_file(array_path),
                 "kept": kept, "bad": [[str(p), reason] for p, reason in bad]}
     write_json_atomic(manifest_path, manifest)
-    log.info(f"decoded-image cache: wrote {len(kept)} images {tuple(images.shape[1:])} to {array_path}")
+    (log.debug if quiet else log.info)(f"decoded-image cache: wrote {len(kept)} images {tuple(images.shape[1:])} to {array_path}")
 
 
 def _load_entry(entry: Path):

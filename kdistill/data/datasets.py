@@ -63,6 +63,10 @@ class DatasetBundle:
     # The bank rendered once, uint8 ``[N, K, S, H, W]`` (``materialize_views``): batches index it and
     # take the ordinary uint8 path; None: each batch renders its views.
     bank_images: torch.Tensor | None = None
+    # Labelled folders from other sources (``data.external``; LabelledFolder, kdistill/data/external.py),
+    # evaluated beside the test split, never selected on; and the site's calibration sample.
+    external: list = field(default_factory=list)
+    site: object | None = None
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -134,6 +138,7 @@ def load_dataset(
     augment: dict | None = None,
     unlabeled: str | None = None,
     labeled_fraction: float | None = None,
+    external: list[str] | tuple[str, ...] = (),
 ) -> DatasetBundle:
     """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits.
 
@@ -141,7 +146,8 @@ def load_dataset(
     ``unlabeled`` is a folder of images without labels; ``labeled_fraction`` keeps the labels of
     that share of the train split's patients and moves the rest to the unlabelled pool (a
     simulation of a partly read archive). ``test_match`` is a regex on file names: the train/
-    files it matches are the test split (a held-out source) instead of a carved one."""
+    files it matches are the test split (a held-out source) instead of a carved one. ``external``
+    lists labelled folders from other sources, decoded for evaluation only (kdistill/data/external.py)."""
     split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction,
                       min_val_images=min_val_images, split_seed=split_seed)
     if dataset == "digits":
@@ -165,8 +171,23 @@ def load_dataset(
     info["sizes"] = {name: len(s) for name, s in loaded.items()}
     info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
     pool = _unlabeled_pool(splits, unlabeled, input_size, channels, on_bad_image, info, cache)
+    others = _external_folders(list(external), classes, loaded, input_size, channels, on_bad_image)
     return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
-                         input_size, channels, info, hflip, augment_spec(augment, hflip), None, pool)
+                         input_size, channels, info, hflip, augment_spec(augment, hflip), None, pool,
+                         external=others)
+
+
+def _external_folders(folders: list[str], classes: list[str], loaded: dict[str, ImageSplit], input_size: int,
+                      channels: int, on_bad_image: str) -> list:
+    """The ``data.external`` folders, decoded, without copies of the run's own images."""
+    if not folders:
+        return []
+    from kdistill.data.external import folder_names, load_labelled_folder  # external reads this module
+
+    run_files = {name: split.names for name, split in loaded.items()}
+    return [load_labelled_folder(folder, name, classes, input_size=input_size, channels=channels,
+                                 on_bad_image=on_bad_image, run_files=run_files, key=f"data.external[{index}]")
+            for index, (folder, name) in enumerate(zip(folders, folder_names(folders)))]
 
 
 def _drop_labels(raw: _RawSplit, labeled_fraction: float, seed: int, info: dict) -> tuple[_RawSplit, _RawSplit]:
@@ -361,9 +382,16 @@ def load_eval_folder(folder: Path, classes: list[str], input_size: int, channels
     if found != classes:
         raise DataError(f"{folder}: classes {found} differ from the checkpoint's classes {classes}")
     split = scan_split(folder, classes)
-    raw = _RawSplit(split.paths, split.labels, [p.name for p in split.paths])
+    return decode_labelled_files(split.paths, split.labels, input_size, channels, on_bad_image, str(folder))
+
+
+def decode_labelled_files(paths: list[Path], labels: list[int], input_size: int, channels: int,
+                          on_bad_image: str, what: str) -> tuple[ImageSplit, list[str]]:
+    """Decode labelled files into a split (in memory; each file its own group), and the unreadable
+    files that were skipped; ``what`` names the files in errors."""
+    raw = _RawSplit(list(paths), list(labels), [p.name for p in paths])
     info: dict = {}
-    loaded = _decode(raw, input_size, channels, on_bad_image, info, str(folder))
+    loaded = _decode(raw, input_size, channels, on_bad_image, info, what)
     return loaded, info.get("skipped_files", [])
 
 

@@ -12,13 +12,15 @@ import torch
 
 from kdistill import __version__
 from kdistill.errors import KdistillError
+from kdistill.eval.calibration import describe_fit
+from kdistill.fileio import atomic_file
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 # The fields a caller needs to feed the model exactly as it was trained (and to read its output).
 CONTRACT_KEYS = ("input_size", "channels", "mean", "std", "classes", "positive_class", "threshold")
 # Written since calibration exists; files exported before it lack them (temperature 1 then).
-OPTIONAL_KEYS = ("temperature", "threshold_rule")
+OPTIONAL_KEYS = ("temperature", "threshold_rule", "threshold_fitted_on")
 PREPROCESSING = ("RGB (or grayscale when channels=1) image resized bilinearly to input_size x "
                  "input_size, float32 pixel/255, then (x - mean) / std per channel, NCHW")
 
@@ -50,6 +52,7 @@ def contract_from_meta(meta: dict) -> dict:
     contract = {key: meta.get(key) for key in CONTRACT_KEYS}
     contract["temperature"] = meta.get("temperature") or 1.0
     contract["threshold_rule"] = meta.get("threshold_rule")
+    contract["threshold_fitted_on"] = describe_fit(meta.get("calibration"))
     contract["architecture"] = meta["architecture"]["name"]
     contract["preprocessing"] = PREPROCESSING
     contract["output"] = (f"{OUTPUT_NAME} [batch, classes]; softmax({OUTPUT_NAME} / temperature) gives "
@@ -64,6 +67,18 @@ def write_contract(model_proto, contract: dict) -> None:
     for key, value in contract.items():
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
+
+
+def update_contract(path: Path, updates: dict) -> None:
+    """Replace some contract fields of a kdistill ONNX file (e.g. a threshold refitted on a site's
+    images); the graph is untouched and the file is rewritten atomically."""
+    read_contract(path)  # a foreign or corrupt file is refused before anything is written
+    onnx = require_onnx()
+    model_proto = onnx.load(str(path), load_external_data=False)
+    contract = {entry.key: json.loads(entry.value) for entry in model_proto.metadata_props}
+    write_contract(model_proto, {**contract, **updates})
+    with atomic_file(path) as tmp:
+        onnx.save(model_proto, str(tmp))
 
 
 def read_contract(path: Path) -> dict:

@@ -40,6 +40,7 @@ from kdistill.errors import ConfigError
 from kdistill.fileio import atomic_file
 from kdistill.log import log
 from kdistill.models import find_head
+from kdistill.models.inference import registered_runner
 
 FORMAT_VERSION = 1
 # One row per view: crop box (x0, y0, x1, y1) as fractions of the image, then flip (0/1).
@@ -92,14 +93,19 @@ class CachedTeacher:
         key = {"what": "logits", "weights": state_dict_sha256(model.state_dict())}
         if bank_images is not None:  # views rounded to uint8 give other numbers than float renders
             key["rendered"] = "uint8"
+        # A frozen teacher may run in ONNX Runtime (kdistill/deploy/runner.py): ~1e-5 from PyTorch's logits.
+        runner = registered_runner(model)
+        if runner is not None:
+            key["runtime"] = "onnxruntime"
+        forward = runner or model
         self.per_image = views.dim() == 3
         self.view_of_flip = None if self.per_image else flip_view_index(views)
 
         def compute() -> torch.Tensor:
             if self.per_image:
-                return bank_table(model, split, views, channels=channels, mean=mean, std=std,
+                return bank_table(forward, split, views, channels=channels, mean=mean, std=std,
                                   batch_size=batch_size, bank_images=bank_images)
-            return view_table(model, split, channels=channels, mean=mean, std=std,
+            return view_table(forward, split, channels=channels, mean=mean, std=std,
                               batch_size=batch_size, views=views)
 
         self.table = stored_view_table(compute, split, key, channels=channels, mean=mean, std=std,

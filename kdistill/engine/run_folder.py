@@ -18,7 +18,8 @@ from kdistill.fileio import is_leftover_of, remove_path, write_json_atomic, writ
 from kdistill.log import log
 
 
-RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "search", "calibration"}  # do not change what is trained
+RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "search", "calibration",
+                  "robustness"}  # do not change what is trained
 
 # What a run writes in its output folder, named once: the writers use these names, and
 # clear_earlier_run removes exactly these (and seed folders), never another file of the folder.

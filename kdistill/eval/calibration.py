@@ -19,7 +19,14 @@ and both maximize the same quantity: for two classes Youden's J = sensitivity + 
   score, so the same validation decisions are made with the widest margin on either side.
 
 On a nearly separable validation split both sit among a handful of borderline images, a cut that
-need not transfer to other data. Two rules fit nothing to validation's scores:
+need not transfer to other data. A third rule widens what it is fitted on:
+
+- ``battery``: the ``balanced_accuracy`` rule on validation's scores pooled with the scores of
+  every rendering of the shift battery (kdistill/data/shifts.py): the same images under other
+  framing, exposure, sharpness, noise and compression, so the cut sits where it keeps its balance
+  when acquisition changes, not only among the clean split's borderline images.
+
+Two rules fit nothing to validation's scores:
 
 - ``prior``: the threshold is the positive class's share of the TRAINING labels, pi. For
   calibrated probabilities p, calling positive when p > pi maximizes expected balanced accuracy:
@@ -45,7 +52,8 @@ from kdistill.log import log
 from kdistill.eval.metrics import expected_calibration_error
 
 # Keep in sync with the Literal of ``CalibrationConfig.threshold_rule`` in kdistill/config.py.
-THRESHOLD_RULES = ("balanced_accuracy", "youden", "prior", "argmax")
+THRESHOLD_RULES = ("balanced_accuracy", "youden", "battery", "prior", "argmax")
+NEEDS_BATTERY = ("battery",)  # rules fitted on the battery's renderings as well
 LOG_T_BOUNDS = (-4.0, 4.0)  # T between 0.018 and 55: wider would only fit degenerate logits
 
 
@@ -107,7 +115,7 @@ def choose_threshold(positive_probs: np.ndarray, positives: np.ndarray,
     if rule == "youden":
         return chosen
     lower = positive_probs[positive_probs < chosen]
-    return (chosen + (float(lower.max()) if len(lower) else 0.0)) / 2
+    return (chosen + (float(lower.max()) if len(lower) else 0.0)) / 2  # balanced_accuracy and battery
 
 
 def _prior_threshold(train_positive_fraction: float | None) -> float:
@@ -123,17 +131,21 @@ def _prior_threshold(train_positive_fraction: float | None) -> float:
 
 def calibrate(logits: torch.Tensor | np.ndarray, labels: np.ndarray, positive_index: int | None, *,
               rule: str = "balanced_accuracy", temperature: bool = True,
-              train_positive_fraction: float | None = None) -> dict:
+              train_positive_fraction: float | None = None,
+              shifted_logits: list[torch.Tensor] | None = None) -> dict:
     """Temperature, then threshold, from validation logits and labels: the ``model.json`` entries
     ``temperature``, ``threshold``, ``threshold_rule`` and a ``calibration`` record of what they
     were fitted on. ``train_positive_fraction``: the training labels' positive share, which the
-    ``prior`` rule needs."""
+    ``prior`` rule needs; ``shifted_logits``: the logits of the same images under each rendering
+    of the shift battery, which the ``battery`` rule needs (the temperature is fitted on the clean
+    logits alone)."""
     labels = np.asarray(labels)
     t = fit_temperature(logits, labels) if temperature else 1.0
     probs = scaled_probs(logits, t)
     threshold = None
     if positive_index is not None:
-        threshold = choose_threshold(probs[:, positive_index], labels == positive_index, rule,
+        scores, truth = _rule_scores(probs, labels, rule, shifted_logits, t)
+        threshold = choose_threshold(scores[:, positive_index], truth == positive_index, rule,
                                      train_positive_fraction=train_positive_fraction)
         if threshold is None:
             threshold = 0.5  # validation has one class only: keep the neutral threshold
@@ -142,5 +154,32 @@ def calibrate(logits: torch.Tensor | np.ndarray, labels: np.ndarray, positive_in
               "val_ece": expected_calibration_error(probs, labels)}
     if positive_index is not None and rule == "prior":
         record["train_positive_fraction"] = train_positive_fraction  # the threshold's source
+    if positive_index is not None and rule in NEEDS_BATTERY:
+        record["battery_renderings"] = len(shifted_logits)
     return {"temperature": t, "threshold": threshold,
             "threshold_rule": rule if positive_index is not None else None, "calibration": record}
+
+
+def describe_fit(calibration: dict | None) -> str:
+    """Where a model's threshold was fitted, in words (for logs and reports)."""
+    calibration = calibration or {}
+    if calibration.get("fitted_on") == "site":
+        return f"site sample {calibration.get('folder')} ({calibration.get('images')} images)"
+    if "train_positive_fraction" in calibration:
+        return "the training labels' positive share"
+    if calibration.get("images") is not None:
+        extra = " and their shift battery" if calibration.get("battery_renderings") else ""
+        return f"validation ({calibration['images']} images{extra})"
+    return "not recorded"
+
+
+def _rule_scores(probs: np.ndarray, labels: np.ndarray, rule: str, shifted_logits, temperature: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities and labels a rule fits its threshold on: validation's, plus, for the
+    ``battery`` rule, those of every battery rendering of the same images."""
+    if rule not in NEEDS_BATTERY:
+        return probs, labels
+    if not shifted_logits:
+        raise ValueError(f"threshold rule {rule!r} needs the shift battery's logits (shifted_logits)")
+    shifted = [scaled_probs(logits, temperature) for logits in shifted_logits]
+    return np.concatenate([probs, *shifted]), np.tile(labels, 1 + len(shifted))

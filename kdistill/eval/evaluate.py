@@ -13,7 +13,7 @@ from torch import nn
 
 from kdistill import __version__
 from kdistill.deploy.bench import model_size, speed_side_by_side
-from kdistill.eval.calibration import scaled_probs
+from kdistill.eval.calibration import describe_fit, scaled_probs
 from kdistill.models.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
 from kdistill.fileio import write_json_atomic
@@ -37,7 +37,8 @@ def evaluate_model(model: nn.Module, meta: dict, split: ImageSplit, *, name: str
     seed = meta.get("seed")
     row = {"id": role if role == "teacher" or seed is None else f"{role}-seed{seed}", "seed": seed,
            "name": name, "role": role, **profile, **metrics, "positive_class": meta.get("positive_class"),
-           "images": len(split), "checkpoint": checkpoint, "history": meta.get("history")}
+           "images": len(split), "checkpoint": checkpoint, "history": meta.get("history"),
+           "threshold_fitted_on": describe_fit(meta.get("calibration"))}
     return row, probs
 
 

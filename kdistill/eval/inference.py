@@ -7,21 +7,22 @@ import torch
 from torch import nn
 
 from kdistill.data import ImageSplit, iterate_batches
-from kdistill.models.reference.deploy_form import deploy_form
+from kdistill.models.inference import inference_function
 
 
 def predict_logits(model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
                    batch_size: int = 32) -> torch.Tensor:
     """Logits ``[N, K]`` in the split's order; no shuffling, no augmentation.
 
-    Runs the model's inference form (:func:`kdistill.models.deploy_form`, the same function
+    Runs the model's inference function (:func:`kdistill.models.inference.inference_function`: a
+    registered ONNX Runtime session for a frozen teacher, else the deploy form, the same function
     rewritten to run faster) on channels-last batches, which CPU convolutions with few input
     channels run faster. Batches of 32: larger batches hold far more activation memory for no
     speed on a CPU, and validation runs while training still holds its memory.
     """
     was_training = model.training
     model.eval()
-    runner = deploy_form(model) if _on_cpu(model) else model
+    runner = inference_function(model) if _on_cpu(model) else model
     outputs = []
     with torch.no_grad():
         for batch in iterate_batches(split, batch_size, channels=channels, mean=mean, std=std,

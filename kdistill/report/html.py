@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from html import escape
 
 from kdistill.report import plots
+from kdistill.report import external as external_report
+from kdistill.report import robustness as robustness_report
 from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct
 from kdistill.report.markdown import SEARCH_TOP, search_header, search_row_cells, search_table_rows, verdict
 from kdistill.report.methods import (COLUMNS as METHOD_COLUMNS, POOLED_TEST, compared_methods, method_rows,
@@ -43,7 +45,8 @@ def html_report(results: dict, config_yaml: str) -> str:
     """The whole report page for one run."""
     sections = [_heading(results), _verdict(results), _methods_table(results), _summary_table(results),
                 _models_table(results),
-                _threshold_table(results), _paired_table(results), _student_search(results.get("search")),
+                _threshold_table(results), _paired_table(results), _external(results), _robustness(results),
+                _student_search(results.get("search")),
                 _plots(results), _doctor(results),
                 _run_info(results), _config(config_yaml)]
     body = "\n".join(section for section in sections if section)
@@ -222,8 +225,11 @@ def _models_note(results: dict) -> str:
     if any(r.get("ci") for r in models):
         notes.append("Confidence intervals: bootstrap over test images, 95%.")
     if rule:
+        site = (results.get("dataset") or {}).get("site")
+        where = (f"the site sample {site.get('root')} ({site.get('images')} images)" if site
+                 else "the validation split")
         notes.append(f"Decision threshold set by rule {rule} (see the config reference); temperature "
-                     "fitted on the validation split; ECE after temperature scaling.")
+                     f"fitted on {where}; ECE after temperature scaling.")
     if first.get("threads") is not None:
         notes.append(f"CPU latency with {first['threads']} thread(s), batch 1, median after warm-up.")
     return '<p class="muted">' + escape(" ".join(notes)) + "</p>"
@@ -235,10 +241,12 @@ def _threshold_table(results: dict) -> str:
     if not models:
         return ""
     keys = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
-    rows = [[escape(_row_id(row, i)), num(row.get("threshold"), 3)]
+    rows = [[escape(_row_id(row, i)), num(row.get("threshold"), 3),
+             escape(f"{row.get('threshold_rule') or ''}, {row.get('threshold_fitted_on') or 'validation'}")]
             + [f"{pct(row['at_0.5'].get(k))} / {pct(row.get(k))}" for k in keys] for i, row in models]
-    header = ["model", "threshold", "accuracy % (0.5 / chosen)", "balanced acc %", "sensitivity %", "specificity %"]
-    return "<h2>Threshold 0.5 vs chosen on validation</h2>\n" + _table(header, rows)
+    header = ["model", "threshold", "rule, fitted on", "accuracy % (0.5 / chosen)", "balanced acc %",
+              "sensitivity %", "specificity %"]
+    return "<h2>Threshold 0.5 vs chosen (never on the test split)</h2>\n" + _table(header, rows)
 
 
 def _paired_table(results: dict) -> str:
@@ -293,6 +301,39 @@ def _student_search(search: dict | None) -> str:
             f"{len(search.get('candidates') or [])}). The chosen student was then trained fully: the tables above.")
     return ("<h2>Student search</h2>\n" + f'<div class="plots">{figure}</div>\n'
             + _table([escape(cell) for cell in search_header(search)], rows)
+            + f'\n<p class="muted">{escape(note)}</p>')
+
+
+def _external(results: dict) -> str:
+    """One section per external test set: its rows, mean ± std and pooled tests."""
+    sections = []
+    for external in results.get("external") or []:
+        header, rows = external_report.table_rows(external)
+        lines = [f"<h2>External test set: {escape(str(external['name']))}</h2>",
+                 f'<p class="muted">{escape(external_report.describe(external))}</p>',
+                 _table([escape(h) for h in header], [[escape(c) for c in row] for row in rows])]
+        lines += [f"<p>{escape(sentence)}</p>" for sentence in external_report.pooled_sentences(external)]
+        sections.append("\n".join(lines))
+    return "\n".join(sections)
+
+
+def _robustness(results: dict) -> str:
+    """The shift battery: the plot, the per-model table and the per-shift table."""
+    header, rows = robustness_report.model_table_rows(results)
+    if not rows:
+        return ""
+    record = robustness_report.robust_rows(results)[0]["robustness"]
+    names, drops = robustness_report.moderate_drops(results)
+    figure = _img(plots.robustness(robustness_report.severity_curves(results), record["severities"], names, drops),
+                  "shift battery: balanced accuracy by severity, and each shift's drop at moderate severity")
+    shift_header, shift_rows = robustness_report.shift_table_rows(results)
+    note = (f"Validation ({record['images']} images) re-rendered under {len(record['battery'])} acquisition "
+            f"changes at {len(record['severities'])} severities, each model at its own threshold and temperature; "
+            "drops in points (positive: worse than clean). Validation chose each model's epoch and threshold, "
+            "so the clean column is optimistic; the battery judges recipes, it selects nothing.")
+    return ("<h2>Robustness: the shift battery (validation split)</h2>\n" + f'<div class="plots">{figure}</div>\n'
+            + _table([escape(h) for h in header], [[escape(c) for c in row] for row in rows])
+            + _table([escape(h) for h in shift_header], [[escape(c) for c in row] for row in shift_rows])
             + f'\n<p class="muted">{escape(note)}</p>')
 
 

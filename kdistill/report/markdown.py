@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
 from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct
+from kdistill.report import external as external_report
+from kdistill.report import robustness as robustness_report
 from kdistill.report.methods import POOLED_TEST, compared_methods, methods_markdown, pooled_sentence, pooled_test
 
 SIGNIFICANCE = 0.05
@@ -92,11 +94,12 @@ def verdict(tests: list[dict]) -> str:
 def calibration_table(results: dict) -> str:
     """Per model: the validation-chosen threshold vs 0.5, and ECE before/after temperature scaling."""
     seeded = len({row.get("seed") for row in results["models"] if row["role"] != "teacher"}) > 1
-    lines = ["| model | threshold (rule) | sens / spec % at threshold | accuracy % at 0.5 "
+    lines = ["| model | threshold (rule, fitted on) | sens / spec % at threshold | accuracy % at 0.5 "
              "| sens / spec % at 0.5 | temperature | ECE before -> after |", "|---|---|---|---|---|---|---|"]
     for row in results["models"]:
         half = row.get("at_0.5") or {}
-        rule = f" ({row['threshold_rule']})" if row.get("threshold_rule") else ""
+        fitted_on = f", {row['threshold_fitted_on']}" if row.get("threshold_fitted_on") else ""
+        rule = f" ({row['threshold_rule']}{fitted_on})" if row.get("threshold_rule") else ""
         lines.append(f"| {_role_label(row, seeded)} | {num(row.get('threshold'))}{rule} "
                      f"| {pct(row.get('sensitivity'))} / {pct(row.get('specificity'))} "
                      f"| {pct(half.get('accuracy'))} | {pct(half.get('sensitivity'))} / "
@@ -157,6 +160,8 @@ def markdown_report(results: dict) -> str:
         "",
         comparison_table(results),
         *_statistics_section(results),
+        *external_report.markdown_section(results),
+        *robustness_report.markdown_section(results),
         *_search_section(results.get("search")),
         "",
         "## How these figures were obtained",
@@ -170,8 +175,8 @@ def markdown_report(results: dict) -> str:
         "timed side by side, median of repeated rounds after warm-up. MACs counted by "
         "torch.utils.flop_counter.",
         "- Every epoch, decision threshold and temperature was selected on the validation split only (the "
-        "prior threshold rule reads the training labels instead); "
-        "the test split was used once, for these tables.",
+        "prior threshold rule reads the training labels instead, site calibration the site's sample); "
+        "the test split and any external test set were used once, for these tables.",
     ]
     for row in results["models"]:
         lines.append(f"- {_role_label(row, True)}: {_training_summary(row)}")

@@ -198,3 +198,39 @@ def _short_count(params: int | None) -> str:
     if params is None:
         return "? params"
     return f"{params / 1e6:.2f} M" if params >= 1e6 else f"{params / 1e3:.1f} k"
+
+
+def robustness(curves: dict[str, Sequence[float | None]], severities: Sequence[str], shift_names: Sequence[str],
+               drops: dict[str, Sequence[float | None]]) -> bytes | None:
+    """Left: balanced accuracy on clean validation and at each severity of the shift battery (mean
+    over shifts), one line per group. Right: each shift's drop at the middle severity, per group."""
+    if not curves:
+        return None
+    figure = _figure(9.0, 3.3)
+    left, right = figure.subplots(1, 2, width_ratios=[1, 2])
+    steps = ["clean", *severities]
+    width = 0.8 / max(1, len(drops))
+    for index, (label, values) in enumerate(curves.items()):
+        color = _group_color(label, index)
+        left.plot(steps, [np.nan if v is None else 100 * v for v in values], marker="o", label=label, color=color)
+        offsets = np.arange(len(shift_names)) + (index - (len(drops) - 1) / 2) * width
+        right.bar(offsets, [np.nan if v is None else 100 * v for v in drops.get(label, [])], width=width,
+                  color=color, label=label)
+    left.set(ylabel="balanced accuracy (%)", title="Shift battery: mean over shifts")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    right.set_xticks(np.arange(len(shift_names)), shift_names, rotation=40, ha="right", fontsize=8)
+    right.axhline(0, color="#444", linewidth=0.8)
+    right.set(ylabel="drop at moderate severity (points)", title="Per shift (positive: worse than clean)")
+    right.grid(alpha=0.3, axis="y")
+    for axes in (left, right):
+        axes.title.set_fontsize(10)
+    return _png(figure)
+
+
+def _group_color(label: str, index: int) -> str:
+    """The role's colour for a role's group; methods of a comparison take the cycle's colours."""
+    for role, name in ROLE_LABELS.items():
+        if label == name:
+            return ROLE_COLORS[role]
+    return f"C{index % 10}"

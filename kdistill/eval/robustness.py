@@ -1,0 +1,89 @@
+"""Robustness on the shift battery: a model's metrics on every rendering of the validation split
+under acquisition changes (kdistill/data/shifts.py), at the threshold and temperature the model
+already has, and how far each falls from the clean split.
+
+The battery judges recipes beside clean validation and a held-out source; it selects nothing by
+itself. Figures are on validation, where each model's epoch and threshold were chosen, so the
+clean column is optimistic; the drops are what the battery adds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdistill.data import ImageSplit
+from kdistill.data.shifts import BATTERY, SEVERITIES, battery_rendering, describe_battery, rendering_names
+from kdistill.eval.calibration import scaled_probs
+from kdistill.eval.inference import predict_logits
+from kdistill.eval.metrics import classification_metrics
+
+METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Battery:
+    """Where a battery's renderings come from: the split, the draw seed, the cache folder."""
+
+    split: ImageSplit
+    seed: int = 0
+    cache_dir: Path | None = None
+
+    def images(self, name: str, severity: int) -> torch.Tensor:
+        """uint8 images of the split under one shift and severity."""
+        return battery_rendering(self.split.images, self.split.cache_key, name, severity, self.seed,
+                                 self.cache_dir)
+
+    def rendered_split(self, name: str, severity: int) -> ImageSplit:
+        """The split with its images replaced by one rendering (labels and names unchanged)."""
+        return dataclasses.replace(self.split, images=self.images(name, severity), cache_key=None)
+
+
+def battery_logits(model: nn.Module, meta: dict, battery: Battery) -> dict[str, torch.Tensor]:
+    """The model's logits on every rendering, ``{"<shift>/<severity index>": [N, K]}``."""
+    return {f"{name}/{severity}": predict_logits(model, battery.rendered_split(name, severity),
+                                                 channels=meta["channels"], mean=meta["mean"], std=meta["std"])
+            for name, severity in rendering_names()}
+
+
+def robustness(clean_logits: torch.Tensor, shifted: dict[str, torch.Tensor], labels: np.ndarray,
+               meta: dict, battery: Battery) -> dict:
+    """The model's robustness record: metrics on the clean split and on every rendering (at the
+    model's ``threshold`` and ``temperature`` in ``meta``), their mean per severity and over the
+    whole battery, and the drop of each mean from clean (positive: worse under shift)."""
+    clean = _metrics(clean_logits, labels, meta)
+    per_shift = {shift.name: [_metrics(shifted[f"{shift.name}/{s}"], labels, meta)
+                              for s in range(len(SEVERITIES))] for shift in BATTERY}
+    by_severity = [_mean([per_shift[shift.name][s] for shift in BATTERY]) for s in range(len(SEVERITIES))]
+    overall = _mean([m for entries in per_shift.values() for m in entries])
+    return {"split": "val", "images": int(len(labels)), "seed": battery.seed,
+            "severities": list(SEVERITIES), "battery": describe_battery(),
+            "clean": clean, "shifts": per_shift, "by_severity": by_severity, "mean": overall,
+            "drop": _drop(clean, overall),
+            "drop_by_severity": [_drop(clean, entry) for entry in by_severity]}
+
+
+def _metrics(logits: torch.Tensor, labels: np.ndarray, meta: dict) -> dict:
+    classes, positive = meta["classes"], meta.get("positive_class")
+    positive_index = classes.index(positive) if positive is not None else None
+    probs = scaled_probs(logits, meta.get("temperature") or 1.0)
+    found = classification_metrics(probs, labels, positive_index, meta.get("threshold"))
+    return {key: found[key] for key in METRICS}
+
+
+def _mean(entries: list[dict]) -> dict:
+    """Each metric's mean over the entries that have it (AUC is None where a class is missing)."""
+    result = {}
+    for key in METRICS:
+        values = [entry[key] for entry in entries if entry.get(key) is not None]
+        result[key] = float(np.mean(values)) if values else None
+    return result
+
+
+def _drop(clean: dict, shifted: dict) -> dict:
+    return {key: (None if clean.get(key) is None or shifted.get(key) is None else clean[key] - shifted[key])
+            for key in METRICS}
