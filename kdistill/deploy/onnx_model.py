@@ -12,6 +12,7 @@ import torch
 
 from kdistill import __version__
 from kdistill.errors import KdistillError
+from kdistill.models.checkpoint import preprocessing_problem
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -87,6 +88,9 @@ def read_contract(path: Path) -> dict:
                     if key in (*CONTRACT_KEYS, *OPTIONAL_KEYS, "architecture")}
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: unreadable kdistill metadata ({exc})") from None
+    problem = preprocessing_problem(contract)
+    if problem:
+        raise ExportError(f"{path}: kdistill metadata: {problem}")
     _check_input_shape(path, model_proto, contract)
     return contract
 
