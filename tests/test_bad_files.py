@@ -5,13 +5,14 @@ wrong, exit 2, and no traceback (docs/hostile-inputs.md lists them per command).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_image_folder, tiny_config, write_config
+from conftest import PROJECT_ROOT, make_image_folder, tiny_config, write_config
 from deploy_helpers import make_checkpoint
 from kdistill.cli import main
 from test_bad_input import assert_one_line_error
@@ -66,7 +67,8 @@ GOOD_ROW = {"name": "reference_student", "role": "distilled"}
     (json.dumps({"dataset": {"classes": ["A", "B"]}, "models": []}).encode(), ["'models'"]),
     (json.dumps({"dataset": {"classes": ["A", "B"]}, "models": ["x"]}).encode(), ["models[0]"]),
     (json.dumps({"dataset": {"classes": ["A", "B"]}, "models": [{"name": "a"}]}).encode(), ["models[0]", "'role'"]),
-    (json.dumps({"dataset": {"classes": ["A", "B"]}, "models": [GOOD_ROW]}).encode(), ["not a results file kdistill can report on"]),
+    (json.dumps({"dataset": {"classes": ["A", "B"]}, "models": [GOOD_ROW]}).encode(),
+     ["not a results file kdistill can report on"]),
 ])
 def test_report_on_a_malformed_results_file(tmp_path, capsys, content, needles):
     """Not JSON, not an object, no models, rows of the wrong shape, a row missing what the tables
@@ -132,7 +134,8 @@ def test_a_malformed_teacher_checkpoint_stops_run_before_anything(image_root, tm
     checkpoint = make_checkpoint(tmp_path / "teacher", size=16)
     (checkpoint / "model.json").write_text("nope")
     out = tmp_path / "out"
-    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out, teacher={"checkpoint": str(checkpoint)}))
+    config = write_config(tmp_path / "config.yaml",
+                          tiny_config(image_root, out, teacher={"checkpoint": str(checkpoint)}))
     code, err = run_cli(["run", config], capsys)
     assert_one_line_error(code, err, str(checkpoint / "model.json"), "unreadable metadata")
     assert not out.exists()
@@ -202,3 +205,25 @@ def test_doctor_on_a_file_instead_of_a_folder(tmp_path, capsys):
     a_file.write_text("x")
     code, err = run_cli(["doctor", "--data", a_file], capsys)
     assert_one_line_error(code, err, str(a_file), "not found")
+
+
+def test_train_distilled_without_a_teacher(image_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
+    code, err = run_cli(["train", config, "--role", "distilled"], capsys)
+    assert_one_line_error(code, err, str(out / "teacher"), "no teacher checkpoint", "--role teacher")
+    assert not out.exists()
+
+
+# --- the table of these inputs ------------------------------------------------------------------
+
+
+def test_every_test_the_hostile_input_table_names_exists():
+    """docs/hostile-inputs.md backs each row with a test: each one named must exist, and the table
+    must keep at least 30 rows."""
+    table = (PROJECT_ROOT / "docs" / "hostile-inputs.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`tests/" in line]
+    named = re.findall(r"`tests/(test_\w+\.py)::(test_\w+)`", table)
+    missing = [f"{file}::{test}" for file, test in named
+               if f"def {test}(" not in (PROJECT_ROOT / "tests" / file).read_text()]
+    assert len(rows) >= 30 and missing == [], missing

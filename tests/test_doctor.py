@@ -121,7 +121,8 @@ def test_label_conflict_names_both_class_folders(tmp_path, capsys):
     copy = root / "train" / "PNEUMONIA" / "person999_bacteria_1.png"
     shutil.copy(original, copy)
     found, line = strict_line(root, capsys)
-    assert found["label_conflicts"] == [{"classes": ["NORMAL", "PNEUMONIA"], "paths": sorted([str(original), str(copy)])}]
+    assert found["label_conflicts"] == [{"classes": ["NORMAL", "PNEUMONIA"],
+                                         "paths": sorted([str(original), str(copy)])}]
     assert "1 label conflicts" in line
     assert main(["doctor", "--data", str(root)]) == 0
     text = capsys.readouterr().out

@@ -14,6 +14,7 @@ import pytest
 from conftest import make_image_folder, tiny_config, write_config
 from kdistill import pipeline
 from kdistill.cli import main
+from kdistill.config import from_dict
 from kdistill.engine.output_folder import INCOMPLETE, MANIFEST
 from test_bad_input import assert_one_line_error
 
@@ -37,14 +38,25 @@ def fail_when_students_train(monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "train_student", broken)
 
 
-def finish_a_run(image_root: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A finished tiny run: (config file, output folder). Called in the test body, not a fixture,
-    so the CLI's log is bound to the stderr the test captures."""
-    out = tmp_path / "out"
-    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out, export=False))
-    assert main(["run", str(config)]) == 0
+@pytest.fixture(scope="module")
+def finished_template(tmp_path_factory) -> tuple[Path, Path]:
+    """One finished tiny run for the module: (its data folder, its output folder). Each test
+    works on a copy (``finish_a_run``)."""
+    base = tmp_path_factory.mktemp("finished")
+    root = make_image_folder(base / "data")
+    out = base / "out"
+    pipeline.run(from_dict(tiny_config(root, out, export=False)))
     assert (out / "results.json").is_file() and not (out / INCOMPLETE).exists()
-    return config, out
+    return root, out
+
+
+def finish_a_run(template: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A finished run of its own for one test: (config file, output folder), a copy of the
+    module's run whose config names the copy."""
+    root, finished = template
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    return write_config(tmp_path / "config.yaml", tiny_config(root, out, export=False)), out
 
 
 def test_users_files_under_run_names_are_refused_before_anything(image_root, tmp_path, monkeypatch, capsys,
@@ -67,6 +79,7 @@ def test_users_files_under_run_names_are_refused_before_anything(image_root, tmp
     assert list(private_cache_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_the_names_the_run_writes(image_root, tmp_path, capsys):
     """--overwrite: the user's config.yaml and teacher/ are replaced (and said so), the user's other
     file stays, and the run finishes."""
@@ -136,10 +149,10 @@ def test_an_empty_out_is_refused_by_every_command(image_root, tmp_path, monkeypa
     (["--resume", "distill.alpha=0.9"], ["distill", "differs"]),
 ])
 def test_a_refused_run_leaves_the_finished_run_byte_identical_and_caches_nothing(
-        image_root, tmp_path, capsys, overrides, needles):
+        finished_template, tmp_path, capsys, overrides, needles):
     """Each bad setting is refused before the first write: the earlier finished run (13 files)
     stays byte for byte, and the refused run's decoded-image cache folder is never created."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     before = snapshot(out)
     cache = tmp_path / "refused_cache"
     code, err = run_cli(["run", str(config), f"data.cache_dir={cache}", *overrides], capsys)
@@ -148,10 +161,10 @@ def test_a_refused_run_leaves_the_finished_run_byte_identical_and_caches_nothing
     assert not cache.exists()
 
 
-def test_a_class_emptied_by_unreadable_files_caches_nothing(image_root, tmp_path, capsys):
+def test_a_class_emptied_by_unreadable_files_caches_nothing(finished_template, tmp_path, capsys):
     """A check that needs decoded images (every split holds every class) still runs before the
     decoded images are cached, and before the earlier run is touched."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     root = make_image_folder(tmp_path / "broken")
     for path in (root / "train" / "PNEUMONIA").iterdir():
         path.write_bytes(b"not an image")
@@ -163,11 +176,12 @@ def test_a_class_emptied_by_unreadable_files_caches_nothing(image_root, tmp_path
     assert not cache.exists()
 
 
-def test_a_later_run_that_fails_midway_leaves_the_folder_marked_incomplete(image_root, tmp_path, monkeypatch, capsys):
+def test_a_later_run_that_fails_midway_leaves_the_folder_marked_incomplete(finished_template, tmp_path,
+                                                                           monkeypatch, capsys):
     """The earlier run's results are gone before the new run writes (never a mix of the two), and
     the folder says plainly that it holds an unfinished run: INCOMPLETE.txt, no results.json, and
     `kdistill report` says so."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     fail_when_students_train(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
         main(["run", str(config), "teacher.train.epochs=1"])
@@ -195,10 +209,10 @@ def test_resume_with_nothing_to_resume_says_so(image_root, tmp_path, capsys, mak
     (json.dumps({"written_by": "kdistill", "paths": ["/etc/passwd"]}), ["not a kdistill manifest"]),
     (json.dumps(["config.yaml"]), ["not a kdistill manifest"]),
 ])
-def test_a_manifest_kdistill_cannot_trust_stops_the_run(image_root, tmp_path, capsys, content, needles):
+def test_a_manifest_kdistill_cannot_trust_stops_the_run(finished_template, tmp_path, capsys, content, needles):
     """A damaged or tampered manifest is never a reason to guess or to remove anything, let alone
     outside the folder."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     (tmp_path / "outside.txt").write_text("keep me\n")
     (out / MANIFEST).write_text(content)
     before = snapshot(out)
@@ -207,10 +221,11 @@ def test_a_manifest_kdistill_cannot_trust_stops_the_run(image_root, tmp_path, ca
     assert snapshot(out) == before and (tmp_path / "outside.txt").is_file()
 
 
-def test_a_rerun_replaces_a_finished_run_and_records_every_file(image_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_rerun_replaces_a_finished_run_and_records_every_file(finished_template, tmp_path, capsys):
     """A second run into a finished run's folder replaces it, and its manifest names (itself or a
     folder above) every path the run wrote, so a later run can remove them all."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     before = (out / "results.json").read_bytes()
     code, err = run_cli(["run", str(config), "seed=1"], capsys)
     assert code == 0, err
@@ -280,10 +295,11 @@ def test_train_role_refuses_the_users_folder_of_that_name(image_root, tmp_path, 
     assert sorted(path.name for path in out.iterdir()) == ["baseline"]
 
 
-def test_resume_adopts_a_folder_without_manifest_only_with_overwrite(image_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_adopts_a_folder_without_manifest_only_with_overwrite(finished_template, tmp_path, capsys):
     """A run folder from before manifests (no kdistill-manifest.json): --resume refuses to take its
     files as kdistill's on a guess; with --overwrite it adopts them and resumes, retraining nothing."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     (out / MANIFEST).unlink()
     weights = (out / "teacher" / "model.safetensors").read_bytes()
     code, err = run_cli(["run", str(config), "--resume"], capsys)
@@ -295,9 +311,10 @@ def test_resume_adopts_a_folder_without_manifest_only_with_overwrite(image_root,
     assert "teacher" in json.loads((out / MANIFEST).read_text())["paths"]
 
 
-def test_a_users_copy_of_a_checkpoint_under_another_name_stays(image_root, tmp_path, capsys):
+@pytest.mark.slow
+def test_a_users_copy_of_a_checkpoint_under_another_name_stays(finished_template, tmp_path, capsys):
     """A user's copy of a checkpoint (teacher-mine/) is not recorded: a rerun leaves it alone."""
-    config, out = finish_a_run(image_root, tmp_path)
+    config, out = finish_a_run(finished_template, tmp_path)
     shutil.copytree(out / "teacher", out / "teacher-mine")
     code, err = run_cli(["run", str(config), "seed=1"], capsys)
     assert code == 0, err

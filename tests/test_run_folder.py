@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import leftover_temp_files, tiny_config, write_config
 from kdistill import pipeline
 from kdistill.engine import output_folder, run_folder
@@ -75,7 +77,8 @@ def test_clearing_takes_what_the_manifest_records_and_nothing_else(tmp_path, ima
     plan = output_folder.plan_output(out, run_folder.run_targets(config), inputs=run_folder.input_paths(config))
     plan.open()
 
-    assert sorted(path.name for path in out.iterdir()) == [INCOMPLETE, MANIFEST, "notes.md", "seed0", "seed7", "teacher"]
+    assert sorted(path.name for path in out.iterdir()) == [INCOMPLETE, MANIFEST, "notes.md", "seed0", "seed7",
+                                                           "teacher"]
     assert sorted(path.name for path in (out / "seed0").iterdir()) == ["mine.txt"]
     assert (out / "seed7" / "mine").is_dir() and leftover_temp_files(out) == []
     manifest = json.loads((out / MANIFEST).read_text())["paths"]
@@ -97,6 +100,7 @@ def test_resume_keeps_the_earlier_files(image_root, tmp_path, monkeypatch, caplo
     assert (out / USER_FILE).is_file() and "removed the earlier run" not in caplog.text
 
 
+@pytest.mark.slow
 def test_train_replaces_its_own_model_and_keeps_the_teacher(image_root, tmp_path, monkeypatch):
     """`kdistill train --role distilled` into a finished run: the earlier distilled student and the
     summaries that described it go, the teacher it distils from and the baseline stay, and so does

@@ -66,7 +66,8 @@ def folder_problems(root: Path, split_dirs: list[Path]) -> list[str]:
     classes = [p.name for p in _class_dirs(train)]
     problems = []
     if len(classes) < 2:
-        problems.append(f"{train}: {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); a run needs at least 2")
+        found = ", ".join(classes) or "none"
+        problems.append(f"{train}: {len(classes)} class folder(s) ({found}); a run needs at least 2")
     for split_dir in split_dirs:
         here = [p.name for p in _class_dirs(split_dir)]
         problems += [f"{split_dir}: no {name}/ folder, which train/ has" for name in classes if name not in here]
