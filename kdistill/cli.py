@@ -187,7 +187,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kdistill.eval.evaluate import evaluate_checkpoint
         from kdistill.report.markdown import comparison_table
 
-        out = _output_path(args.out)
+        out = Path(args.out) if _output_arg(args.out) else None
         results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out,
                                       speed={"threads": args.threads}, on_bad_image=args.on_bad_image)
         print(comparison_table(results))
@@ -224,7 +224,7 @@ def _tune(args: argparse.Namespace) -> int:
     from kdistill.tune import tune
 
     config = load_config(args.config, args.overrides)
-    out = _output_path(args.out) or Path(config.out) / "tune"
+    out = Path(args.out) if _output_arg(args.out) else Path(config.out) / "tune"
     best = tune(config, out, trials=args.trials, overwrite=args.overwrite)
     values = " ".join(f"{name}={value:.4g}" for name, value in best["params"].items())
     print(f"best trial {best['number']}: validation {best['metric']} {best['value']:.4f} ({values}); "
@@ -237,20 +237,18 @@ def _search_student(args: argparse.Namespace) -> int:
     from kdistill.search import search_student
 
     config = load_config(args.config, args.overrides)
-    out = _output_path(args.out) or Path(config.out) / "search"
+    out = Path(args.out) if _output_arg(args.out) else Path(config.out) / "search"
     best = search_student(config, out, overwrite=args.overwrite)["best"]
     print(f"best student: {best['label']} (validation {best['score']:.4f}, {best['params']:,} params, "
           f"{best['latency_ms']:.3f} ms); {out}/search.md, full run in {out}/best")
     return 0
 
 
-def _output_path(text: str | None) -> Path | None:
-    """``--out``: None when not given; an empty one is an error, not the current folder."""
-    if text is None:
-        return None
-    if not text.strip():
+def _output_arg(text: str | None) -> str | None:
+    """``--out`` as given (None when not given); an empty one is an error, not the current folder."""
+    if text is not None and not text.strip():
         raise KdistillError("--out: empty; name an output folder or file")
-    return Path(text)
+    return text
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -273,9 +271,9 @@ def _deploy(args: argparse.Namespace) -> str:
     if args.command == "export":
         from kdistill.deploy.export import export_checkpoint, format_report
 
-        return format_report(export_checkpoint(args.checkpoint, args.format, out=_output_path(args.out), int8=args.int8,
-                                               calibration=args.calibration, check_images=args.data,
-                                               threads=args.threads))
+        return format_report(export_checkpoint(args.checkpoint, args.format, out=_output_arg(args.out),
+                                               int8=args.int8, calibration=args.calibration,
+                                               check_images=args.data, threads=args.threads))
     if args.command == "predict":
         from kdistill.deploy.predict import run_predict
 

@@ -51,7 +51,7 @@ from kdistill.distill import HeadOnStoredFeatures, build_method, freeze
 from kdistill.distill.method_setup import distilled_runs, method_arguments, method_columns, method_record, with_method
 from kdistill.distill.registry import search_space, two_class_note
 from kdistill.distill.setup import check_unlabeled_method, prepare_teacher_outputs, student_data, teacher_outputs_for
-from kdistill.data.doctor import examine, split_settings
+from kdistill.data.doctor import examine
 from kdistill.engine.preflight import check_before_data, check_same_data, log_data
 from kdistill.engine.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE, RESUME_FOLDER, plan_run_folder,
                                         remove_if_empty, run_targets, student_folders, train_targets,
@@ -359,7 +359,8 @@ def _run_doctor(config: Config) -> dict | None:
     """The data doctor's findings for a folder dataset, summarized in the log."""
     if config.data.root is None:
         return None
-    found = examine(Path(config.data.root), config.data.patient_regex, split_settings(config.data))
+    # The validation-size check is the run's own (calibration_warnings, on the split it made).
+    found = examine(Path(config.data.root), config.data.patient_regex, split_settings=None)
     log.info(f"doctor: {len(found['unreadable'])} unreadable images, {len(found['duplicate_groups'])} "
              f"byte-identical duplicate groups ({len(found['duplicate_groups_across_splits'])} across "
              f"splits), {len(found['label_conflicts'])} label conflicts, {len(found['leaking_groups'])} "

@@ -109,6 +109,9 @@ BAD_META = {
     "input_size a word": (lambda c: edit_meta(c, input_size="big"), ["input_size must be"]),
     "channels 2": (lambda c: edit_meta(c, channels=2), ["channels must be 1 or 3"]),
     "std with a zero": (lambda c: edit_meta(c, std=[0, 1, 1]), ["std must not hold a 0"]),
+    "threshold a word": (lambda c: edit_meta(c, threshold="abc"), ["threshold must be a number"]),
+    "temperature 0": (lambda c: edit_meta(c, temperature=0), ["temperature must be a positive number"]),
+    "positive class unknown": (lambda c: edit_meta(c, positive_class="VIRAL"), ["positive_class", "VIRAL"]),
     "weights garbage": (lambda c: (c / "model.safetensors").write_bytes(b"x" * 64), ["unreadable weights"]),
     "weights empty": (lambda c: (c / "model.safetensors").write_bytes(b""), ["unreadable weights"]),
     "weights of another model": (lambda c: swap_weights(c, "tiny_cnn_d2"), ["weights do not match"]),
@@ -152,7 +155,7 @@ def test_evaluate_out_that_is_a_folder_is_refused_before_evaluating(tmp_path, ca
 
 
 @pytest.mark.parametrize("name,write,needles", [
-    ("w.pth", lambda p: p.write_bytes(b"\x80\x04garbage" * 8), ["not a tensors-only weights file"]),
+    ("w.pth", lambda p: p.write_bytes(b"x" * 64), ["not a tensors-only weights file"]),
     ("w.safetensors", lambda p: p.write_bytes(b"x" * 64), ["not a readable weights file"]),
     ("w.pth", lambda p: torch.save([1, 2], p), ["holds a list"]),
     ("w.pth", lambda p: torch.save({"conv1.weight": torch.zeros(1)}, p), ["does not fit this model"]),

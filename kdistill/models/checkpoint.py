@@ -79,7 +79,24 @@ def preprocessing_problem(fields: dict) -> str | None:
             return f"{key} must be a list of {channels} numbers, not {json.dumps(value)[:60]}"
     if any(v == 0 for v in fields["std"]):
         return "std must not hold a 0"
+    return _decision_problem(fields, classes)
+
+
+def _decision_problem(fields: dict, classes: list) -> str | None:
+    """The optional decision fields: a positive class among the classes, a threshold in [0, 1],
+    a positive temperature (absent or null: arg-max, T = 1)."""
+    positive, threshold, temperature = (fields.get(key) for key in ("positive_class", "threshold", "temperature"))
+    if positive is not None and positive not in classes:
+        return f"positive_class {json.dumps(positive)[:40]} is not one of the classes {classes}"
+    if threshold is not None and not (_is_number(threshold) and 0 <= threshold <= 1):
+        return f"threshold must be a number in [0, 1] (or null), not {json.dumps(threshold)[:40]}"
+    if temperature is not None and not (_is_number(temperature) and temperature > 0):
+        return f"temperature must be a positive number (or null), not {json.dumps(temperature)[:40]}"
     return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, dict]:
