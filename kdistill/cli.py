@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. tune.trials=10")
     tune.add_argument("--trials", type=_positive_int, help="number of trials (default: tune.trials)")
     tune.add_argument("--out", help="output folder for trials.csv and best.yaml (default: <out>/tune)")
+    _add_overwrite(tune)
 
     search = commands.add_parser("search-student", help="the best kdistill family student within "
                                  "student.budget, ranked on the validation split, then trained fully")
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. student.budget.params=100000")
     search.add_argument("--out", help="output folder for search.json/.md/.png and the best run "
                                       "(default: <out>/search)")
+    _add_overwrite(search)
 
     report = commands.add_parser("report", help="rewrite report.md and report.html from a run's results.json")
     report.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a kdistill run")
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole pipeline on the built-in digits data (no download)")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _add_overwrite(demo)
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     train = commands.add_parser("train", help="train one model (teacher, baseline or distilled)")
@@ -66,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="threshold rule fitted on the site's images (default balanced_accuracy)")
     calibrate.add_argument("--no-temperature", action="store_true", help="keep T = 1 instead of fitting it")
     calibrate.add_argument("--out", help="write a calibrated copy of the checkpoint here instead of updating it")
-    doctor = commands.add_parser("doctor", help="check an image folder: counts, unreadable files, "
-                                                 "duplicates, patients leaking across splits")
+    doctor = commands.add_parser("doctor", help="check an image folder: counts, layout, unreadable files, "
+                                                 "duplicates, label conflicts, leakage, validation size")
     doctor.add_argument("--data", required=True, help="dataset root with train/ [val/] [test/]")
-    doctor.add_argument("--patient-regex", default=None, help="patient key regex (default: chest X-ray names)")
+    doctor.add_argument("--config", help="read data.patient_regex and the split settings from this config "
+                                         "(default: their defaults)")
+    doctor.add_argument("--patient-regex", default=None, help="patient key regex (default: the config's, "
+                                                              "else chest X-ray names)")
     doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
-    doctor.add_argument("--strict", action="store_true", help="exit 1 on unreadable images or leakage")
+    doctor.add_argument("--strict", action="store_true", help="exit 1 on anything run refuses, unreadable "
+                        "images, label conflicts, leakage or a validation split too small to fit on")
     _add_deploy_commands(commands)
     return parser
 
@@ -134,6 +141,13 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. student.train.epochs=5")
     parser.add_argument("--out", help="output folder (overrides the config's out)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in the output folder")
+    _add_overwrite(parser)
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in the output folder that no kdistill run recorded writing "
+                             "(by default such files stop the command)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -205,7 +219,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kdistill.eval.evaluate import evaluate_checkpoint
         from kdistill.report.markdown import comparison_table
 
-        out = Path(args.out) if args.out else None
+        out = Path(args.out) if _output_arg(args.out) else None
         results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out,
                                       speed={"threads": args.threads}, on_bad_image=args.on_bad_image)
         print(comparison_table(results))
@@ -215,7 +229,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         with resources.as_file(config_path) as path:
             config = config_module.load_config(path, [*args.overrides, f"out={args.out}"])
     else:
-        overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+        overrides = list(args.overrides) + ([f"out={args.out}"] if args.out is not None else [])
         overrides += [f"tuned={args.tuned}"] if getattr(args, "tuned", None) else []
         config = config_module.load_config(args.config, overrides)
     return _train_or_run(args, config)
@@ -231,9 +245,9 @@ def _train_or_run(args: argparse.Namespace, config) -> int:
         if not world.is_main:
             logging.getLogger("kdistill").setLevel(logging.WARNING)
         if args.command == "train":
-            train_one(config, args.role, teacher_dir=args.teacher, resume=args.resume)
+            train_one(config, args.role, teacher_dir=args.teacher, resume=args.resume, overwrite=args.overwrite)
         else:
-            run(config, resume=args.resume)
+            run(config, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -242,8 +256,8 @@ def _tune(args: argparse.Namespace) -> int:
     from kdistill.tune import tune
 
     config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path(config.out) / "tune"
-    best = tune(config, out, trials=args.trials)
+    out = Path(args.out) if _output_arg(args.out) else Path(config.out) / "tune"
+    best = tune(config, out, trials=args.trials, overwrite=args.overwrite)
     values = " ".join(f"{name}={value:.4g}" for name, value in best["params"].items())
     print(f"best trial {best['number']}: validation {best['metric']} {best['value']:.4f} ({values}); "
           f"{out}/trials.csv, {out}/best.yaml")
@@ -255,24 +269,31 @@ def _search_student(args: argparse.Namespace) -> int:
     from kdistill.search import search_student
 
     config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path(config.out) / "search"
-    best = search_student(config, out)["best"]
+    out = Path(args.out) if _output_arg(args.out) else Path(config.out) / "search"
+    best = search_student(config, out, overwrite=args.overwrite)["best"]
     print(f"best student: {best['label']} (validation {best['score']:.4f}, {best['params']:,} params, "
           f"{best['latency_ms']:.3f} ms); {out}/search.md, full run in {out}/best")
     return 0
 
 
+def _output_arg(text: str | None) -> str | None:
+    """``--out`` as given (None when not given); an empty one is an error, not the current folder."""
+    if text is not None and not text.strip():
+        raise KdistillError("--out: empty; name an output folder or file")
+    return text
+
+
 def _doctor(args: argparse.Namespace) -> int:
     import json
 
-    from kdistill.config import DEFAULT_PATIENT_REGEX
-    from kdistill.data.doctor import examine, format_summary, has_blocking_problems
+    from kdistill.config import DataConfig, load_config
+    from kdistill.data.doctor import blocking_summary, examine, format_summary, has_blocking_problems, split_settings
 
-    findings = examine(Path(args.data), args.patient_regex or DEFAULT_PATIENT_REGEX)
+    data = load_config(args.config, [f"data.root={args.data}"]).data if args.config else DataConfig()
+    findings = examine(Path(args.data), args.patient_regex or data.patient_regex, split_settings(data))
     print(json.dumps(findings, indent=2) if args.json else format_summary(findings))
     if args.strict and has_blocking_problems(findings):
-        print(f"kdistill: doctor: {len(findings['unreadable'])} unreadable images, "
-              f"{len(findings['leaking_groups'])} patients in more than one split", file=sys.stderr)
+        print(f"kdistill: doctor: {blocking_summary(findings)}", file=sys.stderr)
         return 1
     return 0
 
@@ -282,9 +303,9 @@ def _deploy(args: argparse.Namespace) -> str:
     if args.command == "export":
         from kdistill.deploy.export import export_checkpoint, format_report
 
-        return format_report(export_checkpoint(args.checkpoint, args.format, out=args.out, int8=args.int8,
-                                               calibration=args.calibration, check_images=args.data,
-                                               threads=args.threads))
+        return format_report(export_checkpoint(args.checkpoint, args.format, out=_output_arg(args.out),
+                                               int8=args.int8, calibration=args.calibration,
+                                               check_images=args.data, threads=args.threads))
     if args.command == "predict":
         from kdistill.deploy.predict import run_predict
 

@@ -376,6 +376,8 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # bytes that are not UTF-8 text
+        raise ConfigError(f"{path}: not a text file ({str(exc)[:80]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -485,6 +487,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _check_consistency(config: Config) -> None:
+    if not config.out.strip():  # "" would write the run into the current folder
+        raise ConfigError(f"out: {config.out!r} is empty; name an output folder (out: runs/NAME, or --out DIR)")
     data = config.data
     if (data.root is None) == (data.dataset is None):
         raise ConfigError("data.root / data.dataset: set exactly one (a folder, or dataset: digits)")

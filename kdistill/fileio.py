@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kdistill.errors import KdistillError
+
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes, read in blocks (cache arrays and resume states are large)."""
@@ -95,3 +97,15 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def check_output_file(path: Path) -> None:
+    """``path`` can be written as a file: it is not a folder and no folder above it is a file.
+    Checked before any work, so the error comes first, not after an evaluation."""
+    if path.is_dir():
+        raise KdistillError(f"{path}: is a folder; give a file name (e.g. {path / 'results.json'})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise KdistillError(f"{path}: cannot be written, {parent} is a file")
+            return

@@ -22,10 +22,11 @@ The exported ONNX copy is the distilled student of the first seed listed.
 Every checkpoint's decision threshold and temperature are fitted on the validation split right
 after training (``kdistill.eval.calibration``) and written into its model.json.
 
-A run without ``resume`` into a folder that holds an earlier run first removes the earlier run's
-files (the names above, and the temporary names of their atomic writes), so an interrupted run
-never leaves new and old outputs side by side; every other file in the folder stays
-(``kdistill.engine.run_folder.clear_earlier_run``).
+Every check (config, device, models, weights, data, the output folder) runs before the first write.
+The run records what it writes in ``kdistill-manifest.json``; a run without ``resume`` into a folder
+holding an earlier run first removes what that run recorded (and nothing else), so old and new
+outputs never stand side by side, and ``INCOMPLETE.txt`` marks the folder until results.json and
+the reports are written (``kdistill.engine.output_folder``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import platform
 import time
 from pathlib import Path
@@ -52,10 +52,10 @@ from kdistill.distill.method_setup import distilled_runs, method_arguments, meth
 from kdistill.distill.registry import search_space, two_class_note
 from kdistill.distill.setup import check_unlabeled_method, prepare_teacher_outputs, student_data, teacher_outputs_for
 from kdistill.data.doctor import examine
-from kdistill.engine.preflight import check_models_build, check_same_data, log_data, require_every_class
-from kdistill.engine.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE, RESUME_FOLDER, check_out_folder,
-                                        check_resume_config, clear_earlier_model, clear_earlier_run,
-                                        earlier_run_outputs, remove_if_empty, student_folders, write_run_files)
+from kdistill.engine.preflight import check_before_data, check_same_data, log_data
+from kdistill.engine.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE, RESUME_FOLDER, plan_run_folder,
+                                        remove_if_empty, run_targets, student_folders, train_targets,
+                                        write_run_files)
 from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
 from kdistill.eval.pooled import pooled_tests_from_results
@@ -63,6 +63,7 @@ from kdistill.eval.inference import predict_logits
 from kdistill.eval.robustness import Battery, battery_logits, robustness
 from kdistill.eval.site import fit_on_site
 from kdistill.data.external import load_labelled_folder
+from kdistill.eval.sample_size import fitted_on_validation, small_fit_warning
 from kdistill.fileio import write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model, find_head
@@ -72,30 +73,28 @@ from kdistill.models.stages import freeze_all_but, partial_trainable
 from kdistill.engine.precision import resolve_device
 from kdistill.report.markdown import comparison_table, markdown_report
 from kdistill.report.html import html_report
+from kdistill.report.results_file import read_results
 from kdistill.engine.loop import class_weights, fit
 
 
-def run(config: Config, resume: bool = False) -> dict:
-    """Run the whole pipeline; return the ``results.json`` content (also written to disk)."""
+def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run the whole pipeline; return the ``results.json`` content (also written to disk).
+    ``overwrite``: replace files in ``out`` that no kdistill run recorded writing."""
     started = time.perf_counter()
     out = Path(config.out)
-    check_out_folder(out)
-    if resume:
-        check_resume_config(out, config)
+    # Fail now, before anything is decoded, cached or written, or the teacher has trained.
+    output = plan_run_folder(config, run_targets(config), resume=resume, overwrite=overwrite)
+    check_before_data(config, ("teacher", "student"))
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
-        data = load_dataset(**dataclasses.asdict(config.data))
+        data = load_dataset(**dataclasses.asdict(config.data))  # refuses a split missing a class
     log_data(data)
-    require_every_class(data)
     data = with_site_sample(data, config)
+    warnings = calibration_warnings(data, config)
     world = distributed.current()  # under torchrun: rank 0 checks, evaluates and writes
     findings = _run_doctor(config) if world.is_main else None
-    # Fail now, before anything is written or the teacher has trained.
-    check_models_build(config, data, ("teacher", "student"))
-    check_unlabeled_method(config, data)  # before the teacher trains, for every method compared
     if world.is_main:
-        if not resume:
-            clear_earlier_run(out, config, earlier_run_outputs(out))
+        output.open()
         write_run_files(out, config, data)
     teacher, teacher_meta = train_teacher(config, data, out, resume)
     if not world.is_main:
@@ -113,7 +112,7 @@ def run(config: Config, resume: bool = False) -> dict:
     external = [evaluate_external(folder, evaluated, data) for folder in data.external]
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
                **statistics, "external": external,
-               "export": deployment, "doctor": findings, "tuned": _tuned(config),
+               "export": deployment, "doctor": findings, "tuned": _tuned(config), "warnings": warnings,
                "machine": {"platform": platform.platform(), "torch": torch.__version__},
                "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / RESULTS_FILE, results)
@@ -121,31 +120,46 @@ def run(config: Config, resume: bool = False) -> dict:
     for _, folder in student_folders(config, out):
         remove_if_empty(folder / RESUME_FOLDER)
     remove_if_empty(out / RESUME_FOLDER)
+    output.close()
     log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md, report.html)")
     return results
 
 
 def write_reports(out: Path, results: dict) -> None:
-    """``report.md`` and the self-contained ``report.html`` (with the run's resolved config)."""
+    """``report.md`` and the self-contained ``report.html`` (with the run's resolved config), both
+    rendered before either is written."""
     markdown_file, html_file = REPORT_FILES
-    write_text_atomic(out / markdown_file, markdown_report(results) + _tuned_note(results.get("tuned")))
     config_path = out / CONFIG_FILE
     config_yaml = config_path.read_text() if config_path.is_file() else "(config.yaml not found)"
-    write_text_atomic(out / html_file, html_report(results, config_yaml))
+    texts = {markdown_file: markdown_report(results) + _tuned_note(results.get("tuned")),
+             html_file: html_report(results, config_yaml)}
+    for name, text in texts.items():
+        write_text_atomic(out / name, text)
 
 
 def regenerate_reports(run_dir: Path) -> None:
     """``kdistill report RUN_DIR``: rewrite both reports from the folder's ``results.json``."""
     path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: not found; give the output folder of a kdistill run")
+    results = read_results(path)
     try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    results["pooled_tests"] = pooled_tests_from_results(results)  # a file from before them: from its predictions
-    write_reports(run_dir, results)
+        results["pooled_tests"] = pooled_tests_from_results(results)  # a file from before them: from its predictions
+        write_reports(run_dir, results)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a field of the wrong shape
+        raise DataError(f"{path}: not a results file kdistill can report on ({type(exc).__name__}: "
+                        f"{str(exc)[:120]})") from None
     log.info(f"written to {run_dir}/ (report.md, report.html)")
+
+
+def calibration_warnings(data: DatasetBundle, config: Config) -> list[str]:
+    """A warning (logged, and kept for results.json and the report) when the threshold or
+    temperature every model fits on the validation split rests on too few images."""
+    counts = dict(zip(data.classes, data.val.class_counts(len(data.classes))))
+    fitted = fitted_on_validation(config.calibration.temperature, config.calibration.threshold_rule,
+                                  data.positive_index is not None)
+    warning = small_fit_warning(counts, fitted)
+    if warning:
+        log.info(f"warning: {warning}")
+    return [warning] if warning else []
 
 
 def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, teacher,
@@ -418,10 +432,12 @@ def _run_doctor(config: Config) -> dict | None:
     """The data doctor's findings for a folder dataset, summarized in the log."""
     if config.data.root is None:
         return None
-    found = examine(Path(config.data.root), config.data.patient_regex)
+    # The validation-size check is the run's own (calibration_warnings, on the split it made).
+    found = examine(Path(config.data.root), config.data.patient_regex, split_settings=None)
     log.info(f"doctor: {len(found['unreadable'])} unreadable images, {len(found['duplicate_groups'])} "
              f"byte-identical duplicate groups ({len(found['duplicate_groups_across_splits'])} across "
-             f"splits), {len(found['leaking_groups'])} patients in more than one supplied split")
+             f"splits), {len(found['label_conflicts'])} label conflicts, {len(found['leaking_groups'])} "
+             f"patients in more than one supplied split")
     return found
 
 
@@ -469,33 +485,30 @@ def seed_everything(seed: int, deterministic: bool, threads: int | None = None) 
         torch.use_deterministic_algorithms(True)
 
 
-def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False) -> Path:
+def train_one(config: Config, role: str, teacher_dir: str | None = None, resume: bool = False,
+              overwrite: bool = False) -> Path:
     """``kdistill train``: train one model of the pipeline and write its checkpoint."""
     if config.seeds is not None and role != "teacher":  # silently training one seed would mislead
         raise ConfigError(f"seeds: {config.seeds} is for `kdistill run`; `kdistill train` trains one "
                           f"model: set seed=K (and seeds=null) for each")
     out = Path(config.out)
-    check_out_folder(out)
-    if resume:
-        check_resume_config(out, config)
     as_given = config  # saved as given: the teacher folder filled in below is not a user setting
-    seed_everything(config.seed, config.deterministic, config.threads)
-    with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
-        data = load_dataset(**dataclasses.asdict(config.data))
-    log_data(data)
-    require_every_class(data)
+    teacher_path = Path(teacher_dir or config.teacher.checkpoint or out / "teacher")
+    output = plan_run_folder(config, train_targets(role), resume=resume, overwrite=overwrite,
+                             replace_all=False, also_reads=(teacher_path,) if role == "distilled" else ())
     if role == "distilled":
-        teacher_path = Path(teacher_dir or config.teacher.checkpoint or out / "teacher")
         if not (teacher_path / "model.json").is_file():
             raise CheckpointError(f"{teacher_path}: no teacher checkpoint; train one with --role "
                                   f"teacher or pass --teacher DIR")
         config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
                                                                           checkpoint=str(teacher_path)))
-    check_models_build(config, data, {"teacher": ("teacher",), "baseline": ("student",)}.get(
-        role, ("teacher", "student")))
+    check_before_data(config, {"teacher": ("teacher",), "baseline": ("student",)}.get(role, ("teacher", "student")))
+    seed_everything(config.seed, config.deterministic, config.threads)
+    with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
+        data = load_dataset(**dataclasses.asdict(config.data))  # refuses a split missing a class
+    log_data(data)
     if distributed.current().is_main:
-        if not resume:
-            clear_earlier_model(out, role, config)
+        output.open()
         write_run_files(out, as_given, data)
     if role == "teacher":
         train_teacher(config, data, out, resume)
@@ -504,5 +517,6 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
         train_student(config, data, out, role, teacher, resume)
     if distributed.current().is_main:
         remove_if_empty(out / RESUME_FOLDER)  # the model's own state went when it finished
+        output.close()
     log.info(f"{role}: checkpoint written to {out / role}")
     return out / role

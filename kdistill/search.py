@@ -46,23 +46,30 @@ from kdistill.fileio import atomic_file, write_json_atomic, write_text_atomic
 from kdistill.log import log
 from kdistill.models import build_model
 from kdistill.distill.setup import prepare_teacher_outputs, student_channels
-from kdistill.engine.run_folder import remove_if_empty
-from kdistill.engine.run_folder import RESULTS_FILE
+from kdistill.engine.output_folder import plan_output
+from kdistill.engine.preflight import check_before_data
+from kdistill.engine.run_folder import RESULTS_FILE, RESUME_FOLDER, input_paths, remove_if_empty
 from kdistill.pipeline import run, seed_everything, train_student, train_teacher, write_reports
 from kdistill.tune import ForbiddenTestSplit
 
 FILES = ("search.json", "search.md", "search.png")
+BEST_FOLDER = "best"  # the winner's full run
 TRAINED, OVER_BUDGET, SKIPPED = "trained", "over budget", "skipped: time budget"
 # What the full run's results.json keeps of search.json (the report draws and ranks from these).
 SEARCH_KEYS = ("metric", "budget", "search", "input_size", "channels", "seconds", "best", "candidates", "skipped")
 
 
-def search_student(config: Config, out: Path) -> dict:
+def search_student(config: Config, out: Path, overwrite: bool = False) -> dict:
     """Run the whole search into ``out``; return the ``search.json`` content (``final`` holds the
-    full run's results)."""
+    full run's results). ``overwrite``: replace files in ``out`` that no kdistill command recorded
+    writing."""
     started = time.perf_counter()
+    targets = [*FILES, RESUME_FOLDER, BEST_FOLDER] + ([] if config.teacher.checkpoint else ["teacher"])
+    folder = plan_output(out, targets, overwrite=overwrite, inputs=input_paths(config))
+    check_before_data(config, ("teacher",))  # candidates are sized against the budget below
     seed_everything(config.seed, config.deterministic, config.threads)
     data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
+    folder.open()
     candidates = [measure_candidate(c, config, data) for c in candidate_grid(config)]
     within = sorted((c for c in candidates if c["status"] is None), key=lambda c: c["latency_ms"])
     log.info(f"search: {len(candidates)} candidates, {len(within)} within the budget; proxy training "
@@ -85,6 +92,7 @@ def search_student(config: Config, out: Path) -> dict:
         raise KdistillError(f"search: no candidate was trained (time budget {config.search.time_budget_s} s)")
     final = final_config(config, best, out)
     summary["final"] = attach_to_final_run(run(final), Path(final.out), summary)
+    folder.close()
     return summary
 
 
@@ -185,7 +193,7 @@ def final_config(config: Config, best: dict, out: Path) -> Config:
     chosen = with_student(config, best)
     budget = dataclasses.replace(chosen.student.budget, latency_ms=None)
     teacher = config.teacher.checkpoint or str(out / "teacher")
-    return dataclasses.replace(chosen, out=str(out / "best"),
+    return dataclasses.replace(chosen, out=str(out / BEST_FOLDER),
                                student=dataclasses.replace(chosen.student, budget=budget),
                                teacher=dataclasses.replace(chosen.teacher, checkpoint=teacher))
 

@@ -33,10 +33,13 @@ from kdistill.errors import ConfigError, KdistillError
 from kdistill.fileio import write_text_atomic
 from kdistill.log import log
 from kdistill.distill.setup import prepare_teacher_outputs
-from kdistill.engine.run_folder import remove_if_empty
+from kdistill.engine.output_folder import plan_output
+from kdistill.engine.preflight import check_before_data
+from kdistill.engine.run_folder import RESUME_FOLDER, input_paths, remove_if_empty
 from kdistill.pipeline import seed_everything, train_student, train_teacher
 from kdistill.engine.loop import LOWER_IS_BETTER
 
+OUTPUTS = ("trials.csv", "best.yaml")
 # Shared search name -> (config key, log scale); their ranges are the tune section's.
 SHARED_SEARCH = {"alpha": ("distill.alpha", False), "temperature": ("distill.temperature", True),
                  "lr": ("student.train.lr", True)}
@@ -65,13 +68,18 @@ class ForbiddenTestSplit:
     __getattr__ = __len__ = __iter__ = __getitem__ = _refuse
 
 
-def tune(config: Config, out: Path, trials: int | None = None) -> dict:
-    """Run the search; write ``trials.csv`` and ``best.yaml`` to ``out``; return the best trial."""
+def tune(config: Config, out: Path, trials: int | None = None, overwrite: bool = False) -> dict:
+    """Run the search; write ``trials.csv`` and ``best.yaml`` to ``out``; return the best trial.
+    ``overwrite``: replace files in ``out`` that no kdistill command recorded writing."""
     optuna = _import_optuna()
     _check_tunable(config)
+    targets = [*OUTPUTS, RESUME_FOLDER] + ([] if config.teacher.checkpoint else ["teacher"])
+    folder = plan_output(out, targets, overwrite=overwrite, inputs=input_paths(config))
+    check_before_data(config, ("teacher", "student"), budget=False)  # the budget is `run`'s to enforce
     trials = trials or config.tune.trials
     seed_everything(config.seed, config.deterministic, config.threads)
     data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
+    folder.open()
     log.info(f"tune: {trials} trials on train {len(data.train)} / val {len(data.val)} images "
              f"(the test split is not used)")
     teacher, outputs = _prepare_teacher(config, data, out)
@@ -84,9 +92,11 @@ def tune(config: Config, out: Path, trials: int | None = None) -> dict:
     objective = _Objective(config, data, teacher, outputs)
     columns = list(objective.space)
     study.optimize(objective, n_trials=trials, catch=(KdistillError,),
-                   callbacks=[lambda study, _: _write_trials(out / "trials.csv", study, columns)])
-    _write_trials(out / "trials.csv", study, columns)
-    return _write_best(out / "best.yaml", study, metric, objective.space)
+                   callbacks=[lambda study, _: _write_trials(out / OUTPUTS[0], study, columns)])
+    _write_trials(out / OUTPUTS[0], study, columns)
+    best = _write_best(out / OUTPUTS[1], study, metric, objective.space)
+    folder.close()
+    return best
 
 
 class _Objective:

@@ -153,9 +153,9 @@ def test_pipeline_calibration_never_touches_the_test_split(image_root):
 
 
 def test_pipeline_prior_rule_reads_the_training_labels(image_root):
-    """fit_calibration with rule prior on unbalanced data (8 NORMAL, 24 PNEUMONIA): the threshold is
+    """fit_calibration with rule prior on unbalanced data (12 NORMAL, 24 PNEUMONIA): the threshold is
     the PNEUMONIA share of the training split's labels, far from 0.5, whatever the model says."""
-    for path in sorted((image_root / "train" / "NORMAL").iterdir())[8:]:
+    for path in sorted((image_root / "train" / "NORMAL").iterdir())[12:]:
         path.unlink()
     config = from_dict(tiny_config(image_root, image_root / "unused", calibration={"threshold_rule": "prior"}))
     data = load_dataset(**dataclasses.asdict(config.data))

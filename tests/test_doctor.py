@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_DATA, make_image_folder, require_real_data
+from conftest import REAL_DATA, make_image_folder, require_real_data, tiny_config, write_config
 from kdistill.cli import main
 from test_bad_input import add_bad_files
 
@@ -60,11 +60,95 @@ def test_strict_fails_on_leakage_and_unreadable_files(troubled_root, capsys):
 
 
 def test_clean_folder_passes_strict(tmp_path, capsys):
-    root = make_image_folder(tmp_path / "data", splits=("train", "test"))
+    """A val/ of 50 images per class (at least data.min_val_images, so a run selects on it) and
+    nothing wrong: --strict passes."""
+    root = make_image_folder(tmp_path / "data", per_class=50, splits=("train", "val", "test"))
     code, found = doctor_json(root, capsys, "--strict")
     assert code == 0
     assert found["unreadable"] == [] and found["duplicate_groups"] == [] and found["leaking_groups"] == {}
-    assert found["splits"] == {"train": {"NORMAL": 24, "PNEUMONIA": 24}, "test": {"NORMAL": 24, "PNEUMONIA": 24}}
+    assert found["folder_problems"] == [] and found["label_conflicts"] == [] and found["small_validation"] is None
+    assert found["splits"]["val"] == {"NORMAL": 50, "PNEUMONIA": 50}
+
+
+def strict_line(root: Path, capsys, *extra: str) -> tuple[dict, str]:
+    """--strict on ``root``: exit 1 and the one-line summary (with the findings as JSON)."""
+    code = main(["doctor", "--data", str(root), "--json", "--strict", *extra])
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    lines = [line for line in captured.err.splitlines() if line.startswith("kdistill: doctor:")]
+    assert len(lines) == 1, captured.err
+    return json.loads(captured.out), lines[0]
+
+
+def big_clean_root(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", per_class=50, splits=("train", "val", "test"))
+
+
+def test_strict_fails_on_a_single_class(tmp_path, capsys):
+    """One class folder, which `run` refuses: a folder problem naming train/, and --strict exits 1."""
+    root = big_clean_root(tmp_path)
+    for split in ("train", "val", "test"):
+        shutil.rmtree(root / split / "PNEUMONIA")
+    found, line = strict_line(root, capsys)
+    assert found["folder_problems"] == [f"{root / 'train'}: 1 class folder(s) (NORMAL); a run needs at least 2"]
+    assert "1 folder problems" in line
+
+
+def test_strict_fails_on_an_empty_class_folder(tmp_path, capsys):
+    root = big_clean_root(tmp_path)
+    empty = root / "test" / "PNEUMONIA"
+    shutil.rmtree(empty)
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"\0")  # not an image: the folder is still empty for a run
+    found, _ = strict_line(root, capsys)
+    assert found["folder_problems"] == [f"{empty}: no images"]
+
+
+def test_strict_fails_on_a_class_missing_from_a_supplied_split(tmp_path, capsys):
+    """val/ without PNEUMONIA/ and with a class train/ lacks: both named."""
+    root = big_clean_root(tmp_path)
+    (root / "val" / "PNEUMONIA").rename(root / "val" / "VIRAL")
+    found, _ = strict_line(root, capsys)
+    assert found["folder_problems"] == [f"{root / 'val'}: no PNEUMONIA/ folder, which train/ has",
+                                        f"{root / 'val' / 'VIRAL'}: not a class of train/"]
+
+
+def test_label_conflict_names_both_class_folders(tmp_path, capsys):
+    """One image filed under NORMAL and under PNEUMONIA (byte-identical): a label conflict, listed
+    with both class folders in the text report and failing --strict."""
+    root = big_clean_root(tmp_path)
+    original = sorted((root / "train" / "NORMAL").iterdir())[0]
+    copy = root / "train" / "PNEUMONIA" / "person999_bacteria_1.png"
+    shutil.copy(original, copy)
+    found, line = strict_line(root, capsys)
+    assert found["label_conflicts"] == [{"classes": ["NORMAL", "PNEUMONIA"],
+                                         "paths": sorted([str(original), str(copy)])}]
+    assert "1 label conflicts" in line
+    assert main(["doctor", "--data", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert f"train/NORMAL/{original.name} = train/PNEUMONIA/{copy.name}" in text
+
+
+def test_strict_fails_on_a_validation_split_too_small_to_fit_on(tmp_path, capsys):
+    """24 images per class and no val/: the validation split carved from train/ (15% by default)
+    is far too small for a threshold and temperature; a config carving 45% gives more, still too few."""
+    root = make_image_folder(tmp_path / "data", splits=("train", "test"))
+    found, line = strict_line(root, capsys)
+    assert "validation too small to fit on" in line
+    warning = found["small_validation"]
+    assert warning.startswith("temperature and threshold fitted on ") and "fewer than 50 images" in warning
+    config = write_config(tmp_path / "config.yaml", tiny_config(root, tmp_path / "out", data={"val_fraction": 0.45}))
+    found, _ = strict_line(root, capsys, "--config", str(config))
+    carved = int(found["small_validation"].split(" fitted on ")[1].split()[0])
+    assert carved > int(warning.split(" fitted on ")[1].split()[0])
+
+
+def test_unreadable_reason_names_no_memory_buffer(tmp_path, capsys):
+    """A file Pillow cannot identify: the reason is plain words, not '<_io.BytesIO object at 0x...>'."""
+    root = big_clean_root(tmp_path)
+    (root / "train" / "NORMAL" / "IM-0900-0001.png").write_bytes(b"not a PNG at all")
+    found, _ = strict_line(root, capsys)
+    assert [item["reason"] for item in found["unreadable"]] == ["cannot decode (not an image format Pillow recognises)"]
 
 
 def test_broken_links_are_unreadable_not_invisible(tmp_path, capsys):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -157,15 +156,14 @@ def plant_hostile_files(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 
 
 def vanish_after_scan(monkeypatch, path: Path) -> None:
-    """Delete ``path`` right after the folder scan listed it, before any decoding."""
-    real = datasets_module.scan_dataset_root
+    """Delete ``path`` after the folder scans listed it, as the loader starts decoding."""
+    real = datasets_module.decode_uncommitted
 
-    def scan_then_delete(root):
-        found = real(root)
-        os.unlink(path)
-        return found
+    def delete_then_decode(paths, *args):
+        path.unlink(missing_ok=True)
+        return real(paths, *args)
 
-    monkeypatch.setattr(datasets_module, "scan_dataset_root", scan_then_delete)
+    monkeypatch.setattr(datasets_module, "decode_uncommitted", delete_then_decode)
 
 
 def run_hostile(image_root: Path, tmp_path: Path, monkeypatch, capsys, *overrides: str):

@@ -1,14 +1,18 @@
-"""A run without --resume into a folder holding an earlier run: the earlier run's files go before
-the new run writes anything, so a run cut short never leaves old and new outputs side by side;
-the user's other files stay. `kdistill train` replaces only its own model (and the stale summaries)."""
+"""A run without --resume into a folder holding an earlier run: what the earlier run recorded in its
+manifest goes before the new run writes anything, so a run cut short never leaves old and new
+outputs side by side (and the folder is marked incomplete); the user's other files stay.
+`kdistill train` replaces only its own model (and the stale summaries)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from conftest import leftover_temp_files, tiny_config, write_config
 from kdistill import pipeline
-from kdistill.engine import run_folder
+from kdistill.engine import output_folder, run_folder
+from kdistill.engine.output_folder import INCOMPLETE, MANIFEST
 from kdistill.cli import main
 from kdistill.config import from_dict
 from kdistill.models.checkpoint import read_meta
@@ -26,11 +30,12 @@ def interrupt_students(monkeypatch) -> None:
 
 def test_failed_rerun_leaves_no_file_of_the_earlier_run(image_root, tmp_path, monkeypatch, capsys):
     """Run 1 completes; run 2 (teacher 1 epoch instead of 2) is interrupted after its teacher: the
-    folder then holds run 2's files only, beside the user's own file and folder."""
+    folder then holds run 2's files only, marked incomplete, beside the user's own file and folder."""
     out = tmp_path / "out"
     first = tiny_config(image_root, out, export=False)
     assert main(["run", str(write_config(tmp_path / "first.yaml", first))]) == 0
     assert (out / "results.json").is_file() and (out / "baseline" / "model.json").is_file()
+    assert not (out / INCOMPLETE).exists()  # a finished run is not marked
     (out / USER_FILE).write_text("keep me")
     (out / "plots").mkdir()
     (out / "plots" / "mine.png").write_bytes(b"png")
@@ -42,29 +47,42 @@ def test_failed_rerun_leaves_no_file_of_the_earlier_run(image_root, tmp_path, mo
     assert main(["run", str(write_config(tmp_path / "second.yaml", second))]) == 130
 
     left = sorted(path.name for path in out.iterdir())
-    assert left == sorted(["config.yaml", "splits.json", "teacher", "resume", USER_FILE, "plots"]), left
+    assert left == sorted(["config.yaml", "splits.json", "teacher", "resume", USER_FILE, "plots",
+                           MANIFEST, INCOMPLETE]), left
     assert list((out / "resume").iterdir()) == []  # run 2's, emptied when its teacher finished
     assert read_meta(out / "teacher")["training"]["epochs"] == 1  # run 2's teacher, not run 1's
     assert "epochs: 1" in (out / "config.yaml").read_text()
     assert (out / USER_FILE).read_text() == "keep me" and (out / "plots" / "mine.png").is_file()
-    removal = next(line for line in capsys.readouterr().err.splitlines() if "removed the earlier run's" in line)
-    assert "results.json" in removal and "baseline/" in removal and f"left {USER_FILE}, plots/" in removal
+    removal = next(line for line in capsys.readouterr().err.splitlines() if "removed the earlier" in line)
+    assert "results.json" in removal and "baseline/" in removal
+    assert USER_FILE not in removal and "plots" not in removal
+    assert main(["report", str(out)]) == 2  # the folder says plainly that its run did not finish
+    assert f"did not finish ({INCOMPLETE})" in capsys.readouterr().err
 
 
-def test_clearing_takes_seed_folders_and_leftovers_but_not_the_users_files(tmp_path, image_root):
-    """Seed folders of an earlier run with other seeds and temporary names of interrupted atomic
-    writes go; a seed-named folder holding the user's files and an input of this run stay."""
+def test_clearing_takes_what_the_manifest_records_and_nothing_else(tmp_path, image_root):
+    """Recorded seed folders of an earlier run with other seeds, and temporary names of its
+    interrupted atomic writes, go; the user's files beside them (even inside a seed folder) stay,
+    and so does a recorded teacher this run reads."""
     out = tmp_path / "out"
     for folder in ("seed0/baseline", "seed0/resume/distilled", "seed1/distilled", "seed7/mine", "teacher"):
         (out / folder).mkdir(parents=True)
-    for name in ("results.json", ".results.json.x1y2.tmp", ".baseline.old", "notes.md", "seed1/.distilled.ab.tmp"):
+    for name in ("results.json", ".results.json.x1y2.tmp", "notes.md", "seed1/.distilled.ab.tmp",
+                 "seed0/mine.txt", "seed1/.distilled.old"):
         (out / name).write_text("{}")
+    recorded = ["results.json", "seed0/baseline", "seed0/resume", "seed1/distilled", "teacher"]
+    (out / MANIFEST).write_text(json.dumps({"written_by": "kdistill", "paths": recorded}))
     config = from_dict(tiny_config(image_root, out, teacher={"checkpoint": str(out / "teacher")}))
 
-    run_folder.clear_earlier_run(out, config, run_folder.earlier_run_outputs(out))
+    plan = output_folder.plan_output(out, run_folder.run_targets(config), inputs=run_folder.input_paths(config))
+    plan.open()
 
-    assert sorted(path.name for path in out.iterdir()) == ["notes.md", "seed7", "teacher"]
+    assert sorted(path.name for path in out.iterdir()) == [INCOMPLETE, MANIFEST, "notes.md", "seed0", "seed7",
+                                                           "teacher"]
+    assert sorted(path.name for path in (out / "seed0").iterdir()) == ["mine.txt"]
     assert (out / "seed7" / "mine").is_dir() and leftover_temp_files(out) == []
+    manifest = json.loads((out / MANIFEST).read_text())["paths"]
+    assert "teacher" in manifest and "seed1/distilled" not in manifest and "baseline" in manifest
 
 
 def test_resume_keeps_the_earlier_files(image_root, tmp_path, monkeypatch, caplog):
@@ -82,17 +100,15 @@ def test_resume_keeps_the_earlier_files(image_root, tmp_path, monkeypatch, caplo
     assert (out / USER_FILE).is_file() and "removed the earlier run" not in caplog.text
 
 
+@pytest.mark.slow
 def test_train_replaces_its_own_model_and_keeps_the_teacher(image_root, tmp_path, monkeypatch):
-    """`kdistill train --role distilled` again: the earlier distilled student and the summaries
-    that described it go, the teacher it distils from stays."""
+    """`kdistill train --role distilled` into a finished run: the earlier distilled student and the
+    summaries that described it go, the teacher it distils from and the baseline stay, and so does
+    the user's own file."""
     out = tmp_path / "out"
-    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out))
-    assert main(["train", str(config), "--role", "teacher"]) == 0
+    config = write_config(tmp_path / "config.yaml", tiny_config(image_root, out, export=False))
+    assert main(["run", str(config)]) == 0
     teacher_weights = (out / "teacher" / "model.safetensors").read_bytes()
-    for name in ("distilled", "baseline"):
-        (out / name).mkdir()
-        (out / name / "model.json").write_text("{}")
-    (out / "results.json").write_text("{}")
     (out / USER_FILE).write_text("keep me")
     interrupt_students(monkeypatch)
 
@@ -100,17 +116,19 @@ def test_train_replaces_its_own_model_and_keeps_the_teacher(image_root, tmp_path
 
     assert (out / "teacher" / "model.safetensors").read_bytes() == teacher_weights
     assert not (out / "distilled").exists() and not (out / "results.json").exists()
+    assert not (out / "report.md").exists() and (out / INCOMPLETE).is_file()
     assert (out / "baseline" / "model.json").is_file() and (out / USER_FILE).is_file()
 
 
 def test_a_run_into_an_empty_or_new_folder_removes_nothing(image_root, tmp_path, caplog):
-    """Nothing to clear: no error and no log line, for a missing and for an empty folder."""
+    """Nothing to clear: no error and no log line, for a missing and for an empty folder; the
+    folder then holds the manifest and the marker only."""
     config = from_dict(tiny_config(image_root, tmp_path / "out"))
     missing, empty = tmp_path / "missing", tmp_path / "empty"
     empty.mkdir()
     for out in (missing, empty):
-        run_folder.clear_earlier_run(out, config, run_folder.earlier_run_outputs(out))
-    assert not missing.exists() and list(empty.iterdir()) == []
+        output_folder.plan_output(out, run_folder.run_targets(config)).open()
+        assert sorted(path.name for path in out.iterdir()) == [INCOMPLETE, MANIFEST]
     assert "removed" not in caplog.text
 
 

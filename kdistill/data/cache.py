@@ -13,6 +13,7 @@ size and SHA-256, so an entry whose array was torn, truncated or altered is dete
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -187,3 +188,50 @@ def _check_entry(manifest_path: Path, array_path: Path) -> str | None:
     if sha256_file(array_path) != expected[2]:
         return "does not match its checksum (torn or altered)"
     return None
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A file list's images, decoded or read from the cache. ``entry`` is set while a new cache
+    entry is still to be written (:func:`commit`)."""
+
+    images: torch.Tensor
+    kept: list[int]
+    bad: list[tuple[Path, str]]
+    key: str | None  # the cache entry the images come from or go to; None without a cache
+    entry: Path | None = None
+
+
+def decode_uncommitted(paths: list[Path], size: int, channels: int, on_bad_image: str,
+                       cache_dir: Path | None) -> Decoded:
+    """What :func:`cached_decode` returns, except that a new entry is not written yet: the loader
+    first checks the images (every split holds every class), so a refused run caches nothing."""
+    if cache_dir is None:
+        return Decoded(*decode_to_storage(paths, size, channels, on_bad_image), None)
+    key = decoded_images_key(paths, size, channels)
+    entry = cache_dir / "images" / key
+    loaded = _load_entry(entry)
+    if loaded is None:
+        return Decoded(*decode_to_storage(paths, size, channels, on_bad_image), key, entry)
+    images, kept, bad = loaded
+    if bad and on_bad_image == "error":
+        path, reason = bad[0]
+        raise DataError(f"{path}: {reason}")
+    return Decoded(images, kept, bad, key)
+
+
+def commit(decoded: Decoded) -> tuple[torch.Tensor, str | None]:
+    """Write a pending cache entry; return the images (memory-mapped from the entry once written)
+    and the entry's key (None when it could not be written: the images stay in memory)."""
+    if decoded.entry is None:
+        return decoded.images, decoded.key
+    try:
+        _write_entry(decoded.entry, decoded.images, decoded.kept, decoded.bad)
+    except OSError as exc:  # a cache that cannot be written must not stop the run
+        log.info(f"decoded-image cache: cannot write {decoded.entry}.npy ({exc}); keeping the images in memory")
+        return decoded.images, None
+    loaded = _load_entry(decoded.entry)
+    if loaded is None:  # e.g. altered between writing and reading back
+        log.info(f"{decoded.entry}.npy: cannot read the decoded images back; using them from memory")
+        return decoded.images, None
+    return loaded[0], decoded.key

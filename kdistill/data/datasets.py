@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdistill.data.cache import cached_decode, resolve_cache_dir
-from kdistill.data.digits import digits_images
+from kdistill.data.cache import Decoded, commit, decode_uncommitted, resolve_cache_dir
+from kdistill.data.digits import DIGIT_CLASSES, digits_images
 from kdistill.data.folder import FolderSplit, class_names, scan_dataset_root, scan_split
 from kdistill.data.split import (grouped_holdout, matching_holdout, merge_identical_files, patient_keys,
                                  shared_groups)
@@ -161,16 +161,21 @@ def load_dataset(
     else:
         raise DataError("no data: set data.root to a folder or data.dataset to digits")
     positive_class = _check_positive_class(classes, positive_class)
-    loaded, cache = {}, resolve_cache_dir(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
+    decoded = {}
     for name in ("train", "val", "test"):
         part = splits[name]
         part = _limit_per_class(part, max_images_per_class, split_seed)
         if name == "train" and labeled_fraction is not None:
             part, splits["dropped"] = _drop_labels(part, labeled_fraction, split_seed + 2, info)
-        loaded[name] = _decode(part, input_size, channels, on_bad_image, info, name, cache)
+        decoded[name] = _decode(part, input_size, channels, on_bad_image, info, name, cache)
+    _require_every_class(decoded, classes, info)
+    pool = _unlabeled_pool(splits, unlabeled, input_size, channels, on_bad_image, info, cache)
+    # Every check passed: only now do new decoded images go to the cache.
+    loaded = {name: pending.split() for name, pending in decoded.items()}
     info["sizes"] = {name: len(s) for name, s in loaded.items()}
     info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
-    pool = _unlabeled_pool(splits, unlabeled, input_size, channels, on_bad_image, info, cache)
+    pool = _join_unlabeled(pool, info)
     others = _external_folders(list(external), classes, loaded, input_size, channels, on_bad_image)
     return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
                          input_size, channels, info, hflip, augment_spec(augment, hflip), None, pool,
@@ -190,6 +195,44 @@ def _external_folders(folders: list[str], classes: list[str], loaded: dict[str, 
             for index, (folder, name) in enumerate(zip(folders, folder_names(folders)))]
 
 
+def dataset_classes(root: str | None = None, dataset: str | None = None) -> list[str]:
+    """The class names ``load_dataset`` will find, without decoding an image: the checks that
+    need only them (models build, a teacher checkpoint matches) run before anything is cached. A
+    folder's layout is checked on the way (train/ present, at least two classes, none empty)."""
+    if dataset == "digits":
+        return list(DIGIT_CLASSES)
+    if root is None:
+        raise DataError("no data: set data.root to a folder or data.dataset to digits")
+    return scan_dataset_root(Path(root))[0]
+
+
+def planned_split_counts(root: Path, patient_regex: str, *, val_fraction: float, test_fraction: float,
+                         min_val_images: int, split_seed: int, test_match: str | None = None
+                         ) -> tuple[list[str], dict[str, list[int]]]:
+    """The classes and the per-class image counts of train/val/test as ``load_dataset`` would
+    split this folder, before decoding (unreadable files still counted): what ``kdistill doctor``
+    checks the validation split's size on."""
+    classes, splits, _ = _folder_splits(root, patient_regex, val_fraction=val_fraction,
+                                        test_fraction=test_fraction, min_val_images=min_val_images,
+                                        split_seed=split_seed, test_match=test_match)
+    counts = {name: np.bincount(np.asarray(raw.labels, dtype=np.int64), minlength=len(classes)).tolist()
+              for name, raw in splits.items()}
+    return classes, counts
+
+
+def _require_every_class(decoded: dict[str, _Pending], classes: list[str], info: dict) -> None:
+    """A split left without one of the classes (its files unreadable, or all from patients carved
+    into another split) is an error: training without a class, or a test set that cannot measure
+    it, would give numbers that mean nothing."""
+    for name, pending in decoded.items():
+        counts = np.bincount(np.asarray(pending.raw.labels, dtype=np.int64), minlength=len(classes)).tolist()
+        if 0 in counts:
+            shown = " / ".join(f"{c} {n}" for c, n in zip(classes, counts))
+            raise DataError(f"{name} split: no {classes[counts.index(0)]!r} images ({shown}; "
+                            f"{info['sources'].get(name, '')}); unreadable files and patient grouping "
+                            f"can empty a class: check the folder with kdistill doctor")
+
+
 def _drop_labels(raw: _RawSplit, labeled_fraction: float, seed: int, info: dict) -> tuple[_RawSplit, _RawSplit]:
     """Keep the labels of about ``labeled_fraction`` of the patients (stratified); the rest become
     unlabelled images."""
@@ -204,9 +247,10 @@ def _drop_labels(raw: _RawSplit, labeled_fraction: float, seed: int, info: dict)
 
 
 def _unlabeled_pool(splits: dict, folder: str | None, size: int, channels: int, on_bad_image: str,
-                    info: dict, cache) -> ImageSplit | None:
-    """The unlabelled images: train images whose labels were dropped, then ``folder``'s images
-    that are not byte-identical to a validation or test image (those would leak: dropped)."""
+                    info: dict, cache) -> list[_Pending]:
+    """The unlabelled images, decoded (not cached yet): train images whose labels were dropped,
+    then ``folder``'s images that are not byte-identical to a validation or test image (those would
+    leak: dropped)."""
     parts = []
     if "dropped" in splits:
         dropped = splits["dropped"]
@@ -226,10 +270,15 @@ def _unlabeled_pool(splits: dict, folder: str | None, size: int, channels: int, 
             raise DataError(f"data.unlabeled: {folder} holds no usable images")
         raw = _RawSplit(paths, [-1] * len(paths), [str(p) for p in paths])
         parts.append(_decode(raw, size, channels, on_bad_image, info, "unlabeled", cache))
-        info["sources"]["unlabeled"] = f"{folder} ({len(parts[-1])} images)"
+        info["sources"]["unlabeled"] = f"{folder} ({len(parts[-1].raw.labels)} images)"
+    return parts
+
+
+def _join_unlabeled(parts: list[_Pending], info: dict) -> ImageSplit | None:
+    """One split of the unlabelled images (label -1), their cache entries written."""
     if not parts:
         return None
-    pool = join_splits(*parts)
+    pool = join_splits(*(part.split() for part in parts))
     pool.labels = torch.full_like(pool.labels, -1)
     info["sizes_unlabeled"] = len(pool)
     return pool
@@ -349,18 +398,33 @@ def _limit_per_class(raw: _RawSplit, limit: int | None, seed: int) -> _RawSplit:
     return raw.subset(sorted(chosen))
 
 
+@dataclass
+class _Pending:
+    """A split decoded, its readable files in ``raw``; its cache entry is written by ``split()``."""
+
+    raw: _RawSplit
+    decoded: Decoded | None  # None for built-in data, which is decoded already
+
+    def split(self) -> ImageSplit:
+        raw = self.raw
+        if self.decoded is None:
+            return ImageSplit(raw.images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups)
+        images, key = commit(self.decoded)
+        return ImageSplit(images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups, key)
+
+
 def _decode(raw: _RawSplit, size: int, channels: int, on_bad_image: str, info: dict,
-            split_name: str, cache_dir: Path | None = None) -> ImageSplit:
+            split_name: str, cache_dir: Path | None = None) -> _Pending:
     if raw.images is not None:  # built-in data is already decoded
-        return ImageSplit(raw.images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups)
-    images, kept, bad, key = cached_decode(raw.paths, size, channels, on_bad_image, cache_dir)
-    for path, reason in bad:
+        return _Pending(raw, None)
+    decoded = decode_uncommitted(raw.paths, size, channels, on_bad_image, cache_dir)
+    for path, reason in decoded.bad:
         log.info(f"skipping {path}: {reason}")
         info.setdefault("skipped_files", []).append(str(path))
-    raw = raw.subset(kept)
+    raw = raw.subset(decoded.kept)
     if not raw.labels:
         raise DataError(f"{split_name} split: no readable images")
-    return ImageSplit(images, torch.tensor(raw.labels), [str(p) for p in raw.paths], raw.groups, key)
+    return _Pending(raw, decoded)
 
 
 def _check_positive_class(classes: list[str], positive_class: str | None) -> str | None:
@@ -391,7 +455,7 @@ def decode_labelled_files(paths: list[Path], labels: list[int], input_size: int,
     files that were skipped; ``what`` names the files in errors."""
     raw = _RawSplit(list(paths), list(labels), [p.name for p in paths])
     info: dict = {}
-    loaded = _decode(raw, input_size, channels, on_bad_image, info, what)
+    loaded = _decode(raw, input_size, channels, on_bad_image, info, what).split()
     return loaded, info.get("skipped_files", [])
 
 

@@ -9,10 +9,13 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
 def digits_images(size: int) -> tuple[torch.Tensor, list[int], list[str]]:
     """Return ``([1797, 1, size, size] uint8, labels, class names)``."""
     digits = load_digits()
     pixels = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # [N,1,8,8]
     upscaled = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
     images = (upscaled.clamp(0, 1) * 255).round().to(torch.uint8)
-    return images, digits.target.tolist(), [str(d) for d in range(10)]
+    return images, digits.target.tolist(), list(DIGIT_CLASSES)

@@ -14,6 +14,7 @@ from kdistill import __version__
 from kdistill.errors import KdistillError
 from kdistill.eval.calibration import describe_fit
 from kdistill.fileio import atomic_file
+from kdistill.models.checkpoint import preprocessing_problem
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -102,6 +103,9 @@ def read_contract(path: Path) -> dict:
                     if key in (*CONTRACT_KEYS, *OPTIONAL_KEYS, "architecture")}
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: unreadable kdistill metadata ({exc})") from None
+    problem = preprocessing_problem(contract)
+    if problem:
+        raise ExportError(f"{path}: kdistill metadata: {problem}")
     _check_input_shape(path, model_proto, contract)
     return contract
 

@@ -101,8 +101,18 @@ def materialized_bank(config: Config, data: DatasetBundle, bank: torch.Tensor) -
 def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
     """Images without labels train only through a distillation term on every row: ``kd`` (its
     cross-entropy covers the labelled rows). Other methods need every label."""
-    if data.unlabeled is None and not bool((data.train.labels < 0).any()):
-        return
+    if data.unlabeled is not None or bool((data.train.labels < 0).any()):
+        _require_kd(config)
+
+
+def check_methods_take_unlabeled(config: Config) -> None:
+    """:func:`check_unlabeled_method` from the config alone (``data.unlabeled`` or
+    ``data.labeled_fraction`` set), so a run refuses before decoding any image."""
+    if config.data.unlabeled is not None or config.data.labeled_fraction is not None:
+        _require_kd(config)
+
+
+def _require_kd(config: Config) -> None:
     key = "distill.method" if config.distill.methods is None else "distill.methods"
     for method, _ in distilled_runs(config):
         if method != "kd":

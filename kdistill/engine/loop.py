@@ -334,14 +334,14 @@ def build_schedule(name: str, opt: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
-def _previous_dir(resume_dir: Path) -> Path:
+def previous_state_dir(resume_dir: Path) -> Path:
     """The state of the epoch before the newest one: the fallback when the newest is torn."""
     return resume_dir.with_name(resume_dir.name + ".previous")
 
 
 def remove_resume_state(resume_dir: Path) -> None:
     shutil.rmtree(resume_dir, ignore_errors=True)
-    shutil.rmtree(_previous_dir(resume_dir), ignore_errors=True)
+    shutil.rmtree(previous_state_dir(resume_dir), ignore_errors=True)
 
 
 def save_train_state(resume_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, sched, scaler,
@@ -355,7 +355,7 @@ def save_train_state(resume_dir: Path, model: nn.Module, opt: torch.optim.Optimi
     """
     opt_tensors, opt_skeleton = state_to_tensors("optimizer", opt.state_dict())
     if (resume_dir / "state.json").is_file():
-        previous = _previous_dir(resume_dir)
+        previous = previous_state_dir(resume_dir)
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(resume_dir, previous)
     with atomic_directory(resume_dir) as tmp:
@@ -399,7 +399,7 @@ def verify_train_state(resume_dir: Path) -> dict:
 def _load_newest_state(resume_dir: Path, name: str, model, opt, sched, scaler,
                        method=None) -> TrainState | None:
     """Resume from the newest complete state; fall back to the previous epoch's if it is torn."""
-    candidates = [d for d in (resume_dir, _previous_dir(resume_dir)) if (d / "state.json").exists()]
+    candidates = [d for d in (resume_dir, previous_state_dir(resume_dir)) if (d / "state.json").exists()]
     for index, directory in enumerate(candidates):
         try:
             state = load_train_state(directory, model, opt, sched, scaler, method)

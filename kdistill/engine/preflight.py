@@ -1,18 +1,23 @@
-"""Input checks a run makes before anything is written or trained: every split holds every class,
-each model builds for this data (within the student's budget), a given teacher checkpoint matches
-the data; and the data summary logged at the start."""
+"""Input checks a run makes before any image is decoded or anything written: device and precision,
+the methods take the data, each model builds for the data's classes and input (within the
+student's budget), a given teacher checkpoint matches them; and the data summary logged at the
+start. (That every split holds every class is checked by the loader, before it caches images.)"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdistill.config import Config
 from kdistill.data import DatasetBundle
+from kdistill.data.external import class_folder
+from kdistill.data.datasets import dataset_classes
 from kdistill.deploy.budget import enforce_budget
-from kdistill.distill.setup import student_channels
+from kdistill.distill.setup import check_methods_take_unlabeled, student_channels
 from kdistill.engine import distributed
-from kdistill.errors import CheckpointError, ConfigError, DataError
+from kdistill.engine.precision import check_precision, resolve_device
+from kdistill.errors import CheckpointError, ConfigError
 from kdistill.log import log
 from kdistill.models import build_model
 from kdistill.models.checkpoint import read_meta
@@ -20,11 +25,40 @@ from kdistill.models.stages import partial_trainable
 from kdistill.models.weights import DOWNLOAD, PACKAGED, packaged_weights_file, weight_source
 
 
-def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ...]) -> None:
+@dataclass(frozen=True)
+class DataShape:
+    """What the model checks read of the data, known before any image is decoded."""
+
+    classes: list[str]
+    input_size: int
+    channels: int
+
+
+def check_before_data(config: Config, roles: tuple[str, ...], budget: bool = True) -> None:
+    """Every check that needs no decoded image, for the models ``roles`` names: run first, so a
+    refused run has decoded, cached and written nothing."""
+    check_precision(resolve_device(config.device), config.precision)
+    check_methods_take_unlabeled(config)
+    classes = dataset_classes(config.data.root, config.data.dataset)
+    check_labelled_folders(config, classes)
+    check_models_build(config, DataShape(classes, config.data.input_size, config.data.channels), roles, budget)
+
+
+def check_labelled_folders(config: Config, classes: list[str]) -> None:
+    """The external test sets and the site's calibration sample exist and hold the run's classes."""
+    for index, folder in enumerate(config.data.external):
+        class_folder(Path(folder), classes, f"data.external[{index}]")
+    if config.calibration.site is not None:
+        class_folder(Path(config.calibration.site), classes, "calibration.site")
+
+
+def check_models_build(config: Config, data: DatasetBundle | DataShape, roles: tuple[str, ...],
+                       budget: bool = True) -> None:
     """Each role's model name and model_args build for this data, a teacher checkpoint matches the
-    data, and the teacher's starting weights are at hand: a local file exists, a weights package is
+    data, and the teacher's starting weights are at hand: a local file loads into it, a weights package is
     installed, downloaded ImageNet weights are fetched now (into torchvision's or timm's cache, where
-    training finds them), so an offline run fails before anything is written."""
+    training finds them), so an offline run fails before anything is written. ``budget``: the
+    student must also meet ``student.budget``."""
     for role in roles:
         cfg = getattr(config, role)
         if role == "teacher" and cfg.checkpoint:
@@ -38,36 +72,24 @@ def check_models_build(config: Config, data: DatasetBundle, roles: tuple[str, ..
         download = role == "teacher" and weight_source(cfg.model, cfg.pretrained, cfg.weights) is DOWNLOAD
         try:
             with distributed.main_first(distributed.current()):  # under torchrun one rank downloads
-                model = build_model(cfg.model, len(data.classes), input_size=data.input_size,
-                                    in_channels=channels, pretrained=download, **cfg.model_args)
+                model = build_model(cfg.model, len(data.classes), input_size=data.input_size,  # loads teacher.weights
+                                    in_channels=channels, pretrained=download,
+                                    weights=cfg.weights if role == "teacher" else None, **cfg.model_args)
         except TypeError as exc:  # an argument the model does not take
             raise ConfigError(f"{role}.model_args: {cfg.model_args} ({exc})") from None
         except ConfigError as exc:  # an unknown name: say which key holds it
             raise ConfigError(f"{role}.model: {exc}" if str(exc).startswith("model ") else str(exc)) from None
         if role == "teacher" and cfg.mode == "partial":  # stages exist, prefixes name modules
             partial_trainable(model, cfg.trainable_blocks, cfg.trainable_prefixes)
-        if role == "student":  # refused before anything trains
+        if role == "student" and budget:  # refused before anything trains
             enforce_budget(model, cfg.model, **dataclasses.asdict(cfg.budget), input_size=data.input_size,
                            channels=channels, num_classes=len(data.classes))
 
 
-def check_same_data(meta: dict, data: DatasetBundle, where: str) -> None:
+def check_same_data(meta: dict, data: DatasetBundle | DataShape, where: str) -> None:
     for key, value in (("classes", data.classes), ("input_size", data.input_size), ("channels", data.channels)):
         if meta[key] != value:
             raise CheckpointError(f"teacher.checkpoint {where}: {key} {meta[key]} != this data's {value}")
-
-
-def require_every_class(data: DatasetBundle) -> None:
-    """A split left without one of the classes (its files unreadable, or all from patients carved
-    into another split) is an error: training without a class, or a test set that cannot measure
-    it, would give numbers that mean nothing."""
-    for name, split in _splits(data):
-        counts = split.class_counts(len(data.classes))
-        if 0 in counts:
-            raise DataError(f"{name} split: no {data.classes[counts.index(0)]!r} images "
-                            f"({_class_counts(data, split)}; {data.info['sources'].get(name, '')}); "
-                            f"unreadable files and patient grouping can empty a class: check the "
-                            f"folder with kdistill doctor")
 
 
 def log_data(data: DatasetBundle) -> None:

@@ -1,10 +1,9 @@
-"""The run's output folder: the names a run writes there, where each seed's students go, clearing
-an earlier run's outputs (and nothing else) before a new run, and refusing a resume whose config
-differs from the saved one."""
+"""The run's output folder: the names a run writes there (its targets, which
+``kdistill.engine.output_folder`` checks and records), where each seed's students go, and refusing
+a resume that has nothing to continue or whose config differs from the saved one."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
@@ -12,17 +11,18 @@ import yaml
 from kdistill.config import Config, dump_yaml, from_dict, to_dict
 from kdistill.data import DatasetBundle
 from kdistill.data.cache import resolve_cache_dir
-from kdistill.engine.loop import remove_resume_state
+from kdistill.distill.method_setup import distilled_runs
+from kdistill.engine.loop import previous_state_dir
+from kdistill.engine.output_folder import OutputPlan, check_out_folder, plan_output
 from kdistill.errors import ConfigError
-from kdistill.fileio import is_leftover_of, remove_path, write_json_atomic, write_text_atomic
-from kdistill.log import log
+from kdistill.fileio import write_json_atomic, write_text_atomic
 
 
 RESUME_IGNORED = {"progress", "profile", "out", "export", "threads", "tune", "search", "calibration",
                   "robustness"}  # do not change what is trained
 
 # What a run writes in its output folder, named once: the writers use these names, and
-# clear_earlier_run removes exactly these (and seed folders), never another file of the folder.
+# run_targets lists them for the manifest.
 CONFIG_FILE = "config.yaml"
 SPLITS_FILE = "splits.json"
 RESULTS_FILE = "results.json"
@@ -30,9 +30,6 @@ REPORT_FILES = ("report.md", "report.html")
 SUMMARY_FILES = (RESULTS_FILE, *REPORT_FILES)  # describe the models: stale once one is retrained
 MODEL_FOLDERS = ("teacher", "baseline", "distilled")  # each model's checkpoint, named after its role
 RESUME_FOLDER = "resume"
-RUN_OUTPUTS = (*SUMMARY_FILES, CONFIG_FILE, SPLITS_FILE, *MODEL_FOLDERS, RESUME_FOLDER)
-SEED_FOLDER = re.compile(r"seed-?[0-9]+")  # seed<k>/ holds one seed's students (``seeds`` list)
-METHOD_FOLDER = re.compile(r"distilled-[A-Za-z0-9_]+")  # one per method of a ``distill.methods`` comparison
 
 
 def student_folders(config: Config, out: Path) -> list[tuple[int, Path]]:
@@ -40,26 +37,59 @@ def student_folders(config: Config, out: Path) -> list[tuple[int, Path]]:
     (``seeds: null``), ``out/seed<k>`` for each seed of a ``seeds`` list."""
     if config.seeds is None:
         return [(config.seed, out)]
-    return [(seed, out / f"seed{seed}") for seed in config.seeds]  # names SEED_FOLDER matches
+    return [(seed, out / f"seed{seed}") for seed in config.seeds]
 
 
-def check_out_folder(out: Path) -> None:
-    """The output folder must be a folder (or not exist yet) below folders, not files."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise ConfigError(f"{path}: the output folder (out / --out) would be inside a file")
-            return
+def run_targets(config: Config) -> list[str]:
+    """What ``kdistill run`` writes in its folder, relative to it: config, splits, summaries, the
+    teacher (unless ``teacher.checkpoint`` gives one), and per seed the students and resume state."""
+    targets = [CONFIG_FILE, SPLITS_FILE, *SUMMARY_FILES, RESUME_FOLDER]
+    targets += [] if config.teacher.checkpoint else [MODEL_FOLDERS[0]]
+    for _, folder in student_folders(config, Path()):
+        names = [MODEL_FOLDERS[1], *(name for _, name in distilled_runs(config)), RESUME_FOLDER]
+        targets += [(folder / name).as_posix() for name in names]
+    return list(dict.fromkeys(targets))
+
+
+def train_targets(role: str) -> list[str]:
+    """What ``kdistill train --role ROLE`` writes: its checkpoint, its resume state (the newest and
+    the one before it), config and splits. The other roles' checkpoints stay: training one model at a
+    time builds a run folder step by step."""
+    state = Path(RESUME_FOLDER) / role
+    return [CONFIG_FILE, SPLITS_FILE, role, state.as_posix(), previous_state_dir(state).as_posix()]
+
+
+def plan_run_folder(config: Config, targets: list[str], *, resume: bool, overwrite: bool,
+                    replace_all: bool = True, also_reads: tuple[Path, ...] = ()) -> OutputPlan:
+    """Check ``config.out`` for a ``run`` or ``train`` writing ``targets`` (see
+    ``kdistill.engine.output_folder``), and a resume's saved config; writes nothing. ``train``
+    replaces only its own model and the summaries that described it (``replace_all=False``)."""
+    out = Path(config.out)
+    if resume:
+        check_out_folder(out)
+        check_resume_config(out, config)
+    return plan_output(out, targets, resume=resume, overwrite=overwrite, replace_all=replace_all,
+                       stale=SUMMARY_FILES, inputs=[*input_paths(config), *also_reads])
+
+
+def input_paths(config: Config) -> list[Path]:
+    """The files and folders this config reads, which no run may remove: a teacher checkpoint or
+    tuned file inside the output folder stays."""
+    given = (config.teacher.checkpoint, config.teacher.weights, config.tuned, config.data.root,
+             config.data.unlabeled, resolve_cache_dir(config.data.cache_dir))
+    return [Path(path).expanduser().resolve() for path in given if path]
 
 
 def check_resume_config(out: Path, config: Config) -> None:
-    """Resuming with a different config would mix two experiments in one folder: refuse it."""
+    """Resuming with a different config would mix two experiments in one folder, and resuming
+    where no run started would silently start a fresh one: refuse both."""
     saved_path = out / CONFIG_FILE
     if not saved_path.is_file():
-        return
+        raise ConfigError(f"{out}: nothing to resume (no {CONFIG_FILE} of an earlier run); run "
+                          f"without --resume to start one")
     try:
         saved = to_dict(from_dict(yaml.safe_load(saved_path.read_text())))
-    except (yaml.YAMLError, ConfigError) as exc:
+    except (yaml.YAMLError, ConfigError, ValueError) as exc:  # ValueError: not UTF-8 text
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"{saved_path}: cannot compare with the saved config ({reason}); "
                           f"restore it or start over without --resume") from None
@@ -78,88 +108,6 @@ def write_run_files(out: Path, config: Config, data: DatasetBundle) -> None:
     splits = {name: {"files": split.names, "labels": split.labels.tolist(), "groups": split.groups}
               for name, split in (("train", data.train), ("val", data.val), ("test", data.test))}
     write_json_atomic(out / SPLITS_FILE, splits)
-
-
-def clear_earlier_run(out: Path, config: Config, names: tuple[str, ...]) -> None:
-    """Remove the entries of ``out`` called ``names`` (and leftovers of their atomic writes) before a
-    run without ``resume`` writes there, so it never leaves old and new outputs side by side. Every
-    other file stays, and so does an entry holding one of this config's inputs (a teacher
-    checkpoint or tuned file inside the folder).
-
-    Removing up front rather than staging the run in a sibling folder and swapping it in at the end:
-    an interrupted run must stay resumable where it ran (``--resume`` reads ``out``), the paths
-    written into model.json and results.json must name the final folder, and a folder that also
-    holds the user's own files cannot be swapped in one rename.
-    """
-    if not out.is_dir():
-        return
-    inputs = _input_paths(config)
-    removed, kept = [], []
-    for entry in sorted(out.iterdir(), key=_summaries_first):
-        shown = entry.name + ("/" if entry.is_dir() else "")
-        if not _named(entry.name, names):
-            kept.append(shown)
-        elif _holds_an_input(entry, inputs):
-            kept.append(f"{shown} (this run reads it)")
-        else:
-            remove_path(entry)
-            removed.append(shown)
-    if removed:
-        log.info(f"{out}: removed the earlier run's {', '.join(removed)} before writing the new one"
-                 + (f"; left {_listed(kept)} in place" if kept else ""))
-
-
-def clear_earlier_model(out: Path, role: str, config: Config) -> None:
-    """``kdistill train`` without ``resume``: remove this role's earlier checkpoint and resume
-    state, and the results.json and reports that described it, before training it again. The
-    other roles' checkpoints stay: training one model at a time builds a run folder step by step
-    (``--role distilled`` reads the teacher trained there before), so they are inputs, not leftovers."""
-    clear_earlier_run(out, config, (*SUMMARY_FILES, role))
-    remove_resume_state(out / RESUME_FOLDER / role)
-
-
-def earlier_run_outputs(out: Path) -> tuple[str, ...]:
-    """What ``kdistill run`` writes, plus the seed folders found in ``out`` (an earlier run may
-    have used other seeds than this one)."""
-    seeds = [entry.name for entry in out.iterdir() if _is_seed_folder(entry)] if out.is_dir() else []
-    methods = [entry.name for entry in out.iterdir() if METHOD_FOLDER.fullmatch(entry.name)] if out.is_dir() else []
-    return (*RUN_OUTPUTS, *sorted(seeds), *sorted(methods))
-
-
-def _is_seed_folder(entry: Path) -> bool:
-    """``seed<k>/`` holding only what a run writes there; one holding anything else is the user's."""
-    if not (SEED_FOLDER.fullmatch(entry.name) and entry.is_dir()) or entry.is_symlink():
-        return False
-    run_names = (*MODEL_FOLDERS[1:], RESUME_FOLDER)  # the students and their resume state
-    return all(_named(child.name, run_names) or METHOD_FOLDER.fullmatch(child.name) for child in entry.iterdir())
-
-
-def _named(entry_name: str, names: tuple[str, ...]) -> bool:
-    """``entry_name`` is one of ``names``, or a leftover of an atomic write of one."""
-    return any(entry_name == name or is_leftover_of(entry_name, name) for name in names)
-
-
-def _summaries_first(entry: Path) -> tuple[bool, str]:
-    """Sort key: the summaries (results.json, reports) go first, so a removal cut short never
-    leaves a results file describing models already gone."""
-    return entry.name not in SUMMARY_FILES, entry.name
-
-
-def _input_paths(config: Config) -> list[Path]:
-    """The files and folders this config reads, resolved."""
-    given = (config.teacher.checkpoint, config.teacher.weights, config.tuned, config.data.root,
-             resolve_cache_dir(config.data.cache_dir))
-    return [Path(path).expanduser().resolve() for path in given if path]
-
-
-def _holds_an_input(entry: Path, inputs: list[Path]) -> bool:
-    target = entry.resolve()
-    return any(path == target or target in path.parents for path in inputs)
-
-
-def _listed(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def remove_if_empty(folder: Path) -> None:

@@ -16,7 +16,7 @@ from kdistill.deploy.bench import model_size, speed_side_by_side
 from kdistill.eval.calibration import describe_fit, scaled_probs
 from kdistill.models.checkpoint import load_checkpoint
 from kdistill.data import ImageSplit, load_eval_folder
-from kdistill.fileio import write_json_atomic
+from kdistill.fileio import check_output_file, write_json_atomic
 from kdistill.eval.inference import predict_logits
 from kdistill.eval.pooled import pooled_tests
 from kdistill.eval.metrics import (bootstrap_ci, bootstrap_indices, classification_metrics,
@@ -139,6 +139,8 @@ def add_speedups(rows: list[dict]) -> None:
 def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: dict | None = None,
                         on_bad_image: str = "skip") -> dict:
     """``kdistill evaluate``: one checkpoint on one folder; writes ``out`` (results.json)."""
+    if out is not None:
+        check_output_file(out)
     model, meta = load_checkpoint(checkpoint)
     split, skipped = load_eval_folder(data, meta["classes"], meta["input_size"], meta["channels"],
                                       on_bad_image)

@@ -5,6 +5,7 @@ the loaders of the two that read files. Packaged weights need no network, so the
 from __future__ import annotations
 
 import importlib.util
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,12 +175,19 @@ def load_local_weights(model: nn.Module, path: Path, head_path: str) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused it: objects, not just tensors
+        raise ConfigError(f"teacher.weights: {path} is not a tensors-only weights file (kdistill loads "
+                          f"no pickled objects; save a state_dict of tensors, or .safetensors)") from None
     except Exception as exc:  # any parse failure means the file is not usable weights
-        raise ConfigError(f"teacher.weights: {path} is not a readable weights file ({exc})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"teacher.weights: {path} is not a readable weights file ({first})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"teacher.weights: {path} holds a {type(state).__name__}, not a state dict of tensors")
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    usable = {k: v for k, v in state.items()
+              if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
     missing = [k for k in own if k not in usable and not k.startswith(head_path + ".")]
     if missing:
         raise ConfigError(f"teacher.weights: {path} does not fit this model (missing or mismatched: "

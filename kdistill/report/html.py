@@ -115,7 +115,8 @@ def _heading(results: dict) -> str:
              escape(str(dataset.get("sources", {}).get(split, "")))]
             for split, size in (dataset.get("sizes") or {}).items()]
     table = _table(["split", "images", "per class", "source"], rows) if rows else ""
-    return f"<h1>kdistill report</h1>\n<p>{escape(text)}.</p>\n{table}"
+    warnings = "".join(f"<p><strong>Warning:</strong> {escape(str(w))}.</p>\n" for w in results.get("warnings") or [])
+    return f"<h1>kdistill report</h1>\n<p>{escape(text)}.</p>\n{warnings}{table}"
 
 
 def _methods_table(results: dict) -> str:

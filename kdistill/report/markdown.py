@@ -147,6 +147,7 @@ def markdown_report(results: dict) -> str:
         f"Data: {dataset.get('root')}; classes {', '.join(dataset['classes'])}"
         + (f"; positive class (sensitivity) {positive}" if positive else "") + ".",
         "",
+        *(f"**Warning:** {warning}.\n" for warning in results.get("warnings") or []),
         "| split | images | per class | source |",
         "|---|---|---|---|",
     ]
@@ -185,6 +186,7 @@ def markdown_report(results: dict) -> str:
         lines.append(f"- Data doctor: {len(doctor['unreadable'])} unreadable images, "
                      f"{len(doctor['duplicate_groups'])} byte-identical duplicate groups "
                      f"({len(doctor['duplicate_groups_across_splits'])} across supplied splits), "
+                     f"{len(doctor.get('label_conflicts') or [])} label conflicts, "
                      f"{len(doctor['leaking_groups'])} patients in more than one supplied split.")
     export = results.get("export")
     if export:
