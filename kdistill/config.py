@@ -63,6 +63,12 @@ class AugmentConfig:
     mix: Literal["none", "mixup", "cutmix"] = setting(
         "none", "mix every view with a random training image (mixed labels in the cross-entropy)")
     mix_alpha: float = setting(0.2, "the mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
+    # Acquisition changes, each on half the views at a random strength (kdistill/data/views.py).
+    low_resolution: float = setting(
+        1.0, "resolution lowered to a side fraction uniform in [low_resolution, 1], then upscaled (1: none)")
+    blur: float = setting(0.0, "Gaussian blur, sigma uniform in [0, blur] pixels at 224 px (0: none)")
+    gamma: float = setting(0.0, "gamma curve, log-uniform in [1 / (1 + gamma), 1 + gamma] (0: none)")
+    noise: float = setting(0.0, "Gaussian noise, std uniform in [0, noise] of the value range (0: none)")
 
 
 @dataclass
@@ -539,6 +545,11 @@ def _check_augment(data: DataConfig) -> None:
             raise ConfigError(f"data.augment.{key}: {getattr(augment, key)} must be in [0, 1)")
     if augment.mix_alpha <= 0:
         raise ConfigError(f"data.augment.mix_alpha: {augment.mix_alpha} must be positive")
+    if not 0 < augment.low_resolution <= 1:
+        raise ConfigError(f"data.augment.low_resolution: {augment.low_resolution} must be in (0, 1]")
+    for key, high in (("blur", 10.0), ("gamma", 4.0), ("noise", 0.5)):
+        if not 0 <= getattr(augment, key) <= high:
+            raise ConfigError(f"data.augment.{key}: {getattr(augment, key)} must be in [0, {high}]")
     if data.labeled_fraction is not None and not 0 < data.labeled_fraction < 1:
         raise ConfigError(f"data.labeled_fraction: {data.labeled_fraction} must be between 0 and 1 (or null)")
 

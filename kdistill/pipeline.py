@@ -60,6 +60,8 @@ from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
 from kdistill.eval.pooled import pooled_tests_from_results
 from kdistill.eval.inference import predict_logits
+from kdistill.data.shifts import covered_by
+from kdistill.data.views import augment_spec
 from kdistill.eval.robustness import Battery, battery_logits, robustness
 from kdistill.eval.site import fit_on_site
 from kdistill.data.external import load_labelled_folder
@@ -326,13 +328,23 @@ def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> d
     log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f} (fitted on"
              f" {len(data.val)} validation images), threshold {threshold} ({fitted['threshold_rule']}: {source})")
     if battery is not None:
-        fitted["robustness"] = robustness(logits, shifted, data.val.labels.numpy(), {**meta, **fitted}, battery)
+        fitted["robustness"] = robustness(logits, shifted, data.val.labels.numpy(), {**meta, **fitted}, battery,
+                                          seen=covered_by(training_views(config, meta.get("role"))))
     if data.site is not None:  # the site's own images replace validation's threshold and temperature
         fitted.update(fit_on_site(model, {**meta, **fitted}, data.site, rule=config.calibration.site_rule,
                                   temperature=config.calibration.temperature))
         log.info(f"{meta.get('role', 'model')}: site calibration, temperature {fitted['temperature']:.3f}, "
                  f"threshold {fitted['threshold']} (fitted on {describe_fit(fitted['calibration'])})")
     return fitted
+
+
+def training_views(config: Config, role: str | None):
+    """The training views a model of ``role`` drew from: ``data.augment`` for the teacher, and for
+    the students when they see it (a view bank, or a live teacher); else flips only (None)."""
+    spec = augment_spec(dataclasses.asdict(config.data.augment), config.data.hflip)
+    if role == "teacher":
+        return None if config.teacher.mode == "head" else spec  # head mode trains on flips only
+    return spec if config.distill.bank_views or not config.distill.teacher_cache else None
 
 
 def with_site_sample(data: DatasetBundle, config: Config) -> DatasetBundle:

@@ -115,3 +115,23 @@ def test_renderings_do_not_depend_on_the_other_images_of_the_split():
     split = grey_split(count=70)
     whole = render_shift(split.images, "zoom_in", 1)
     assert torch.equal(whole[:64], render_shift(split.images[:64], "zoom_in", 1))
+
+
+def test_shifts_the_training_views_drew_are_kept_apart():
+    from kdistill.data.shifts import covered_by
+    from kdistill.data.views import AugmentSpec
+    from kdistill.eval.inference import predict_logits
+
+    assert covered_by(None) == [] and covered_by(AugmentSpec()) == []
+    spec = AugmentSpec(scale=(0.6, 1.0), brightness=0.25, noise=0.05, low_resolution=0.5)
+    assert covered_by(spec) == ["zoom_in", "brightness", "noise", "resolution"]
+    split, model = grey_split(), MeanGrey()
+    battery = Battery(split)
+    clean = predict_logits(model, split, channels=1, mean=META["mean"], std=META["std"])
+    record = robustness(clean, battery_logits(model, META, battery), split.labels.numpy(), META, battery,
+                        seen=covered_by(spec))
+    unseen = [s.name for s in BATTERY if s.name not in covered_by(spec)]
+    expected = np.mean([e["balanced_accuracy"] for name in unseen for e in record["shifts"][name]])
+    assert record["seen_in_training"] == covered_by(spec)
+    assert record["unseen"]["mean"]["balanced_accuracy"] == pytest.approx(expected)
+    assert record["unseen"]["drop"]["balanced_accuracy"] == pytest.approx(1.0 - expected)

@@ -89,3 +89,44 @@ def test_batch_cross_entropy_is_plain_ce_when_all_labelled_and_mixes_targets():
     log_p = F.log_softmax(logits, 1)
     expected = -(lam * log_p[range(5), labels] + (1 - lam) * log_p[range(5), partner]).mean()
     assert torch.allclose(mixed.cross_entropy(logits), expected, atol=1e-6)
+
+
+ACQUISITION = AugmentSpec(low_resolution=0.5, blur=1.5, gamma=0.5, noise=0.05)
+
+
+def test_acquisition_changes_are_drawn_on_about_half_the_views_within_their_bounds():
+    from kdistill.data.views import BLUR, GAMMA, LOW_RES, NOISE, NOISE_SEED
+
+    views = draw_views(2000, torch.Generator().manual_seed(0), ACQUISITION)
+    for column, neutral in ((LOW_RES, 1.0), (BLUR, 0.0), (GAMMA, 1.0), (NOISE, 0.0)):
+        share = float((views[:, column] != neutral).float().mean())
+        assert 0.45 < share < 0.55, column
+    assert float(views[:, LOW_RES].min()) >= 0.5 and float(views[:, BLUR].max()) <= 1.5
+    assert 1 / 1.5 - 1e-6 <= float(views[:, GAMMA].min()) and float(views[:, GAMMA].max()) <= 1.5 + 1e-6
+    assert float(views[:, NOISE].max()) <= 0.05
+    assert torch.equal(views[:, NOISE_SEED], views[:, NOISE_SEED].round())
+    assert not ACQUISITION.flip_only() and AugmentSpec().flip_only()
+
+
+def test_each_acquisition_change_renders_what_it_says_and_replays_exactly():
+    from kdistill.data.views import BLUR, GAMMA, LOW_RES, NOISE, NOISE_SEED
+
+    flat = torch.full((1, 1, 32, 32), 64, dtype=torch.uint8)
+    gamma = plain_views(1)
+    gamma[:, GAMMA] = 1.3
+    raw = render_views(flat, gamma, None, out_size=32, channels=1, mean=(0.0,), std=(1 / 255,))
+    assert torch.allclose(raw, torch.full_like(raw, 255 * (64 / 255) ** 1.3), atol=1e-3)
+    grey = torch.full((2, 1, 32, 32), 128, dtype=torch.uint8)
+    noisy = plain_views(2)
+    noisy[:, NOISE] = 0.05
+    noisy[:, NOISE_SEED] = torch.tensor([1.0, 2.0])
+    out = render_views(grey, noisy, None, out_size=32, channels=1, mean=(0.0,), std=(1 / 255,))
+    assert abs(float((out - 128).std()) - 0.05 * 255) < 1.0
+    assert not torch.equal(out[0], out[1])  # each row its own draw
+    assert torch.equal(out, render_views(grey, noisy, None, out_size=32, channels=1, mean=(0.0,), std=(1 / 255,)))
+    texture = images(count=2, size=64, channels=1)
+    for column, value in ((LOW_RES, 0.5), (BLUR, 1.5)):
+        views = plain_views(2)
+        views[:, column] = value
+        smoothed = render_views(texture, views, None, out_size=64, channels=1, mean=(0.0,), std=(1 / 255,))
+        assert float(smoothed.std()) < float(texture.float().std()) * 0.9, column

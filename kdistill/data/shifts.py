@@ -30,12 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.v2.functional import gaussian_blur
 
 from kdistill.data.cache import cached_images
+from kdistill.data.views import blur_at_reference, lower_resolution
 
 SEVERITIES = ("mild", "moderate", "strong")
-REFERENCE_SIDE = 224  # blur radii are stated at this size and scaled with the image
 CHUNK = 64  # images rendered at a time: bounds the float copies in memory
 
 
@@ -106,21 +105,15 @@ def _brightness(x: torch.Tensor, levels, draws: torch.Tensor) -> torch.Tensor:
     return _both_ways(x, levels, draws, lambda v, b: v * b)
 
 
-def _sigma(x: torch.Tensor, sigma_at_reference: float) -> float:
-    return sigma_at_reference * x.shape[-1] / REFERENCE_SIDE
-
-
 def _blur(x: torch.Tensor, sigma: float, draws: torch.Tensor) -> torch.Tensor:
     """Gaussian blur of this radius (pixels at 224 px): a softer detector or reconstruction."""
-    s = _sigma(x, sigma)
-    return gaussian_blur(x, kernel_size=2 * math.ceil(3 * s) + 1, sigma=s)
+    return blur_at_reference(x, sigma)
 
 
 def _sharpen(x: torch.Tensor, amount: float, draws: torch.Tensor) -> torch.Tensor:
     """Unsharp masking ``x + amount * (x - blur(x))`` at radius 1 px (224 px): edge-enhancing
     post-processing, as many X-ray consoles apply."""
-    s = _sigma(x, 1.0)
-    return x + amount * (x - gaussian_blur(x, kernel_size=2 * math.ceil(3 * s) + 1, sigma=s))
+    return x + amount * (x - blur_at_reference(x, 1.0))
 
 
 def _noise(x: torch.Tensor, std: float, draws: torch.Tensor) -> torch.Tensor:
@@ -144,16 +137,14 @@ def _jpeg(x: torch.Tensor, quality: int, draws: torch.Tensor) -> torch.Tensor:
 def _resolution(x: torch.Tensor, factor: float, draws: torch.Tensor) -> torch.Tensor:
     """Area-averaged down to ``factor`` of the side, then bilinear back up: a lower-resolution
     detector or a downsampled archive copy."""
-    side = x.shape[-1]
-    small = F.interpolate(x, size=max(2, round(side * factor)), mode="area")
-    return F.interpolate(small, size=side, mode="bilinear", align_corners=False)
+    return lower_resolution(x, factor)
 
 
 BATTERY: tuple[Shift, ...] = (
     Shift("zoom_in", "framing", (0.9, 0.8, 0.7), "side of the image kept", _zoom_in),
     Shift("zoom_out", "framing", (0.9, 0.8, 0.7), "side of the frame the image fills", _zoom_out),
     Shift("off_centre", "framing", (0.05, 0.10, 0.15), "move, fraction of the side", _off_centre),
-    Shift("gamma", "intensity", ((1.1, 0.9), (1.3, 0.7), (1.6, 0.4)), "gamma (up, down)", _gamma),
+    Shift("gamma", "intensity", ((1.1, 0.9), (1.3, 0.7), (1.6, 0.4)), "exponent (up / down)", _gamma),
     Shift("contrast", "intensity", ((1.1, 0.9), (1.3, 0.7), (1.6, 0.4)), "contrast factor (up, down)",
           _contrast),
     Shift("brightness", "intensity", ((1.1, 0.9), (1.3, 0.7), (1.5, 0.5)), "brightness factor (up, down)",
@@ -165,6 +156,18 @@ BATTERY: tuple[Shift, ...] = (
     Shift("resolution", "resolution", (0.8, 0.6, 0.4), "side kept before upscaling", _resolution),
 )
 SHIFTS = {shift.name: shift for shift in BATTERY}
+
+
+def covered_by(spec) -> list[str]:
+    """The battery's shifts that training views of this ``AugmentSpec`` (kdistill/data/views.py)
+    already draw, at some strength: a model trained on them is no longer tested out of its
+    training distribution there, so reports keep those shifts apart from the unseen ones."""
+    if spec is None:
+        return []
+    covered = {"zoom_in": spec.scale[0] < 1.0, "brightness": spec.brightness > 0, "contrast": spec.contrast > 0,
+               "gamma": spec.gamma > 0, "blur": spec.blur > 0, "noise": spec.noise > 0,
+               "resolution": spec.low_resolution < 1.0}
+    return [shift.name for shift in BATTERY if covered.get(shift.name)]
 
 
 def rendering_names(shifts: tuple[Shift, ...] = BATTERY) -> list[tuple[str, int]]:

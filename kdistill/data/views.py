@@ -1,18 +1,22 @@
 """Augmented views as rows of numbers, drawn from a seed and rendered exactly.
 
 A view is one row of ``VIEW_WIDTH`` floats: the crop box (x0, y0, x1, y1 as fractions of the
-image), a flip, a rotation angle in degrees, brightness and contrast factors, and an optional
+image), a flip, a rotation angle in degrees, brightness and contrast factors, an optional
 mixing partner (its index in the split, the weight ``lambda`` of the image itself, the kind:
-mixup or cutmix, and cutmix's pasted box). Because a view is data, a teacher can be run on it
+mixup or cutmix, and cutmix's pasted box), and acquisition changes: a lower resolution (the side
+kept before upscaling), a Gaussian blur (sigma in pixels at 224 px), a gamma curve and Gaussian
+noise (its standard deviation as a fraction of the range, and the seed of its draw). Because a view is data, a teacher can be run on it
 once and its output replayed whenever the student sees the same view (the view bank), and a
 live teacher can be shown the very tensor the student sees (function matching).
 
 Rendering is deterministic: the same rows give the same tensor. The geometry (crop, flip,
 rotation) is one affine ``grid_sample`` per batch, bilinear, zeros outside the image; rows whose
 geometry is the identity or a plain mirror skip it, so a plain view is exactly the reference
-normalized image and a flip-only view exactly its mirror. Brightness multiplies the values,
-contrast blends them with the image's mean grey level (both clamped to [0, 255], as
-torchvision's ColorJitter does); mixing comes last. A mixing partner is rendered with the same
+normalized image and a flip-only view exactly its mirror. Then the acquisition changes a
+different scanner or archive makes (lower resolution, blur, a gamma curve; the radiology
+training-augmentation set of, e.g., nnU-Net), brightness (a multiply) and contrast (a blend with
+the image's mean grey level, both clamped to [0, 255], as torchvision's ColorJitter does), then
+sensor noise; rows that leave a change at its neutral value skip it; mixing comes last. A mixing partner is rendered with the same
 geometry and intensity as its image, so a view needs one row only.
 """
 
@@ -25,12 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from kdistill.data.transforms import normalization_affine
 
 # Column layout of a view row.
-X0, Y0, X1, Y1, FLIP, ANGLE, BRIGHTNESS, CONTRAST, PARTNER, LAMBDA, MIX, CX0, CY0, CX1, CY1 = range(15)
-VIEW_WIDTH = 15
+(X0, Y0, X1, Y1, FLIP, ANGLE, BRIGHTNESS, CONTRAST, PARTNER, LAMBDA, MIX, CX0, CY0, CX1, CY1,
+ LOW_RES, BLUR, GAMMA, NOISE, NOISE_SEED) = range(20)
+VIEW_WIDTH = 20
+ACQUISITION_CHANCE = 0.5  # each acquisition change is applied to half the views, at a random strength
+SEED_RANGE = 2**24  # noise seeds are whole numbers a float32 column holds exactly
+REFERENCE_SIDE = 224  # blur radii are given at this size and scale with the image
 MIX_KINDS = {"none": 0, "mixup": 1, "cutmix": 2}
 
 
@@ -38,7 +47,10 @@ MIX_KINDS = {"none": 0, "mixup": 1, "cutmix": 2}
 class AugmentSpec:
     """What views are drawn: ``scale`` and ``ratio`` of a random-resized crop ([1, 1] scale: no
     crop), flip, rotation within +-``rotation`` degrees, brightness and contrast factors within
-    1 +- the given amount, and mixup or cutmix with lambda ~ Beta(mix_alpha, mix_alpha)."""
+    1 +- the given amount, mixup or cutmix with lambda ~ Beta(mix_alpha, mix_alpha), and, each on
+    ``ACQUISITION_CHANCE`` of the views: a resolution down to ``low_resolution`` of the side, a blur
+    of sigma up to ``blur`` pixels (at 224 px), a gamma between ``1 / (1 + gamma)`` and
+    ``1 + gamma``, and Gaussian noise of standard deviation up to ``noise`` of the range."""
 
     hflip: bool = True
     scale: tuple[float, float] = (1.0, 1.0)
@@ -48,11 +60,16 @@ class AugmentSpec:
     contrast: float = 0.0
     mix: str = "none"
     mix_alpha: float = 0.2
+    low_resolution: float = 1.0
+    blur: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
 
     def flip_only(self) -> bool:
         """Whether these views are at most mirrors (the reference augmentation)."""
         return (self.scale[0] >= 1.0 and self.rotation == 0 and self.brightness == 0
-                and self.contrast == 0 and self.mix == "none")
+                and self.contrast == 0 and self.mix == "none" and self.low_resolution >= 1.0
+                and self.blur == 0 and self.gamma == 0 and self.noise == 0)
 
 
 def augment_spec(augment: dict | AugmentSpec | None, hflip: bool) -> AugmentSpec:
@@ -71,6 +88,7 @@ def plain_views(count: int) -> torch.Tensor:
     views = torch.zeros(count, VIEW_WIDTH)
     views[:, X1] = views[:, Y1] = 1.0
     views[:, BRIGHTNESS] = views[:, CONTRAST] = views[:, LAMBDA] = 1.0
+    views[:, LOW_RES] = views[:, GAMMA] = 1.0
     views[:, PARTNER] = -1.0
     return views
 
@@ -92,7 +110,28 @@ def draw_views(count: int, generator: torch.Generator, spec: AugmentSpec,
         views[:, CONTRAST] = _uniform(count, generator, 1 - spec.contrast, 1 + spec.contrast)
     if spec.mix != "none":
         _draw_mixing(views, generator, spec, partner_count or count)
+    _draw_acquisition(views, generator, spec)
     return views
+
+
+def _draw_acquisition(views: torch.Tensor, generator: torch.Generator, spec: AugmentSpec) -> None:
+    """Each acquisition change on ``ACQUISITION_CHANCE`` of the rows, at a uniform strength (gamma
+    log-uniform, so darker and brighter curves are equally likely)."""
+    count = len(views)
+
+    def chosen() -> torch.Tensor:
+        return torch.rand(count, generator=generator) < ACQUISITION_CHANCE
+
+    if spec.low_resolution < 1.0:
+        views[:, LOW_RES] = torch.where(chosen(), _uniform(count, generator, spec.low_resolution, 1.0), 1.0)
+    if spec.blur > 0:
+        views[:, BLUR] = torch.where(chosen(), _uniform(count, generator, 0.0, spec.blur), 0.0)
+    if spec.gamma > 0:
+        bound = math.log1p(spec.gamma)
+        views[:, GAMMA] = torch.where(chosen(), torch.exp(_uniform(count, generator, -bound, bound)), 1.0)
+    if spec.noise > 0:
+        views[:, NOISE] = torch.where(chosen(), _uniform(count, generator, 0.0, spec.noise), 0.0)
+        views[:, NOISE_SEED] = torch.randint(SEED_RANGE, (count,), generator=generator).float()
 
 
 def _uniform(count: int, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
@@ -189,7 +228,9 @@ def _render_unmixed(images: torch.Tensor, views: torch.Tensor, out_size: int, ch
     if x.shape[1] != channels and x.shape[1] != 1:
         x = x.mean(1, keepdim=True)  # colour images for a grayscale model, as to_model_input does
     x = _geometry(x, views, out_size)
-    return _intensity(x, views)
+    x = _acquisition(x, views)
+    x = _intensity(x, views)
+    return _noise(x, views)
 
 
 def _geometry(x: torch.Tensor, views: torch.Tensor, out_size: int) -> torch.Tensor:
@@ -240,6 +281,49 @@ def _intensity(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
     return x.mul_(c).add_(grey * (1 - c)).clamp_(0, 255)
 
 
+def _acquisition(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Lower resolution, blur and gamma, row by row where a row asks for them (values in [0, 255])."""
+    rows = ((views[:, LOW_RES] < 1) | (views[:, BLUR] > 0) | (views[:, GAMMA] != 1)).nonzero().flatten()
+    if not len(rows):
+        return x
+    x = x.clone()  # the geometry may have returned the caller's own images
+    for row in rows.tolist():
+        image = x[row:row + 1]
+        if views[row, LOW_RES] < 1:
+            image = lower_resolution(image, float(views[row, LOW_RES]))
+        if views[row, BLUR] > 0:
+            image = blur_at_reference(image, float(views[row, BLUR]))
+        if views[row, GAMMA] != 1:
+            image = 255.0 * (image.clamp(min=0) / 255.0).pow(float(views[row, GAMMA]))
+        x[row:row + 1] = image
+    return x
+
+
+def _noise(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise, each row's own draw from its seed, then clamped to [0, 255]."""
+    rows = (views[:, NOISE] > 0).nonzero().flatten()
+    if not len(rows):
+        return x
+    for row in rows.tolist():
+        generator = torch.Generator().manual_seed(int(views[row, NOISE_SEED]))
+        noise = torch.randn(x[row].shape, generator=generator)
+        x[row] = (x[row] + 255.0 * float(views[row, NOISE]) * noise).clamp_(0, 255)
+    return x
+
+
+def lower_resolution(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Area-averaged down to ``factor`` of the side, then bilinear back up (float ``[B, C, S, S]``)."""
+    side = x.shape[-1]
+    small = F.interpolate(x, size=max(2, round(side * factor)), mode="area")
+    return F.interpolate(small, size=side, mode="bilinear", align_corners=False)
+
+
+def blur_at_reference(x: torch.Tensor, sigma_at_reference: float) -> torch.Tensor:
+    """Gaussian blur of ``sigma_at_reference`` pixels at 224 px, scaled to the image's side."""
+    sigma = sigma_at_reference * x.shape[-1] / REFERENCE_SIDE
+    return gaussian_blur(x, kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)
+
+
 def _mix(x: torch.Tensor, other: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
     lam = views[:, LAMBDA].view(-1, 1, 1, 1)
     mixup = x * lam + other * (1 - lam)
@@ -250,10 +334,3 @@ def _mix(x: torch.Tensor, other: torch.Tensor, views: torch.Tensor) -> torch.Ten
     pasted = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
     cutmix = torch.where(pasted, other, x)
     return torch.where((views[:, MIX] == MIX_KINDS["mixup"]).view(-1, 1, 1, 1), mixup, cutmix)
-
-
-def is_flip_only(views: torch.Tensor) -> bool:
-    """Whether every view is the whole image, unrotated, unchanged and unmixed (flips allowed)."""
-    reference = plain_views(len(views))
-    reference[:, FLIP] = views[:, FLIP]
-    return bool(torch.equal(views, reference))

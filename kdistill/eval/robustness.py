@@ -51,19 +51,27 @@ def battery_logits(model: nn.Module, meta: dict, battery: Battery) -> dict[str, 
 
 
 def robustness(clean_logits: torch.Tensor, shifted: dict[str, torch.Tensor], labels: np.ndarray,
-               meta: dict, battery: Battery) -> dict:
+               meta: dict, battery: Battery, seen: list[str] = ()) -> dict:
     """The model's robustness record: metrics on the clean split and on every rendering (at the
     model's ``threshold`` and ``temperature`` in ``meta``), their mean per severity and over the
-    whole battery, and the drop of each mean from clean (positive: worse under shift)."""
+    whole battery, and the drop of each mean from clean (positive: worse under shift). ``seen``
+    names the shifts the model's training views already drew (``covered_by``); the ``unseen``
+    entries repeat the means over the other shifts alone."""
     clean = _metrics(clean_logits, labels, meta)
     per_shift = {shift.name: [_metrics(shifted[f"{shift.name}/{s}"], labels, meta)
                               for s in range(len(SEVERITIES))] for shift in BATTERY}
-    by_severity = [_mean([per_shift[shift.name][s] for shift in BATTERY]) for s in range(len(SEVERITIES))]
-    overall = _mean([m for entries in per_shift.values() for m in entries])
+    unseen = [shift.name for shift in BATTERY if shift.name not in seen]
     return {"split": "val", "images": int(len(labels)), "seed": battery.seed,
-            "severities": list(SEVERITIES), "battery": describe_battery(),
-            "clean": clean, "shifts": per_shift, "by_severity": by_severity, "mean": overall,
-            "drop": _drop(clean, overall),
+            "severities": list(SEVERITIES), "battery": describe_battery(), "seen_in_training": list(seen),
+            "clean": clean, "shifts": per_shift, **_summaries(clean, per_shift, [s.name for s in BATTERY]),
+            "unseen": _summaries(clean, per_shift, unseen) if unseen else None}
+
+
+def _summaries(clean: dict, per_shift: dict, names: list[str]) -> dict:
+    """Means over ``names`` per severity and overall, and their drops from clean."""
+    by_severity = [_mean([per_shift[name][s] for name in names]) for s in range(len(SEVERITIES))]
+    overall = _mean([m for name in names for m in per_shift[name]])
+    return {"by_severity": by_severity, "mean": overall, "drop": _drop(clean, overall),
             "drop_by_severity": [_drop(clean, entry) for entry in by_severity]}
 
 
