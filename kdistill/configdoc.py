@@ -113,6 +113,10 @@ def _yaml_text(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the reference, or write it to the path given."""
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0].startswith("-"):
+        # An option here is a mistake (e.g. --help), never a file name to write.
+        sys.stdout.write("usage: python -m kdistill.configdoc [OUTPUT.md]\n")
+        return 0 if args[0] in ("-h", "--help") else 2
     text = config_markdown()
     if not args:
         sys.stdout.write(text)

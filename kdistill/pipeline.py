@@ -62,7 +62,7 @@ from kdistill.eval.pooled import pooled_tests_from_results
 from kdistill.eval.inference import predict_logits
 from kdistill.data.shifts import covered_by
 from kdistill.data.views import augment_spec
-from kdistill.eval.robustness import Battery, battery_logits, robustness
+from kdistill.eval.robustness import Battery, battery_logits, battery_tests, robustness
 from kdistill.eval.site import fit_on_site
 from kdistill.data.external import load_labelled_folder
 from kdistill.eval.sample_size import fitted_on_validation, small_fit_warning
@@ -112,6 +112,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
     statistics = run_statistics(rows, {row["id"]: probs for row, probs, _ in evaluated},
                                 data.test.labels.numpy(), data.positive_index)
     external = [evaluate_external(folder, evaluated, data) for folder in data.external]
+    statistics["battery_tests"] = battery_tests(rows, data.val.labels.numpy())
     results = {"kdistill_version": __version__, "dataset": _dataset_summary(data), "models": rows,
                **statistics, "external": external,
                "export": deployment, "doctor": findings, "tuned": _tuned(config), "warnings": warnings,

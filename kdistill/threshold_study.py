@@ -37,12 +37,13 @@ def study_run(run_dir: Path) -> dict:
         raise DataError(f"{run_dir}: threshold rules apply to two classes; this run has {len(data.classes)}")
     battery = Battery(data.val, config.robustness.seed, resolve_cache_dir(config.data.cache_dir))
     models = []
-    for checkpoint in _checkpoints(run_dir):
+    for checkpoint in _checkpoints(run_dir, config.teacher.checkpoint):
         model, meta = load_checkpoint(checkpoint)
         log.info(f"threshold study: {checkpoint}")
         if meta.get("role") == "teacher":
             model = fast_frozen_teacher(model, meta, config)
-        models.append({"checkpoint": str(checkpoint.relative_to(run_dir)), "role": meta.get("role"),
+        shown = checkpoint.relative_to(run_dir) if checkpoint.is_relative_to(run_dir) else checkpoint
+        models.append({"checkpoint": str(shown), "role": meta.get("role"),
                        "seed": meta.get("seed"), **_study_model(model, meta, data, battery, config)})
     return {"run": str(run_dir), "test": data.info.get("sources", {}).get("test"), "images": len(data.test),
             "rules": list(THRESHOLD_RULES), "models": models}
@@ -55,8 +56,11 @@ def _saved_config(run_dir: Path):
     return from_dict(yaml.safe_load(path.read_text()))
 
 
-def _checkpoints(run_dir: Path) -> list[Path]:
+def _checkpoints(run_dir: Path, teacher_checkpoint: str | None) -> list[Path]:
+    """The run's checkpoints, and the teacher it loaded (``teacher.checkpoint``) when that lives elsewhere."""
     found = sorted(path.parent for path in run_dir.rglob("model.json") if "resume" not in path.parts)
+    if teacher_checkpoint and Path(teacher_checkpoint).resolve() not in {p.resolve() for p in found}:
+        found.insert(0, Path(teacher_checkpoint))
     if not found:
         raise DataError(f"{run_dir}: no checkpoints found")
     return found

@@ -135,3 +135,20 @@ def test_shifts_the_training_views_drew_are_kept_apart():
     assert record["seen_in_training"] == covered_by(spec)
     assert record["unseen"]["mean"]["balanced_accuracy"] == pytest.approx(expected)
     assert record["unseen"]["drop"]["balanced_accuracy"] == pytest.approx(1.0 - expected)
+
+
+def test_the_battery_test_measures_balanced_accuracy_and_its_sign():
+    from kdistill.eval.robustness import battery_tests
+
+    labels = np.array([0] * 10 + [1] * 30)
+    def row(role, seed, right):
+        return {"id": f"{role}-{seed}", "role": role, "seed": seed,
+                "robustness": {"renderings": 2, "renderings_right": list(right)}}
+    alone = np.array([1] * 10 + [2] * 30)  # class 0: half the renderings right; class 1: all
+    better = np.array([2] * 10 + [2] * 30)  # every rendering right
+    rows = [row("baseline", s, alone) for s in (0, 1)] + [row("distilled", s, better) for s in (0, 1)]
+    (test,) = battery_tests(rows, labels)
+    # Balanced accuracy over the battery: alone (0.5 + 1) / 2 = 0.75, distilled 1.0.
+    assert test["balanced_accuracy_diff"] == pytest.approx(0.25)
+    assert test["images_better"] == 10 and test["images_worse"] == 0 and test["p_value"] < 0.01
+    assert battery_tests(rows[:1] + rows[2:3], labels) == []  # one seed: no pooled test

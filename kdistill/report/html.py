@@ -335,6 +335,7 @@ def _robustness(results: dict) -> str:
     return ("<h2>Robustness: the shift battery (validation split)</h2>\n" + f'<div class="plots">{figure}</div>\n'
             + _table([escape(h) for h in header], [[escape(c) for c in row] for row in rows])
             + _table([escape(h) for h in shift_header], [[escape(c) for c in row] for row in shift_rows])
+            + "".join(f"\n<p>{escape(sentence)}</p>" for sentence in robustness_report.test_sentences(results))
             + f'\n<p class="muted">{escape(note)}</p>')
 
 

@@ -110,6 +110,20 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def test_sentences(results: dict) -> list[str]:
+    """One sentence per distilled method: its battery balanced accuracy against the student alone's."""
+    sentences = []
+    for test in results.get("battery_tests") or []:
+        method = f" ({test['method']})" if test.get("method") else ""
+        seeds = ", ".join(str(s) for s in test.get("seeds") or [])
+        p = "< 0.001" if test["p_value"] < 0.001 else f"{test['p_value']:.3f}"
+        sentences.append(f"Distilled{method} vs alone over the whole battery, pooled over seeds {seeds}: balanced "
+                         f"accuracy {100 * test['balanced_accuracy_diff']:+.2f} points, p = {p} (paired sign-flip "
+                         f"test over the {test['images']} validation images; {test['images_better']} images "
+                         f"better, {test['images_worse']} worse).")
+    return sentences
+
+
 def markdown_section(results: dict) -> list[str]:
     """The report.md section: both tables and what they are."""
     header, rows = model_table_rows(results)
@@ -126,7 +140,8 @@ def markdown_section(results: dict) -> list[str]:
              "Validation chose each model's epoch and threshold, so the clean column is optimistic; the "
              "battery judges recipes beside a held-out source, it selects nothing.", "",
              _markdown_table(header, rows), "", _markdown_table(shift_header, shift_rows)]
-    return lines
+    sentences = test_sentences(results)
+    return lines + (["", *sentences] if sentences else [])
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
