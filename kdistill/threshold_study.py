@@ -7,6 +7,11 @@ later runs and selects nothing for this one. Each model is reloaded from its che
 validation logits (and, for the ``battery`` rule, its validation renderings under the shift
 battery) give each rule's threshold exactly as training would have fitted it, and the test logits
 give balanced accuracy at that threshold and at the best one.
+
+It also measures site calibration (``kdistill calibrate``): the test split is cut in two by patient,
+a calibration half and a test half; samples of 50, 100 and 200 images drawn (by patient) from the
+calibration half refit the temperature and threshold, and the test half scores them against the
+validation-fitted threshold and the test half's best in hindsight.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from kdistill.log import log
 from kdistill.models.checkpoint import load_checkpoint
 from kdistill.pipeline import fast_frozen_teacher
 
+SITE_SIZES = (50, 100, 200)  # labelled images a site might spare
+SITE_DRAWS = 20  # samples per size: the spread says how much luck a small sample carries
+SITE_SEED = 0
+
 
 def study_run(run_dir: Path) -> dict:
     """Per model of the run: each rule's threshold and test balanced accuracy, and the best cut's."""
@@ -36,6 +45,7 @@ def study_run(run_dir: Path) -> dict:
     if data.positive_index is None:
         raise DataError(f"{run_dir}: threshold rules apply to two classes; this run has {len(data.classes)}")
     battery = Battery(data.val, config.robustness.seed, resolve_cache_dir(config.data.cache_dir))
+    halves = site_halves(data.test.groups, SITE_SEED)
     models = []
     for checkpoint in _checkpoints(run_dir, config.teacher.checkpoint):
         model, meta = load_checkpoint(checkpoint)
@@ -44,9 +54,11 @@ def study_run(run_dir: Path) -> dict:
             model = fast_frozen_teacher(model, meta, config)
         shown = checkpoint.relative_to(run_dir) if checkpoint.is_relative_to(run_dir) else checkpoint
         models.append({"checkpoint": str(shown), "role": meta.get("role"),
-                       "seed": meta.get("seed"), **_study_model(model, meta, data, battery, config)})
+                       "seed": meta.get("seed"), **_study_model(model, meta, data, battery, config, halves)})
     return {"run": str(run_dir), "test": data.info.get("sources", {}).get("test"), "images": len(data.test),
-            "rules": list(THRESHOLD_RULES), "models": models}
+            "rules": list(THRESHOLD_RULES), "shipped_rule": config.calibration.threshold_rule,
+            "site_rule": config.calibration.site_rule,
+            "site_halves": {"calibration": len(halves[0]), "test": len(halves[1])}, "models": models}
 
 
 def _saved_config(run_dir: Path):
@@ -66,7 +78,8 @@ def _checkpoints(run_dir: Path, teacher_checkpoint: str | None) -> list[Path]:
     return found
 
 
-def _study_model(model, meta: dict, data: DatasetBundle, battery: Battery, config) -> dict:
+def _study_model(model, meta: dict, data: DatasetBundle, battery: Battery, config,
+                 halves: tuple[np.ndarray, np.ndarray]) -> dict:
     positive = data.positive_index
     val_logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
     shifted = list(battery_logits(model, meta, battery).values())
@@ -84,7 +97,64 @@ def _study_model(model, meta: dict, data: DatasetBundle, battery: Battery, confi
     temperature = calibrate(val_logits, data.val.labels.numpy(), positive, rule="argmax",
                             temperature=config.calibration.temperature)["temperature"]
     best_threshold, best = best_in_hindsight(scaled_probs(test_logits, temperature)[:, positive], test_labels)
-    return {"rules": rules, "best": {"threshold": best_threshold, "balanced_accuracy": best}}
+    shipped = rules[config.calibration.threshold_rule]["threshold"]
+    site = site_calibration(test_logits.numpy(), data.test.labels.numpy(), positive, data.test.groups, halves,
+                            validation=(temperature, shipped), rule=config.calibration.site_rule,
+                            fit_temperature=config.calibration.temperature)
+    return {"rules": rules, "best": {"threshold": best_threshold, "balanced_accuracy": best}, "site": site}
+
+
+def site_halves(groups: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image indices of a calibration half and a test half, split by patient (no patient in both)."""
+    patients = np.array(sorted(set(groups)))
+    np.random.default_rng(seed).shuffle(patients)
+    calibration = set(patients[: len(patients) // 2])
+    in_calibration = np.array([g in calibration for g in groups])
+    return np.flatnonzero(in_calibration), np.flatnonzero(~in_calibration)
+
+
+def draw_site_sample(pool: np.ndarray, groups: list[str], size: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``size`` images of whole patients drawn at random from ``pool`` (stops at the first
+    patient that reaches the size)."""
+    by_patient: dict[str, list[int]] = {}
+    for index in pool:
+        by_patient.setdefault(groups[index], []).append(int(index))
+    order = list(by_patient)
+    rng.shuffle(order)
+    chosen: list[int] = []
+    for patient in order:
+        if len(chosen) >= size:
+            break
+        chosen.extend(by_patient[patient])
+    return np.array(chosen)
+
+
+def site_calibration(logits: np.ndarray, labels: np.ndarray, positive: int, groups: list[str],
+                     halves: tuple[np.ndarray, np.ndarray], *, validation: tuple[float, float], rule: str,
+                     fit_temperature: bool) -> dict:
+    """Test-half balanced accuracy at the validation-fitted threshold, after site calibration on
+    samples of each size from the calibration half (mean and spread over draws), and at the test
+    half's best threshold in hindsight."""
+    pool, test = halves
+    positives = labels == positive
+
+    def test_scores(temperature: float) -> np.ndarray:
+        return scaled_probs(logits[test], temperature)[:, positive]
+
+    result = {"validation": balanced_accuracy(test_scores(validation[0]), positives[test], validation[1]),
+              "best": best_in_hindsight(test_scores(validation[0]), positives[test])[1], "sizes": {}}
+    rng = np.random.default_rng(SITE_SEED)
+    for size in SITE_SIZES:
+        if size >= len(pool):  # a sample of the whole pool would not vary
+            continue
+        scores = []
+        for _ in range(SITE_DRAWS):
+            sample = draw_site_sample(pool, groups, size, rng)
+            fitted = calibrate(logits[sample], labels[sample], positive, rule=rule, temperature=fit_temperature)
+            scores.append(balanced_accuracy(test_scores(fitted["temperature"]), positives[test], fitted["threshold"]))
+        result["sizes"][size] = {"mean": float(np.mean(scores)), "sd": float(np.std(scores)),
+                                 "worst": float(np.min(scores))}
+    return result
 
 
 def balanced_accuracy(scores: np.ndarray, positives: np.ndarray, threshold: float) -> float:
@@ -117,4 +187,27 @@ def format_study(study: dict) -> str:
             for r in rules}
     lines.append("| mean gap to the best (points) | " + " | ".join(f"{np.mean(g):.2f}" for g in gaps.values()) + " | |")
     lines.append("| largest gap (points) | " + " | ".join(f"{np.max(g):.2f}" for g in gaps.values()) + " | |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + format_site(study))
+
+
+def format_site(study: dict) -> list[str]:
+    """Site calibration's table: test-half balanced accuracy % per model and sample size."""
+    sizes = sorted({int(n) for e in study["models"] for n in e["site"]["sizes"]})
+    halves = study["site_halves"]
+    lines = [f"Site calibration ({study['site_rule']} rule, temperature refitted): the test split cut by "
+             f"patient into a calibration half ({halves['calibration']} images) and a test half "
+             f"({halves['test']}); balanced accuracy % on the test half at the validation-fitted "
+             f"`{study['shipped_rule']}` threshold, after refitting on n images of the calibration half "
+             f"(mean ± sd over {SITE_DRAWS} draws, worst draw in brackets), and at the best threshold in hindsight.",
+             "", "| model | validation threshold | " + " | ".join(f"site, n = {n}" for n in sizes)
+             + " | best in hindsight |", "|" + "---|" * (len(sizes) + 3)]
+    for entry in study["models"]:
+        site = entry["site"]
+        cells = []
+        for n in sizes:
+            fit = site["sizes"].get(n) or site["sizes"].get(str(n))
+            cells.append("-" if fit is None else
+                         f"{100 * fit['mean']:.2f} ± {100 * fit['sd']:.2f} ({100 * fit['worst']:.2f})")
+        lines.append(f"| {entry['checkpoint']} | {100 * site['validation']:.2f} | " + " | ".join(cells)
+                     + f" | {100 * site['best']:.2f} |")
+    return lines
