@@ -70,8 +70,12 @@ class FeatureMethod(DistillMethod):
 
 
 class EmbeddingMethod(FeatureMethod):
-    """A feature method on the penultimate embedding (the classifier head's input) by default."""
+    """A feature method on the penultimate embedding (the classifier head's input) by default.
+    That embedding is small (one vector per view), so with ``distill.teacher_cache`` it is stored
+    per (image, view) like the logits and the teacher does not run in training; a configured
+    ``teacher_embedding`` layer runs the teacher live."""
 
+    needs = frozenset({"features", "embedding"})
     layer_keys = ("student_embedding", "teacher_embedding")
 
     def choose_layers(self, student, teacher_model, example) -> tuple[list[str], list[str]]:

@@ -5,7 +5,8 @@ terms>}``; the training loop reads only ``"loss"`` (and ``"logits"`` for trainin
 a class may declare (all optional, so a plain class with ``__call__`` is a method too):
 
 - ``needs``: ``{"logits"}`` (the teacher's logits), ``{"features"}`` (intermediate outputs reached by
-  forward hooks, which needs the live teacher) or empty (no teacher);
+  forward hooks, which needs the live teacher), ``{"features", "embedding"}`` (by default only the
+  pooled embedding, which can be stored per view like the logits) or empty (no teacher);
 - ``shared``: which of ``distill.alpha`` / ``distill.temperature`` it takes (a class without the
   attribute takes both);
 - ``defaults``: its own hyper-parameters, set as ``distill.params.<method>.<name>``, checked by

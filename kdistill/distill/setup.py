@@ -17,7 +17,8 @@ from kdistill.data.transforms import normalization
 from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, materialized_bytes
 from kdistill.distill.method_setup import distilled_runs
 from kdistill.distill.registry import needs_of
-from kdistill.distill.teacher import FLIP_VIEWS, CachedTeacher, FeatureTeacher, LiveTeacher, tensor_sha256
+from kdistill.distill.teacher import (FLIP_VIEWS, CachedTeacher, FeatureTeacher, LiveTeacher, StoredEmbeddingTeacher,
+                                     tensor_sha256)
 from kdistill.errors import ConfigError
 from kdistill.log import log
 from kdistill.models.channels import ChannelAdapter
@@ -121,35 +122,54 @@ def _require_kd(config: Config) -> None:
 
 
 def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config, method: str | None = None):
-    """What the distillation loss reads the teacher's logits from: a live teacher, or (the default)
-    its outputs per view, computed once and cached (kdistill/distill/teacher.py). ``data`` is the
-    teacher's view of the data; a live teacher fed a grayscale student's batches runs behind an
-    exact channel adapter. A method that reads features gets the live teacher with hooks (a
-    cache of full-resolution feature maps per view would not fit in memory)."""
-    mean, std = data.normalization
-    if "features" in needs_of(method or config.distill.method):
+    """What the distillation loss reads the teacher's outputs from: a live teacher, or (the default)
+    its outputs per view, computed once and cached (kdistill/distill/teacher.py): logits, or the
+    pooled embedding for a method that reads only that. ``data`` is the teacher's view of the data;
+    a live teacher fed a grayscale student's batches runs behind an exact channel adapter. A method
+    that reads other features gets the live teacher with hooks (a cache of full-resolution feature
+    maps per view would not fit in memory)."""
+    method = method or config.distill.method
+    kind = teacher_output_kind(method, config)
+    if kind == "features":
         if config.distill.teacher_cache:
-            log.info(f"{method or config.distill.method}: reads teacher features, so the teacher runs live "
-                     f"every step (distill.teacher_cache ignored for it)")
+            log.info(f"{method}: reads teacher features, so the teacher runs live every step "
+                     f"(distill.teacher_cache ignored for it)")
         return FeatureTeacher(live_teacher_input(teacher, data, student_channels(config)))
     if not config.distill.teacher_cache:
         return LiveTeacher(live_teacher_input(teacher, data, student_channels(config)))
+    mean, std = data.normalization
     started = time.perf_counter()
     bank = view_bank(config, data)
-    views = FLIP_VIEWS if bank is None else bank
     train = with_unlabeled(data).train  # the distilled student's images: train, then unlabelled
-    outputs = CachedTeacher(teacher, train, channels=data.channels, mean=mean, std=std,
-                            cache_dir=resolve_cache_dir(config.data.cache_dir),
-                            dtype=config.distill.cache_dtype, views=views,
-                            bank_images=None if bank is None else materialized_bank(config, data, bank))
-    log.info(f"teacher outputs for {len(train)} images x {outputs.table.shape[1]} views ready in "
-             f"{time.perf_counter() - started:.1f}s (computed or read from the cache)")
+    stored = StoredEmbeddingTeacher if kind == "embedding" else CachedTeacher
+    outputs = stored(teacher, train, channels=data.channels, mean=mean, std=std,
+                     cache_dir=resolve_cache_dir(config.data.cache_dir), dtype=config.distill.cache_dtype,
+                     views=FLIP_VIEWS if bank is None else bank,
+                     bank_images=None if bank is None else materialized_bank(config, data, bank))
+    log.info(f"teacher {'embeddings' if kind == 'embedding' else 'outputs'} for {len(train)} images x "
+             f"{outputs.table.shape[1]} views ready in {time.perf_counter() - started:.1f}s "
+             f"({_megabytes(outputs.table):.0f} MB; computed or read from the cache)")
     return outputs
+
+
+def teacher_output_kind(method: str, config: Config) -> str:
+    """``logits`` (cached or live), ``embedding`` (the pooled embedding stored per view) or
+    ``features`` (the live teacher with hooks), for ``method`` under this config."""
+    needs = needs_of(method)
+    if "embedding" in needs and config.distill.teacher_cache:
+        configured = (config.distill.params.get(method) or {}).get("teacher_embedding")
+        if configured is None:  # the default layer (the head's input): storable
+            return "embedding"
+    return "features" if "features" in needs else "logits"
+
+
+def _megabytes(table: torch.Tensor) -> float:
+    return table.numel() * table.element_size() / 1e6
 
 
 def teacher_outputs_for(method: str, teacher, data: DatasetBundle, config: Config, prepared: dict):
     """The teacher outputs ``method`` reads, prepared once per kind into ``prepared``."""
-    kind = "features" if "features" in needs_of(method) else "logits"
+    kind = teacher_output_kind(method, config)
     if kind not in prepared:
         prepared[kind] = prepare_teacher_outputs(teacher, data, config, method)
     return prepared[kind]

@@ -17,6 +17,10 @@ The training loop reads two things of a teacher object, so it never checks teach
 normalized tensor, not a model's own training input) and ``on(device)`` (the same outputs, on
 ``device``).
 
+Methods whose teacher side is the pooled embedding (the classifier head's input, e.g. rkd) read
+it the same way from ``StoredEmbeddingTeacher``: one teacher pass per (image, view) instead of one
+per training step.
+
 ``head`` fine-tuning uses the same machinery for the head's input: the frozen backbone's features
 are computed once per view and only the head runs in training (``HeadOnStoredFeatures``).
 """
@@ -303,6 +307,83 @@ def head_inputs(model: nn.Module, head: nn.Module, split: ImageSplit, *, channel
     finally:
         hook.remove()
         model.train(was_training)
+
+
+class StoredEmbeddingTeacher:
+    """The teacher's pooled embedding (the classifier head's input) for every (training image,
+    view), ``[N, K, F]``, computed once like :class:`CachedTeacher`'s logits and handed to methods
+    through the same ``features(batch, paths)`` call as the live :class:`FeatureTeacher`. Exact:
+    a frozen teacher in eval mode gives a view the same embedding at every step.
+
+    ``model`` stays for binding (a method probes its layer shapes once); it never runs in training."""
+
+    # The teacher does not read the batch's images, but the method hooks the student's own modules,
+    # which need the ordinary normalized batch (not a model's own training input).
+    reads_images = True
+
+    def __init__(self, model: nn.Module, split: ImageSplit, *, channels: int, mean, std,
+                 batch_size: int = 64, cache_dir: Path | None = None, dtype: str = "float32",
+                 views: torch.Tensor = FLIP_VIEWS, bank_images: torch.Tensor | None = None):
+        from kdistill.distill.hooks import embedding_path  # hooks imports models; kept out of import time
+
+        self.model = freeze(model)
+        self.path = embedding_path(self.model)
+        self.per_image = views.dim() == 3
+        self.view_of_flip = None if self.per_image else flip_view_index(views)
+        key = {"what": "embedding", "weights": state_dict_sha256(self.model.state_dict()), "layer": self.path}
+        if bank_images is not None:
+            key["rendered"] = "uint8"
+        embed = embedding_function(self.model, self.path)
+
+        def compute() -> torch.Tensor:
+            if self.per_image:
+                return bank_table(embed, split, views, channels=channels, mean=mean, std=std,
+                                  batch_size=batch_size, bank_images=bank_images)
+            return view_table(embed, split, channels=channels, mean=mean, std=std, batch_size=batch_size,
+                              views=views)
+
+        self.table = stored_view_table(compute, split, key, channels=channels, mean=mean, std=std,
+                                       cache_dir=cache_dir, dtype=dtype, views=views)
+
+    def on(self, device: torch.device):
+        return self if device.type == "cpu" else _OnDevice(self, device)
+
+    def features(self, batch: Batch, paths) -> tuple[None, dict[str, torch.Tensor]]:
+        """``(None, {embedding path: [B, F]})``: the rows of the batch's very views (no logits are stored)."""
+        if list(paths) != [self.path]:
+            raise ConfigError(f"stored teacher embeddings hold {self.path} only, not {list(paths)}")
+        if self.per_image:
+            if batch.view is None:
+                raise ValueError("a view-bank teacher needs batches drawn from its bank (Batch.view)")
+            rows = self.table[batch.index, batch.view]
+        else:
+            rows = self.table[batch.index, self.view_of_flip[batch.flipped.long()]]
+        return None, {self.path: rows.float()}
+
+
+class _OnDevice:
+    """A stored teacher whose batch rows are moved to ``device`` (the table stays in CPU memory)."""
+
+    reads_images = True
+
+    def __init__(self, stored: StoredEmbeddingTeacher, device: torch.device):
+        self.stored, self.device, self.model = stored, device, stored.model
+
+    def features(self, batch: Batch, paths):
+        _, found = self.stored.features(batch, paths)
+        return None, {path: rows.to(self.device) for path, rows in found.items()}
+
+
+def embedding_function(model: nn.Module, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images -> the output (or input, for ``:input`` paths) at ``path`` of one forward, flattened."""
+    from kdistill.distill.hooks import capture
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), capture(model, [path]) as found:
+            model(images)
+        return found[path].flatten(1)
+
+    return embed
 
 
 class FeatureTeacher(LiveTeacher):
