@@ -84,3 +84,18 @@ def test_a_stored_teacher_refuses_other_layers():
         torch.Generator().manual_seed(0))))
     with pytest.raises(Exception, match="stored teacher embeddings hold"):
         stored.features(batch, ["0"])
+
+
+def test_embeddings_from_onnx_runtime_equal_pytorch_hooks():
+    """A teacher whose passes run in ONNX Runtime gets its embeddings there too (the model with an
+    identity head), within float tolerance of the hooked PyTorch forward."""
+    from kdistill.deploy.runner import onnx_runner
+    from kdistill.models.inference import use_runner
+
+    data, bank = split(key=None), bank_of(KINDS["crop"])
+    plain = StoredEmbeddingTeacher(teacher_model(), data, channels=3, mean=MEAN, std=STD, views=bank)
+    model = teacher_model()
+    use_runner(model, onnx_runner(model, channels=3, input_size=SIZE, threads=1, what="teacher"))
+    from_runtime = StoredEmbeddingTeacher(model, data, channels=3, mean=MEAN, std=STD, views=bank)
+    assert plain.runtime == "pytorch" and from_runtime.runtime == "onnxruntime"
+    assert (from_runtime.table - plain.table).abs().max() <= 1e-4

@@ -333,7 +333,12 @@ class StoredEmbeddingTeacher:
         key = {"what": "embedding", "weights": state_dict_sha256(self.model.state_dict()), "layer": self.path}
         if bank_images is not None:
             key["rendered"] = "uint8"
-        embed = embedding_function(self.model, self.path)
+        embed, self.runtime = embedding_function(self.model, self.path), "pytorch"
+        if registered_runner(self.model) is not None:  # the teacher's passes run in ONNX Runtime
+            runner = embedding_runner(self.model, self.path, channels=channels, input_size=split.images.shape[-1])
+            if runner is not None:
+                embed, self.runtime = runner, "onnxruntime"
+                key["runtime"] = self.runtime
 
         def compute() -> torch.Tensor:
             if self.per_image:
@@ -372,6 +377,28 @@ class _OnDevice:
     def features(self, batch: Batch, paths):
         _, found = self.stored.features(batch, paths)
         return None, {path: rows.to(self.device) for path, rows in found.items()}
+
+
+def embedding_runner(model: nn.Module, path: str, *, channels: int, input_size: int):
+    """The head's input through ONNX Runtime, as the teacher's logits are (kdistill/deploy/runner.py):
+    a copy of the model with its classifier head replaced by the identity, exported and checked.
+    None (stay with PyTorch hooks) when ``path`` is not the head's input, the head is not the
+    model's last operation, or the export does not match."""
+    from kdistill.deploy.runner import onnx_runner  # onnxruntime is an optional extra
+    from kdistill.distill.hooks import INPUT_SUFFIX
+
+    head_path, _ = find_head(model)
+    if path != head_path + INPUT_SUFFIX:
+        return None
+    headless = copy.deepcopy(model)
+    parent = headless.get_submodule(head_path.rpartition(".")[0]) if "." in head_path else headless
+    setattr(parent, head_path.rpartition(".")[2], nn.Identity())
+    example = torch.randn(2, channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.allclose(headless(example).flatten(1), embedding_function(model, path)(example), atol=1e-5):
+            return None  # something follows the head: its input is not the model's last output
+    return onnx_runner(freeze(headless), channels=channels, input_size=input_size,
+                       threads=torch.get_num_threads(), what="teacher embeddings")
 
 
 def embedding_function(model: nn.Module, path: str) -> Callable[[torch.Tensor], torch.Tensor]:

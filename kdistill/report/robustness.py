@@ -116,9 +116,9 @@ def test_sentences(results: dict) -> list[str]:
     for test in results.get("battery_tests") or []:
         method = f" ({test['method']})" if test.get("method") else ""
         seeds = ", ".join(str(s) for s in test.get("seeds") or [])
-        p = "< 0.001" if test["p_value"] < 0.001 else f"{test['p_value']:.3f}"
+        p = "p < 0.001" if test["p_value"] < 0.001 else f"p = {test['p_value']:.3f}"
         sentences.append(f"Distilled{method} vs alone over the whole battery, pooled over seeds {seeds}: balanced "
-                         f"accuracy {100 * test['balanced_accuracy_diff']:+.2f} points, p = {p} (paired sign-flip "
+                         f"accuracy {100 * test['balanced_accuracy_diff']:+.2f} points, {p} (paired sign-flip "
                          f"test over the {test['images']} validation images; {test['images_better']} images "
                          f"better, {test['images_worse']} worse).")
     return sentences
