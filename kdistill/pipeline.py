@@ -73,7 +73,7 @@ from kdistill.models.fast_path import set_fast_path
 from kdistill.models.inference import use_runner
 from kdistill.models.stages import freeze_all_but, partial_trainable
 from kdistill.engine.precision import resolve_device
-from kdistill.report.markdown import comparison_table, markdown_report
+from kdistill.report.markdown import markdown_report
 from kdistill.report.html import html_report
 from kdistill.report.results_file import read_results
 from kdistill.engine.loop import class_weights, fit
@@ -124,7 +124,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
         remove_if_empty(folder / RESUME_FOLDER)
     remove_if_empty(out / RESUME_FOLDER)
     output.close()
-    log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md, report.html)")
+    log.info(f"written to {out}/ (results.json, report.md, report.html)")  # the CLI prints the table
     return results
 
 

@@ -186,6 +186,7 @@ def spied_run(tmp_path_factory):
     return {"code": code, "out": base / "out", "seen": seen}
 
 
+@pytest.mark.slow
 def test_run_fits_threshold_and_temperature_on_validation_labels_only(spied_run):
     """Five models (teacher + 2 seeds x 2 students), each fitted once, always on the val labels."""
     assert spied_run["code"] == 0
@@ -199,6 +200,7 @@ def test_run_fits_threshold_and_temperature_on_validation_labels_only(spied_run)
         np.testing.assert_array_equal(positives, val == 1)
 
 
+@pytest.mark.slow
 def test_run_stores_calibration_in_each_checkpoint_and_results_agree(spied_run):
     results = json.loads((spied_run["out"] / "results.json").read_text())
     for row in results["models"]:

@@ -142,6 +142,7 @@ def test_resume_state_keeps_the_fp16_loss_scale(tmp_path):
     assert fresh.state_dict()["scale"] == 2.0**16
 
 
+@pytest.mark.slow
 def test_pipeline_resume_through_the_cli(image_root, tmp_path, monkeypatch):
     """`kdistill run` killed while distilling, rerun with --resume: the teacher and baseline are
     reused (not retrained) and the distilled student equals that of an uninterrupted run."""

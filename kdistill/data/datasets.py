@@ -417,7 +417,7 @@ def _decode(raw: _RawSplit, size: int, channels: int, on_bad_image: str, info: d
             split_name: str, cache_dir: Path | None = None) -> _Pending:
     if raw.images is not None:  # built-in data is already decoded
         return _Pending(raw, None)
-    decoded = decode_uncommitted(raw.paths, size, channels, on_bad_image, cache_dir)
+    decoded = decode_uncommitted(raw.paths, size, channels, on_bad_image, cache_dir, f"decoding {split_name}")
     for path, reason in decoded.bad:
         log.info(f"skipping {path}: {reason}")
         info.setdefault("skipped_files", []).append(str(path))
