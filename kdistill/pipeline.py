@@ -89,7 +89,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
     check_before_data(config, ("teacher", "student"))
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
-        data = load_dataset(**dataclasses.asdict(config.data))  # refuses a split missing a class
+        data = load_dataset(config.data)  # refuses a split missing a class
     log_data(data)
     data = with_site_sample(data, config)
     warnings = calibration_warnings(data, config)
@@ -399,10 +399,9 @@ def _head_on_features(method, model, data: DatasetBundle, config: Config) -> Hea
 
 def _fit(model, method, data, role, checkpoint_dir, meta, out, teacher, train_cfg, config, resume):
     fit(model, method, data, name=role, checkpoint_dir=checkpoint_dir, checkpoint_meta=meta,
-        resume_dir=out / RESUME_FOLDER / role, teacher=teacher, seed=config.seed, resume=resume,
-        progress=config.progress, device=str(resolve_device(config.device)), precision=config.precision,
-        **{k: v for k, v in dataclasses.asdict(train_cfg).items()
-                                     if k != "class_weighting"})
+        resume_dir=out / RESUME_FOLDER / role, train=train_cfg, teacher=teacher, seed=config.seed,
+        resume=resume, progress=config.progress, device=str(resolve_device(config.device)),
+        precision=config.precision)
 
 
 def _weights(train_cfg, data: DatasetBundle):
@@ -518,7 +517,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
     check_before_data(config, {"teacher": ("teacher",), "baseline": ("student",)}.get(role, ("teacher", "student")))
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
-        data = load_dataset(**dataclasses.asdict(config.data))  # refuses a split missing a class
+        data = load_dataset(config.data)  # refuses a split missing a class
     log_data(data)
     if distributed.current().is_main:
         output.open()

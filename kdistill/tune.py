@@ -78,7 +78,7 @@ def tune(config: Config, out: Path, trials: int | None = None, overwrite: bool =
     check_before_data(config, ("teacher", "student"), budget=False)  # the budget is `run`'s to enforce
     trials = trials or config.tune.trials
     seed_everything(config.seed, config.deterministic, config.threads)
-    data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
+    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit())
     folder.open()
     log.info(f"tune: {trials} trials on train {len(data.train)} / val {len(data.val)} images "
              f"(the test split is not used)")

@@ -268,5 +268,6 @@ def test_weights_that_cannot_be_downloaded_fail_before_anything_is_written(image
     out = tmp_path / "out"
     code, err = run_cli(["run", str(config), f"data.root={image_root}", f"out={out}",
                          f"data.cache_dir={tmp_path / 'cache'}"], capsys)
-    assert_one_line_error(code, err, "resnet18", "ImageNet weights", "teacher.pretrained=false")
+    assert_one_line_error(code, err, "resnet18", "ImageNet weights", "teacher.pretrained=false",
+                          "teacher.weights=PATH", "configs/chest_xray_pretrained.yaml")
     assert not out.exists()

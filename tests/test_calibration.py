@@ -145,7 +145,7 @@ class _Poisoned:
 
 def test_pipeline_calibration_never_touches_the_test_split(image_root):
     config = from_dict(tiny_config(image_root, image_root / "unused"))
-    data = load_dataset(**dataclasses.asdict(config.data))
+    data = load_dataset(config.data)
     model, meta = load_checkpoint(make_checkpoint(image_root / "ckpt", size=16))
     clean = fit_calibration(model, meta, data, config)
     poisoned = fit_calibration(model, meta, dataclasses.replace(data, test=_Poisoned()), config)
@@ -158,7 +158,7 @@ def test_pipeline_prior_rule_reads_the_training_labels(image_root):
     for path in sorted((image_root / "train" / "NORMAL").iterdir())[12:]:
         path.unlink()
     config = from_dict(tiny_config(image_root, image_root / "unused", calibration={"threshold_rule": "prior"}))
-    data = load_dataset(**dataclasses.asdict(config.data))
+    data = load_dataset(config.data)
     train = data.train.labels.numpy()
     share = float((train == data.positive_index).sum()) / len(train)
     assert abs(share - 0.5) > 0.15  # so a 0.5 or a validation-fitted threshold could not pass
