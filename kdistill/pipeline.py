@@ -44,7 +44,7 @@ from kdistill import __version__
 from kdistill.engine import distributed
 from kdistill.eval.calibration import calibrate, describe_fit, positive_fraction
 from kdistill.models.checkpoint import architecture, load_checkpoint, update_meta
-from kdistill.config import TUNED_KEYS, Config
+from kdistill.config import Config
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import HeadOnStoredFeatures, build_method, freeze
@@ -473,12 +473,15 @@ def _tuned(config: Config) -> dict | None:
     """The tuned file (``--tuned``) and the values in effect for its keys (an override may win)."""
     if config.tuned is None:
         return None
+    from kdistill.tune import TUNED_KEYS, TUNED_PARAMS_PREFIX  # tune imports this module
+
     # The values are in the config already (the file was read when it was loaded): not re-read
     # here, where a moved file would lose a finished run.
     values = {key: functools.reduce(getattr, key.split("."), config) for key in TUNED_KEYS}
     method = config.distill.method
     own = config.distill.params.get(method) or {}
-    values.update({f"distill.params.{method}.{name}": own[name] for name in search_space(method) if name in own})
+    values.update({f"{TUNED_PARAMS_PREFIX}{method}.{name}": own[name]
+                   for name in search_space(method) if name in own})
     return {"file": config.tuned, "values": values}
 
 

@@ -43,6 +43,9 @@ OUTPUTS = ("trials.csv", "best.yaml")
 # Shared search name -> (config key, log scale); their ranges are the tune section's.
 SHARED_SEARCH = {"alpha": ("distill.alpha", False), "temperature": ("distill.temperature", True),
                  "lr": ("student.train.lr", True)}
+# The config keys a best.yaml may set (``--tuned``): the shared ones, and a method's own parameters.
+TUNED_KEYS = tuple(key for key, _ in SHARED_SEARCH.values())
+TUNED_PARAMS_PREFIX = "distill.params."
 
 
 def search_for(config: Config) -> dict[str, tuple[str, float, float, bool]]:
@@ -54,7 +57,7 @@ def search_for(config: Config) -> dict[str, tuple[str, float, float, bool]]:
         key, log_scale = SHARED_SEARCH[name]
         space[name] = (key, *getattr(config.tune, name), log_scale)
     for name, (low, high, log_scale) in search_space(method).items():
-        space[name] = (f"distill.params.{method}.{name}", low, high, log_scale)
+        space[name] = (f"{TUNED_PARAMS_PREFIX}{method}.{name}", low, high, log_scale)
     return space
 
 
@@ -137,7 +140,7 @@ def with_values(config: Config, values: dict[str, float], space: dict | None = N
     for key, value in keys.items():
         if key == "student.train.lr":
             train = dataclasses.replace(train, lr=value)
-        elif key.startswith("distill.params."):
+        elif key.startswith(TUNED_PARAMS_PREFIX):
             method, name = key.split(".")[2:]
             params.setdefault(method, {})[name] = value
         else:

@@ -103,8 +103,7 @@ def test_calibrate_prior_stores_the_threshold_and_its_source():
 
 
 def test_config_rules_match_the_calibration_rules():
-    """The config's Literal and THRESHOLD_RULES list the same rules (a rule in one only would be
-    refused by the other)."""
+    """The config's allowed rules are THRESHOLD_RULES (a rule in one only would be refused by the other)."""
     hint = typing.get_type_hints(CalibrationConfig)["threshold_rule"]
     assert set(typing.get_args(hint)) == set(THRESHOLD_RULES)
 
