@@ -334,7 +334,8 @@ class StoredEmbeddingTeacher:
         key = {"what": "embedding", "weights": state_dict_sha256(self.model.state_dict()), "layer": self.path}
         if bank_images is not None:
             key["rendered"] = "uint8"
-        embed = embedding_function(self.model, self.path)
+        embed = Counted(embedding_function(self.model, self.path), total=len(split) * views.shape[-2],
+                        what="teacher embeddings")
 
         def compute() -> torch.Tensor:
             if self.per_image:
