@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdistill.config import Config, load_config
+from kdistill.config import Config, TrainConfig, load_config
 from kdistill.data import DatasetBundle, ImageSplit, iterate_batches
 from kdistill.data.cache import cached_decode
 from kdistill.data.folder import sample_train_files
@@ -329,8 +329,8 @@ def epoch_seconds(config: Config, data: DatasetBundle, method, teacher, epochs: 
     with tempfile.TemporaryDirectory(prefix="bank_cost_run_") as out:
         result = fit(student, method, data, name="bench", checkpoint_dir=Path(out) / "ckpt",
                      checkpoint_meta={"architecture": arch}, resume_dir=Path(out) / "resume", teacher=teacher,
-                     epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr, seed=config.seed,
-                     progress=False)
+                     train=TrainConfig(epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr),
+                     seed=config.seed, progress=False)
     return [record["seconds"] for record in result.history]
 
 

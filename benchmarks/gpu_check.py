@@ -27,6 +27,7 @@ from kdistill.data import load_dataset
 from kdistill.distill import LiveTeacher, build_method, freeze
 from kdistill.models import build_model
 from kdistill.engine.loop import fit
+from kdistill.config import DataConfig, TrainConfig
 
 
 def write_images(root: Path, count: int, size: int) -> None:
@@ -52,8 +53,9 @@ def measure(data, precision: str, device: str, args, out: Path) -> dict:
     started = time.perf_counter()
     result = fit(student, build_method("kd", alpha=0.5, temperature=4.0), data, name=f"student-{precision}",
                  checkpoint_dir=out / precision, checkpoint_meta=meta, resume_dir=out / f"resume-{precision}",
-                 teacher=LiveTeacher(teacher), epochs=args.epochs, batch_size=args.batch, lr=1e-3,
-                 progress=False, device=device, precision=precision)
+                 teacher=LiveTeacher(teacher),
+                 train=TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=1e-3), progress=False,
+                 device=device, precision=precision)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -83,8 +85,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_images(root / "data", args.images, args.size)
-        data = load_dataset(root=str(root / "data"), input_size=args.size, val_fraction=0.1,
-                            test_fraction=0.1, min_val_images=1, cache_dir=None)
+        data = load_dataset(DataConfig(root=str(root / "data"), input_size=args.size, val_fraction=0.1,
+                                       test_fraction=0.1, min_val_images=1, cache_dir=None))
         rows = [measure(data, p, args.device, args, root / "out") for p in args.precision
                 if not (p == "fp16" and args.device == "cpu")]
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

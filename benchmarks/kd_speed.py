@@ -60,6 +60,7 @@ from kdistill.log import log
 from kdistill.models import build_model
 from kdistill.models.fast_path import FAST_PATH_MODES, set_fast_path
 from kdistill.engine.loop import fit, training_batches
+from kdistill.config import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 ALPHA, TEMPERATURE = 0.5, 4.0
@@ -237,7 +238,7 @@ def epoch_seconds(data: DatasetBundle, method, teacher, args) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="kd_speed_run_") as out:
         result = fit(student, method, data, name="bench", checkpoint_dir=Path(out) / "ckpt",
                      checkpoint_meta=meta, resume_dir=Path(out) / "resume", teacher=teacher,
-                     epochs=args.epochs, batch_size=args.batch, progress=False)
+                     train=TrainConfig(epochs=args.epochs, batch_size=args.batch), progress=False)
     return [record["seconds"] for record in result.history]
 
 

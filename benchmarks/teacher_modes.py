@@ -23,6 +23,7 @@ from kdistill.distill import HeadOnStoredFeatures, build_method
 from kdistill.engine.loop import set_train_mode
 from kdistill.models import build_model, find_head
 from kdistill.models.stages import freeze_all_but, partial_trainable
+from kdistill.config import DataConfig
 
 
 def prepared(mode: str, base: torch.nn.Module, blocks: int) -> torch.nn.Module:
@@ -65,8 +66,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_dataset(root=args.root, input_size=args.size, max_images_per_class=args.per_class,
-                        cache_dir=None)
+    data = load_dataset(DataConfig(root=args.root, input_size=args.size, max_images_per_class=args.per_class,
+                                   cache_dir=None))
     base = build_model(args.model, len(data.classes), input_size=args.size, pretrained=True)
     ce = build_method("ce")
     models = {mode: prepared(mode, base, args.blocks) for mode in ("head", "partial", "full")}

@@ -4,6 +4,7 @@ evaluation. It holds no logic of its own."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from importlib import resources
@@ -11,17 +12,27 @@ from pathlib import Path
 
 from kdistill.errors import KdistillError
 
+DESCRIPTION = ("Compress an image classifier by knowledge distillation: fine-tune a teacher, train a small "
+               "student alone and distilled from it, evaluate all three on held-out data, and deploy the student.")
+EPILOG = ("Results (tables, summaries) go to stdout, progress and log lines to stderr. "
+          "'kdistill COMMAND --help' lists a command's options; docs/config.md lists every config key.")
+VERBOSE_HELP = "debug logging (also accepted after the command)"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdistill", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="kdistill", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"kdistill {package_version()}",
+                        help="print the installed kdistill version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     run = commands.add_parser("run", help="teacher, student alone, student distilled, evaluation, report")
     _add_config_args(run)
-    run.add_argument("--tuned", metavar="FILE", help="best.yaml from kdistill tune: use its alpha, T and lr")
+    run.add_argument("--tuned", metavar="FILE", help="best.yaml from kdistill tune: use the values it found "
+                     "(student.train.lr and the distillation method's tuned parameters; key=value overrides win)")
 
-    tune = commands.add_parser("tune", help="search alpha, temperature and lr with Optuna on the validation split")
+    tune = commands.add_parser("tune", help="search the learning rate and the distillation method's parameters "
+                               "(alpha, temperature, or the method's own) with Optuna on the validation split")
     tune.add_argument("config", help="YAML config file")
     tune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. tune.trials=10")
     tune.add_argument("--trials", type=_positive_int, help="number of trials (default: tune.trials)")
@@ -47,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one model (teacher, baseline or distilled)")
     _add_config_args(train)
-    train.add_argument("--role", choices=["teacher", "baseline", "distilled"], required=True)
+    train.add_argument("--role", choices=["teacher", "baseline", "distilled"], required=True,
+                       help="which model: the teacher, the student alone, or the student distilled from --teacher")
     train.add_argument("--teacher", help="teacher checkpoint directory (for --role distilled)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a folder of images")
@@ -57,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2, help="CPU threads for the speed figures")
     evaluate.add_argument("--on-bad-image", choices=["skip", "error"], default="skip",
                           help="unreadable images: skip and list them (default), or stop")
+    evaluate.add_argument("--no-speed", action="store_true",
+                          help="skip the CPU latency and throughput timing (metrics and size only)")
     study = commands.add_parser("threshold-study", help="each threshold rule against the best threshold in "
                                 "hindsight on a finished run's test split (judge rules on a held-out source)")
     study.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a finished kdistill run")
@@ -80,14 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--strict", action="store_true", help="exit 1 on anything run refuses, unreadable "
                         "images, label conflicts, leakage or a validation split too small to fit on")
     _add_deploy_commands(commands)
+    for command in commands.choices.values():
+        # SUPPRESS: without -v here the value given before the command (or False) stands.
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version; the package's own when it runs from a source tree."""
+    try:
+        return importlib.metadata.version("kdistill")
+    except importlib.metadata.PackageNotFoundError:
+        from kdistill import __version__
+
+        return __version__
 
 
 def _add_deploy_commands(commands) -> None:
     """``export``, ``predict`` and ``bench``: deploying and timing trained models."""
     export = commands.add_parser("export", help="export a checkpoint to ONNX (optionally int8) or TorchScript")
     export.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                        help="ONNX (default; runs in ONNX Runtime, int8 possible) or TorchScript")
     export.add_argument("--int8", action="store_true", help="also write an int8 ONNX model (needs --calibration)")
     export.add_argument("--calibration", help="folder of images to calibrate int8 on (any layout)")
     export.add_argument("--data", help="FOLDER/<class>/ images for the parity and int8 accuracy checks "
@@ -220,8 +248,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kdistill.report.markdown import comparison_table
 
         out = Path(args.out) if _output_arg(args.out) else None
-        results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out,
-                                      speed={"threads": args.threads}, on_bad_image=args.on_bad_image)
+        speed = None if args.no_speed else {"threads": args.threads}
+        results = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, speed=speed,
+                                      on_bad_image=args.on_bad_image)
         print(comparison_table(results))
         return 0
     if args.command == "demo":
@@ -239,23 +268,30 @@ def _train_or_run(args: argparse.Namespace, config) -> int:
     """``train``, ``run`` and ``demo``, inside a torch.distributed session when torchrun started
     this process (one process per device; only rank 0 logs progress and writes files)."""
     from kdistill.engine import distributed
+    from kdistill.log import show_progress
     from kdistill.pipeline import run, train_one
+    from kdistill.report.markdown import comparison_table
 
+    show_progress(config.progress)
     with distributed.session() as world:
         if not world.is_main:
             logging.getLogger("kdistill").setLevel(logging.WARNING)
         if args.command == "train":
             train_one(config, args.role, teacher_dir=args.teacher, resume=args.resume, overwrite=args.overwrite)
-        else:
-            run(config, resume=args.resume, overwrite=args.overwrite)
+            return 0
+        results = run(config, resume=args.resume, overwrite=args.overwrite)
+    if world.is_main:
+        print(comparison_table(results))  # the result on stdout; every log line went to stderr
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
     from kdistill.config import load_config
+    from kdistill.log import show_progress
     from kdistill.tune import tune
 
     config = load_config(args.config, args.overrides)
+    show_progress(config.progress)
     out = Path(args.out) if _output_arg(args.out) else Path(config.out) / "tune"
     best = tune(config, out, trials=args.trials, overwrite=args.overwrite)
     values = " ".join(f"{name}={value:.4g}" for name, value in best["params"].items())
@@ -266,9 +302,11 @@ def _tune(args: argparse.Namespace) -> int:
 
 def _search_student(args: argparse.Namespace) -> int:
     from kdistill.config import load_config
+    from kdistill.log import show_progress
     from kdistill.search import search_student
 
     config = load_config(args.config, args.overrides)
+    show_progress(config.progress)
     out = Path(args.out) if _output_arg(args.out) else Path(config.out) / "search"
     best = search_student(config, out, overwrite=args.overwrite)["best"]
     print(f"best student: {best['label']} (validation {best['score']:.4f}, {best['params']:,} params, "

@@ -1,8 +1,15 @@
 """Typed, validated run configuration: YAML file + ``key=value`` overrides -> dataclasses.
 
-Every key is declared below with its type and default; an unknown key, a wrong type or a value
-outside its allowed set is a :class:`ConfigError` that names the key. Builders never receive these
-objects: the pipeline unpacks them into plain keyword arguments.
+Every key is declared once, below, with everything known about it: its type (a ``Literal`` lists
+the allowed words, taken from the module that acts on them), its default, its meaning and, for a
+number, its bounds (:class:`Bounds`). The checks here and the generated docs/config.md read those
+declarations; an unknown key, a wrong type or a value outside its bounds or choices is a
+:class:`ConfigError` that names the key.
+
+Who receives what: the pipeline, the commands and the run's orchestration (``kdistill.pipeline``,
+``tune``, ``search``, ``engine/preflight.py``, ``engine/run_folder.py``, ``distill/setup.py``,
+``distill/method_setup.py``) read the whole :class:`Config`; a builder takes the one section it
+needs (``load_dataset`` a :class:`DataConfig`, ``fit`` a :class:`TrainConfig`) or plain arguments.
 """
 
 from __future__ import annotations
@@ -18,26 +25,73 @@ from typing import Any, Literal, Optional
 import yaml
 
 from kdistill.errors import ConfigError
+from kdistill.eval.calibration import THRESHOLD_RULES
+from kdistill.models.family import FAMILY
+from kdistill.models.fast_path import FAST_PATH_MODES
 
 # Chest X-ray file names: person123_bacteria_456.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-0587-0001.jpeg.
 # The first capture group is the patient key; files that do not match are their own group.
 DEFAULT_PATIENT_REGEX = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"
+FAMILY_NAMES = tuple(FAMILY)  # search.models: the family kdistill/models/family.py registers
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its meaning kept beside it (``metadata["help"]``), so the key reference
-    in docs/config.md is generated from this file (``python -m kdistill.configdoc``)."""
-    return field(default=default, default_factory=factory, metadata={"help": doc})
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number (or each number of a list) must lie in; ``*_open``: the end itself is out."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        """In words, as errors and docs/config.md say it: ``at least 1``, ``positive``, ``in [0, 1)``."""
+        if self.high is None:
+            if self.low_open:
+                return "positive" if self.low == 0 else f"above {self.low:g}"
+            return "0 or more" if self.low == 0 else f"at least {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+def at_least(low: float) -> Bounds:
+    return Bounds(low)
+
+
+def above(low: float) -> Bounds:
+    return Bounds(low, low_open=True)
+
+
+def within(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Bounds:
+    return Bounds(low, high, low_open, high_open)
+
+
+def bounds_of(section: type, name: str) -> Bounds | None:
+    """The bounds a section's setting declares (for a setting whose values must meet another's)."""
+    return next(spec.metadata["bounds"] for spec in dataclasses.fields(section) if spec.name == name)
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING,
+            bounds: Bounds | None = None) -> Any:
+    """A config field with its meaning (``metadata["help"]``) and, for a number, its bounds
+    (``metadata["bounds"]``) kept beside it: loading checks the bounds, and the key reference in
+    docs/config.md is generated from this file (``python -m kdistill.configdoc``)."""
+    return field(default=default, default_factory=factory, metadata={"help": doc, "bounds": bounds})
 
 
 @dataclass
 class TrainConfig:
     """One training recipe (the teacher has its own; baseline and distilled students share one)."""
 
-    epochs: int = setting(10, "passes over the training split")
-    batch_size: int = setting(32, "images per optimizer step")
-    lr: float = setting(1e-3, "starting learning rate (cosine decays it to 0)")
-    weight_decay: float = setting(1e-4, "decoupled (adamw) or L2 (sgd) weight decay")
+    epochs: int = setting(10, "passes over the training split", bounds=at_least(1))
+    batch_size: int = setting(32, "images per optimizer step", bounds=at_least(1))
+    lr: float = setting(1e-3, "starting learning rate (cosine decays it to 0)", bounds=above(0))
+    weight_decay: float = setting(1e-4, "decoupled (adamw) or L2 (sgd) weight decay", bounds=at_least(0))
     optimizer: Literal["adamw", "sgd"] = setting("adamw", "sgd: momentum 0.9, Nesterov")
     schedule: Literal["cosine", "constant"] = setting(
         "cosine", "learning rate over the steps: cosine decay to 0, or constant")
@@ -57,18 +111,24 @@ class AugmentConfig:
         factory=lambda: [1.0, 1.0])
     ratio: list[float] = setting(doc="random-resized crop: aspect ratio range (log-uniform)",
                                  factory=lambda: [0.75, 1.3333])
-    rotation: float = setting(0.0, "rotation uniform in +- this many degrees (0: none)")
-    brightness: float = setting(0.0, "brightness factor uniform in 1 +- this (0: none)")
-    contrast: float = setting(0.0, "contrast factor uniform in 1 +- this (0: none)")
+    rotation: float = setting(0.0, "rotation uniform in +- this many degrees (0: none)", bounds=within(0, 180))
+    brightness: float = setting(0.0, "brightness factor uniform in 1 +- this (0: none)",
+                                bounds=within(0, 1, high_open=True))
+    contrast: float = setting(0.0, "contrast factor uniform in 1 +- this (0: none)",
+                              bounds=within(0, 1, high_open=True))
     mix: Literal["none", "mixup", "cutmix"] = setting(
         "none", "mix every view with a random training image (mixed labels in the cross-entropy)")
-    mix_alpha: float = setting(0.2, "the mixing weight lambda ~ Beta(mix_alpha, mix_alpha)")
+    mix_alpha: float = setting(0.2, "the mixing weight lambda ~ Beta(mix_alpha, mix_alpha)", bounds=above(0))
     # Acquisition changes, each on half the views at a random strength (kdistill/data/views.py).
     low_resolution: float = setting(
-        1.0, "resolution lowered to a side fraction uniform in [low_resolution, 1], then upscaled (1: none)")
-    blur: float = setting(0.0, "Gaussian blur, sigma uniform in [0, blur] pixels at 224 px (0: none)")
-    gamma: float = setting(0.0, "gamma curve, log-uniform in [1 / (1 + gamma), 1 + gamma] (0: none)")
-    noise: float = setting(0.0, "Gaussian noise, std uniform in [0, noise] of the value range (0: none)")
+        1.0, "resolution lowered to a side fraction uniform in [low_resolution, 1], then upscaled (1: none)",
+        bounds=within(0, 1, low_open=True))
+    blur: float = setting(0.0, "Gaussian blur, sigma uniform in [0, blur] pixels at 224 px (0: none)",
+                          bounds=within(0, 10))
+    gamma: float = setting(0.0, "gamma curve, log-uniform in [1 / (1 + gamma), 1 + gamma] (0: none)",
+                           bounds=within(0, 4))
+    noise: float = setting(0.0, "Gaussian noise, std uniform in [0, noise] of the value range (0: none)",
+                           bounds=within(0, 0.5))
 
 
 @dataclass
@@ -78,7 +138,7 @@ class DataConfig:
     root: Optional[str] = setting(None, "a folder with `train/` [`val/`] [`test/`], one sub-folder per class")
     dataset: Optional[Literal["digits"]] = setting(
         None, "a built-in dataset instead of root (digits: scikit-learn's 8x8 digits, upscaled)")
-    input_size: int = setting(224, "images are resized to input_size x input_size (minimum 8)")
+    input_size: int = setting(224, "images are resized to input_size x input_size", bounds=at_least(8))
     hflip: bool = setting(
         True, "random horizontal flip in training (off for data where mirroring misleads)")
     channels: Literal[1, 3] = setting(3, "1: grayscale, 3: RGB (torchvision and timm models need 3)")
@@ -88,8 +148,10 @@ class DataConfig:
         DEFAULT_PATIENT_REGEX, "its first group in a file name is the patient key; one patient never "
         "spans two carved splits (files that do not match are their own group)")
     val_fraction: float = setting(
-        0.15, "carved from train, grouped by patient, when `val/` is missing or too small")
-    test_fraction: float = setting(0.15, "carved from train the same way when `test/` is missing")
+        0.15, "carved from train, grouped by patient, when `val/` is missing or too small",
+        bounds=within(0, 0.5, low_open=True, high_open=True))
+    test_fraction: float = setting(0.15, "carved from train the same way when `test/` is missing",
+                                   bounds=within(0, 0.5, low_open=True, high_open=True))
     test_match: Optional[str] = setting(
         None, "a regex on file names: the files of train/ it matches form the test split (a held-out "
         "source), instead of a carved one; validation is still carved, patient-grouped, from the rest")
@@ -108,7 +170,8 @@ class DataConfig:
         "them with the distillation term only; copies of validation or test images are left out")
     labeled_fraction: Optional[float] = setting(
         None, "a simulation: keep the labels of this share of the train split (grouped by patient) "
-        "and give the rest to the distilled student as unlabelled images (null: all labelled)")
+        "and give the rest to the distilled student as unlabelled images (null: all labelled)",
+        bounds=within(0, 1, low_open=True, high_open=True))
     external: list[str] = setting(
         doc="labelled folders from other sources (`FOLDER/<class>/` or a root with `test/`): every model "
         "is evaluated on each and reported beside the test split, never selected on; copies of the "
@@ -131,7 +194,8 @@ class TeacherConfig:
         "train, the rest stays frozen; head: backbone frozen, only the classifier trains")
     trainable_blocks: int = setting(
         1, "teacher.mode=partial: how many of the last stages train (ResNet layer1..4, timm "
-        "EfficientNet blocks.N, else the top-level children with parameters before the head)")
+        "EfficientNet blocks.N, else the top-level children with parameters before the head)",
+        bounds=at_least(1))
     trainable_prefixes: list[str] = setting(
         doc="teacher.mode=partial: module paths (prefixes, e.g. `layer4`) that train instead of the "
         "last trainable_blocks stages (empty: use trainable_blocks)", factory=list)
@@ -147,19 +211,21 @@ class TeacherConfig:
 class BudgetConfig:
     """Bounds the student must meet; a run whose student breaks one stops before training."""
 
-    params: Optional[int] = setting(None, "at most this many parameters (null: no bound)")
+    params: Optional[int] = setting(None, "at most this many parameters (null: no bound)", bounds=at_least(1))
     latency_ms: Optional[float] = setting(
         None, "at most this batch-1 CPU latency in ms at data.input_size, in the fastest runtime "
-        "`kdistill bench` times (null: no bound)")
-    threads: int = setting(1, "CPU threads while the latency is measured")
+        "`kdistill bench` times (null: no bound)", bounds=above(0))
+    threads: int = setting(1, "CPU threads while the latency is measured", bounds=at_least(1))
 
 
 @dataclass
 class StudentConfig:
     """The small model, trained alone (baseline) and distilled with the same recipe."""
 
-    model: str = setting("reference_student", "a kdistill student (`reference_student`, `tiny_cnn_d2` .. "
-                         "`tiny_cnn_d4`) or any name the teacher accepts")
+    model: str = setting("reference_student", "a kdistill student: `reference_student`, `tiny_cnn_d2` .. "
+                         "`tiny_cnn_d4`, or the sized family `kd_mobile` / `kd_plain` (`model_args`: width, "
+                         "depth, stem_stride, expansion, se; kdistill/models/family.py); or any name the "
+                         "teacher accepts")
     model_args: dict = setting(doc="extra keyword arguments for the model's builder, e.g. width",
                                factory=dict)
     channels: Optional[Literal[1, 3]] = setting(
@@ -167,7 +233,7 @@ class StudentConfig:
         "1-channel student while the teacher keeps data.channels (3, for its ImageNet weights)")
     train: TrainConfig = setting(doc="the recipe of both the baseline and the distilled student",
                                  factory=TrainConfig)
-    fast_path: Literal["auto", "off"] = setting(
+    fast_path: Literal[FAST_PATH_MODES] = setting(
         "auto", "auto: a student with a CPU fast path (the reference student) uses it where it "
         "applies; off: every student runs through its own modules (forward hooks on them fire)")
     budget: BudgetConfig = setting(doc="parameter and latency bounds (any subset)", factory=BudgetConfig)
@@ -180,7 +246,8 @@ class DistillConfig:
     method: str = setting(
         "kd", "a registered method: kd (Hinton's `(1 - alpha) * CE + alpha * T**2 * KL`), article (a "
         "popular tutorial's recipe as written, fixed T=1, alpha=0.25), dkd, dist, ls (logit methods), "
-        "fitnet, at, rkd (feature methods, live teacher); see docs/extending.md")
+        "fitnet, at, rkd (feature methods, live teacher), ce (the cross-entropy alone, no teacher: a "
+        "control that should match the student alone); see docs/extending.md")
     methods: Optional[list[str]] = setting(
         None, "a comparison: one distilled student per method and seed, from the same teacher, against "
         "the same students alone, in `<out>/[seed<k>/]distilled-<method>/`; null: `method` alone")
@@ -188,15 +255,16 @@ class DistillConfig:
         doc="each method's own hyper-parameters, `{dkd: {beta: 8, warmup: 20}}` (defaults in each "
         "method's file under kdistill/distill/); kd and article read alpha and temperature below",
         factory=dict)
-    alpha: float = setting(0.5, "weight of the distillation term, in [0, 1] (kd)")
-    temperature: float = setting(4.0, "softmax temperature T of both models' logits in the KD term (kd)")
+    alpha: float = setting(0.5, "weight of the distillation term (kd)", bounds=within(0, 1))
+    temperature: float = setting(4.0, "softmax temperature T of both models' logits in the KD term (kd)",
+                                 bounds=above(0))
     teacher_cache: bool = setting(
         True, "teacher logits computed once per (image, view) and replayed; false: the live teacher "
         "sees every step's freshly drawn view (function matching; for GPUs or small teachers)")
     bank_views: Optional[int] = setting(
         None, "K views per training image drawn once from data.augment (the view bank); each epoch "
         "the students draw one per image and the cached teacher output is that view's (null or 0: "
-        "flips only)")
+        "flips only)", bounds=at_least(0))
     bank_memory_mb: int = setting(
         4096, "the view bank is rendered once into uint8 images when they fit in this many MB "
         "(N*K*S*H*W bytes, S the source channels: 4,400 grey images, K=8, 128 px: ~577 MB), so "
@@ -213,12 +281,14 @@ class TuneConfig:
     """``kdistill tune`` search ranges, ``[low, high]``; temperature and lr on a log scale, since
     their effect is multiplicative (T divides the logits, lr scales every step)."""
 
-    alpha: list[float] = setting(doc="range searched for `distill.alpha`", factory=lambda: [0.1, 0.9])
+    # Each end of a range meets the bounds of the setting it searches.
+    alpha: list[float] = setting(doc="range searched for `distill.alpha`", factory=lambda: [0.1, 0.9],
+                                 bounds=bounds_of(DistillConfig, "alpha"))
     temperature: list[float] = setting(doc="range searched for `distill.temperature` (log scale)",
-                                       factory=lambda: [1.0, 8.0])
+                                       factory=lambda: [1.0, 8.0], bounds=bounds_of(DistillConfig, "temperature"))
     lr: list[float] = setting(doc="range searched for `student.train.lr` (log scale)",
-                              factory=lambda: [1e-4, 3e-3])
-    trials: int = setting(20, "number of trials (the `--trials` option overrides it)")
+                              factory=lambda: [1e-4, 3e-3], bounds=bounds_of(TrainConfig, "lr"))
+    trials: int = setting(20, "number of trials (the `--trials` option overrides it)", bounds=at_least(1))
 
 
 @dataclass
@@ -227,32 +297,25 @@ class SearchConfig:
     (every combination of the lists, plus the configured student), each proxy-trained distilled and
     ranked on the validation split."""
 
-    models: list[Literal["kd_mobile", "kd_plain"]] = setting(
-        doc="family names tried (kdistill/models/family.py)", factory=lambda: ["kd_mobile", "kd_plain"])
-    widths: list[int] = setting(doc="channels after the stem", factory=lambda: [4, 8, 16])
+    models: list[Literal[FAMILY_NAMES]] = setting(
+        doc="family names tried (kdistill/models/family.py)", factory=lambda: list(FAMILY_NAMES))
+    widths: list[int] = setting(doc="channels after the stem", factory=lambda: [4, 8, 16], bounds=at_least(1))
     depths: list[int] = setting(doc="stages (each halves the resolution and doubles the channels)",
-                                factory=lambda: [2, 3])
+                                factory=lambda: [2, 3], bounds=at_least(1))
     stem_strides: list[Literal[1, 2, 4]] = setting(doc="stride of the stem convolution",
                                                    factory=lambda: [2, 4])
     se: list[bool] = setting(doc="squeeze-excitation off / on", factory=lambda: [False, True])
-    expansion: int = setting(4, "kd_mobile's hidden channels per input channel")
-    proxy_epochs: int = setting(2, "epochs of each candidate's short distilled training")
+    expansion: int = setting(4, "kd_mobile's hidden channels per input channel", bounds=at_least(1))
+    proxy_epochs: int = setting(2, "epochs of each candidate's short distilled training", bounds=at_least(1))
     time_budget_s: Optional[float] = setting(
-        None, "no new candidate starts once the search has run this long (null: no limit)")
-
-
-# The values ``kdistill tune`` searches, as config keys; a ``tuned`` file may set only these.
-TUNED_KEYS = ("distill.alpha", "distill.temperature", "student.train.lr")
-# ... and a method's own hyper-parameters, as its search space declares them.
-TUNED_PARAMS_PREFIX = "distill.params."
+        None, "no new candidate starts once the search has run this long (null: no limit)", bounds=above(0))
 
 
 @dataclass
 class CalibrationConfig:
     """Fitted on the validation split after training and stored in each checkpoint's model.json."""
 
-    # Keep the Literal in sync with THRESHOLD_RULES in kdistill/eval/calibration.py.
-    threshold_rule: Literal["balanced_accuracy", "youden", "battery", "prior", "argmax"] = setting(
+    threshold_rule: Literal[THRESHOLD_RULES] = setting(
         "balanced_accuracy", "binary data: balanced_accuracy and youden fit the decision threshold "
         "on validation to maximize balanced accuracy (= Youden's J), differing only in where inside "
         "the best interval it sits; battery: balanced_accuracy fitted on validation and every "
@@ -284,9 +347,10 @@ class RobustnessConfig:
 class ProfileConfig:
     """CPU speed measurement of every evaluated model."""
 
-    threads: int = setting(2, "CPU threads while timing")
-    repeats: int = setting(20, "timed rounds at batch 1 (a third as many, at least 3, at throughput_batch)")
-    throughput_batch: int = setting(64, "batch size for the images-per-second figure")
+    threads: int = setting(2, "CPU threads while timing", bounds=at_least(1))
+    repeats: int = setting(20, "timed rounds at batch 1 (a third as many, at least 3, at throughput_batch)",
+                           bounds=at_least(1))
+    throughput_batch: int = setting(64, "batch size for the images-per-second figure", bounds=at_least(1))
 
 
 @dataclass
@@ -314,13 +378,14 @@ class Config:
         False, "`torch.use_deterministic_algorithms(True)`: repeatable results, possibly slower")
     threads: Optional[int] = setting(
         None, "CPU threads for training; null: PyTorch's default (one per core); fewer threads than "
-        "cores avoids oversubscription when other jobs share the machine")
+        "cores avoids oversubscription when other jobs share the machine", bounds=at_least(1))
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "training device (auto: CUDA when available)")
     precision: Literal["fp32", "bf16", "fp16"] = setting(
         "fp32", "training number format: bf16/fp16 autocast (fp16 with loss scaling, CUDA only; bf16 "
         "also on CPU); evaluation and exported models stay float32")
     out: str = setting("runs/run", "output folder of the run")
-    progress: bool = setting(True, "progress bars while training")
+    progress: bool = setting(True, "progress lines on stderr: training epochs, decoding images, the teacher "
+                             "table, speed timing, evaluation")
     export: bool = setting(True, "write the distilled student as ONNX (+ int8) when onnxruntime is installed")
 
 
@@ -341,7 +406,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def read_tuned(path: Path) -> dict[str, Any]:
-    """The values of a ``kdistill tune`` best.yaml as ``{dotted key: value}``; only TUNED_KEYS."""
+    """The values of a ``kdistill tune`` best.yaml as ``{dotted key: value}``; only the keys tune
+    searches (``kdistill.tune.TUNED_KEYS`` and a method's own ``distill.params.<method>.<name>``)."""
+    from kdistill.tune import TUNED_KEYS, TUNED_PARAMS_PREFIX  # tune reads this module: imported here
+
     flat = _flatten(_read_yaml(path))
     for key in flat:
         if key not in TUNED_KEYS and not key.startswith(TUNED_PARAMS_PREFIX):
@@ -498,60 +566,42 @@ def _check_consistency(config: Config) -> None:
     data = config.data
     if (data.root is None) == (data.dataset is None):
         raise ConfigError("data.root / data.dataset: set exactly one (a folder, or dataset: digits)")
-    if data.input_size < 8:
-        raise ConfigError(f"data.input_size: {data.input_size} is too small (minimum 8)")
-    for key, value in (("data.val_fraction", data.val_fraction), ("data.test_fraction", data.test_fraction)):
-        if not 0.0 < value < 0.5:
-            raise ConfigError(f"{key}: {value} must be between 0 and 0.5")
+    check_bounds(config)
     _check_augment(data)
-    if config.distill.bank_views is not None and config.distill.bank_views < 0:
-        raise ConfigError(f"distill.bank_views: {config.distill.bank_views} must be 0 or more (or null)")
-    if not 0.0 <= config.distill.alpha <= 1.0:
-        raise ConfigError(f"distill.alpha: {config.distill.alpha} must be between 0 and 1")
-    if config.distill.temperature <= 0:
-        raise ConfigError(f"distill.temperature: {config.distill.temperature} must be positive")
     _check_methods(config.distill)
-    for role, train in (("teacher", config.teacher.train), ("student", config.student.train)):
-        if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
-            raise ConfigError(f"{role}.train: epochs, batch_size and lr must be positive")
-        if train.weight_decay < 0:
-            raise ConfigError(f"{role}.train.weight_decay: {train.weight_decay} must be 0 or more")
-    counts = {"threads": config.threads, "profile.threads": config.profile.threads,
-              "profile.repeats": config.profile.repeats,
-              "profile.throughput_batch": config.profile.throughput_batch}
-    for key, value in counts.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}: {value} must be at least 1")
     if config.seeds is not None and (not config.seeds or len(set(config.seeds)) != len(config.seeds)):
         raise ConfigError(f"seeds: {config.seeds} must be a non-empty list of different seeds (or null)")
-    if config.teacher.trainable_blocks < 1:
-        raise ConfigError(f"teacher.trainable_blocks: {config.teacher.trainable_blocks} must be at least 1")
     if config.calibration.threshold_rule == "battery" and not config.robustness.battery:
         raise ConfigError("calibration.threshold_rule: battery fits the threshold on the shift battery's "
                           "renderings; set robustness.battery=true or choose another rule")
     _check_tune_ranges(config.tune)
-    _check_budget_and_search(config.student.budget, config.search)
+    _check_search(config.search)
+
+
+def check_bounds(section: Any, prefix: str = "") -> None:
+    """Every number of ``section`` (and its sub-sections) within the bounds its setting declares;
+    a list's bounds hold for each element. Null, where allowed, has no bounds to meet."""
+    for spec in dataclasses.fields(section):
+        value, key = getattr(section, spec.name), prefix + spec.name
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, key + ".")
+            continue
+        bounds = spec.metadata.get("bounds")
+        if bounds is None or value is None:
+            continue
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else [(key, value)]
+        for item_key, item in items:
+            if not bounds.holds(item):
+                nullable = " (or null)" if spec.default is None else ""
+                raise ConfigError(f"{item_key}: {item} must be {bounds}{nullable}")
 
 
 def _check_augment(data: DataConfig) -> None:
+    """The crop ranges: ``[low, high]`` pairs, which one setting's bounds cannot say."""
     augment = data.augment
     for key, bounds, low, high in (("scale", augment.scale, 0.0, 1.0), ("ratio", augment.ratio, 0.0, math.inf)):
         if len(bounds) != 2 or not low < bounds[0] <= bounds[1] <= high:
             raise ConfigError(f"data.augment.{key}: {bounds} must be [low, high] with {low} < low <= high <= {high}")
-    if not 0 <= augment.rotation <= 180:
-        raise ConfigError(f"data.augment.rotation: {augment.rotation} must be between 0 and 180 degrees")
-    for key in ("brightness", "contrast"):
-        if not 0 <= getattr(augment, key) < 1:
-            raise ConfigError(f"data.augment.{key}: {getattr(augment, key)} must be in [0, 1)")
-    if augment.mix_alpha <= 0:
-        raise ConfigError(f"data.augment.mix_alpha: {augment.mix_alpha} must be positive")
-    if not 0 < augment.low_resolution <= 1:
-        raise ConfigError(f"data.augment.low_resolution: {augment.low_resolution} must be in (0, 1]")
-    for key, high in (("blur", 10.0), ("gamma", 4.0), ("noise", 0.5)):
-        if not 0 <= getattr(augment, key) <= high:
-            raise ConfigError(f"data.augment.{key}: {getattr(augment, key)} must be in [0, {high}]")
-    if data.labeled_fraction is not None and not 0 < data.labeled_fraction < 1:
-        raise ConfigError(f"data.labeled_fraction: {data.labeled_fraction} must be between 0 and 1 (or null)")
 
 
 def _check_methods(distill: DistillConfig) -> None:
@@ -579,35 +629,14 @@ def _parsed(values: Any) -> Any:
 
 
 def _check_tune_ranges(tune: TuneConfig) -> None:
+    """``[low, high]`` pairs; each end's bounds are checked with every other bound."""
     for name in ("alpha", "temperature", "lr"):
         bounds = getattr(tune, name)
         if len(bounds) != 2 or bounds[0] > bounds[1]:
             raise ConfigError(f"tune.{name}: {bounds} must be [low, high] with low <= high")
-    if tune.alpha[0] < 0 or tune.alpha[1] > 1:
-        raise ConfigError(f"tune.alpha: {tune.alpha} must lie within [0, 1]")
-    for name in ("temperature", "lr"):
-        if getattr(tune, name)[0] <= 0:
-            raise ConfigError(f"tune.{name}: {getattr(tune, name)} must be positive (searched on a log scale)")
-    if tune.trials < 1:
-        raise ConfigError(f"tune.trials: {tune.trials} must be at least 1")
 
 
-def _check_budget_and_search(budget: BudgetConfig, search: SearchConfig) -> None:
-    if budget.params is not None and budget.params < 1:
-        raise ConfigError(f"student.budget.params: {budget.params} must be at least 1 (or null)")
-    if budget.latency_ms is not None and budget.latency_ms <= 0:
-        raise ConfigError(f"student.budget.latency_ms: {budget.latency_ms} must be positive (or null)")
-    if budget.threads < 1:
-        raise ConfigError(f"student.budget.threads: {budget.threads} must be at least 1")
+def _check_search(search: SearchConfig) -> None:
     for key in ("models", "widths", "depths", "stem_strides", "se"):
         if not getattr(search, key):
             raise ConfigError(f"search.{key}: must list at least one value")
-    for key in ("widths", "depths"):
-        if min(getattr(search, key)) < 1:
-            raise ConfigError(f"search.{key}: {getattr(search, key)} must all be at least 1")
-    if search.expansion < 1:
-        raise ConfigError(f"search.expansion: {search.expansion} must be at least 1")
-    if search.proxy_epochs < 1:
-        raise ConfigError(f"search.proxy_epochs: {search.proxy_epochs} must be at least 1")
-    if search.time_budget_s is not None and search.time_budget_s <= 0:
-        raise ConfigError(f"search.time_budget_s: {search.time_budget_s} must be positive (or null)")

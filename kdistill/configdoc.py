@@ -1,5 +1,6 @@
 """Generate docs/config.md, the reference of every config key, from the dataclasses in
-``kdistill.config`` (types, defaults, and the meaning each field carries in ``metadata["help"]``).
+``kdistill.config`` (types with their allowed words or bounds, defaults, and the meaning each field
+carries in ``metadata["help"]``): the same declarations the config's checks read.
 
 ``python -m kdistill.configdoc docs/config.md`` rewrites the file; without a path it prints it.
 A test fails when the committed file differs from what this produces.
@@ -14,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from kdistill.config import Config
+from kdistill.config import Bounds, Config
 from kdistill.fileio import atomic_file
 
 REGENERATE = "python -m kdistill.configdoc docs/config.md"
@@ -53,7 +54,8 @@ def _sections(obj: Any, prefix: str, title: str):
         if dataclasses.is_dataclass(value):
             nested.append((key, value, meaning))
         else:
-            rows.append((key, _type_text(hints[spec.name]), f"`{_yaml_text(value)}`", meaning))
+            kind = _type_text(hints[spec.name], spec.metadata.get("bounds"))
+            rows.append((key, kind, f"`{_yaml_text(value)}`", meaning))
     if rows:
         yield title, type(obj), rows
     for key, value, meaning in nested:
@@ -82,19 +84,21 @@ def _docstring(cls: type) -> str:
     return " ".join(line.strip() for line in doc.strip().splitlines()).replace("``", "`")
 
 
-def _type_text(hint: Any) -> str:
-    """``Optional[Literal["a", "b"]]`` -> ``one of `a`, `b`, or null``; ``list[int]`` -> ``list of int``."""
+def _type_text(hint: Any, bounds: Bounds | None = None) -> str:
+    """``Optional[Literal["a", "b"]]`` -> ``one of `a`, `b`, or null``; ``list[int]`` with bounds
+    ``at_least(1)`` -> ``list of int, each at least 1``; ``int`` -> ``int, at least 8``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return f"{_type_text(inner[0])}, or null" if len(inner) < len(args) else _type_text(inner[0])
+        text = _type_text(inner[0], bounds)
+        return f"{text}, or null" if len(inner) < len(args) else text
     if origin is Literal:
         return "one of " + ", ".join(f"`{_yaml_text(a)}`" for a in args)
     if origin is list:
-        return f"list of {_type_text(args[0])}"
+        return f"list of {_type_text(args[0])}" + (f", each {bounds}" if bounds else "")
     if hint is dict:
         return "mapping"
-    return hint.__name__
+    return hint.__name__ + (f", {bounds}" if bounds else "")
 
 
 def _yaml_text(value: Any) -> str:

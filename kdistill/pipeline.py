@@ -44,7 +44,7 @@ from kdistill import __version__
 from kdistill.engine import distributed
 from kdistill.eval.calibration import calibrate, describe_fit, positive_fraction
 from kdistill.models.checkpoint import architecture, load_checkpoint, update_meta
-from kdistill.config import TUNED_KEYS, Config
+from kdistill.config import Config
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import HeadOnStoredFeatures, build_method, freeze
@@ -73,7 +73,7 @@ from kdistill.models.fast_path import set_fast_path
 from kdistill.models.inference import use_runner
 from kdistill.models.stages import freeze_all_but, partial_trainable
 from kdistill.engine.precision import resolve_device
-from kdistill.report.markdown import comparison_table, markdown_report
+from kdistill.report.markdown import markdown_report
 from kdistill.report.html import html_report
 from kdistill.report.results_file import read_results
 from kdistill.engine.loop import class_weights, fit
@@ -89,7 +89,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
     check_before_data(config, ("teacher", "student"))
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
-        data = load_dataset(**dataclasses.asdict(config.data))  # refuses a split missing a class
+        data = load_dataset(config.data)  # refuses a split missing a class
     log_data(data)
     data = with_site_sample(data, config)
     warnings = calibration_warnings(data, config)
@@ -124,7 +124,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
         remove_if_empty(folder / RESUME_FOLDER)
     remove_if_empty(out / RESUME_FOLDER)
     output.close()
-    log.info("\n" + comparison_table(results) + f"\n\nwritten to {out}/ (results.json, report.md, report.html)")
+    log.info(f"written to {out}/ (results.json, report.md, report.html)")  # the CLI prints the table
     return results
 
 
@@ -399,10 +399,9 @@ def _head_on_features(method, model, data: DatasetBundle, config: Config) -> Hea
 
 def _fit(model, method, data, role, checkpoint_dir, meta, out, teacher, train_cfg, config, resume):
     fit(model, method, data, name=role, checkpoint_dir=checkpoint_dir, checkpoint_meta=meta,
-        resume_dir=out / RESUME_FOLDER / role, teacher=teacher, seed=config.seed, resume=resume,
-        progress=config.progress, device=str(resolve_device(config.device)), precision=config.precision,
-        **{k: v for k, v in dataclasses.asdict(train_cfg).items()
-                                     if k != "class_weighting"})
+        resume_dir=out / RESUME_FOLDER / role, train=train_cfg, teacher=teacher, seed=config.seed,
+        resume=resume, progress=config.progress, device=str(resolve_device(config.device)),
+        precision=config.precision)
 
 
 def _weights(train_cfg, data: DatasetBundle):
@@ -474,12 +473,15 @@ def _tuned(config: Config) -> dict | None:
     """The tuned file (``--tuned``) and the values in effect for its keys (an override may win)."""
     if config.tuned is None:
         return None
+    from kdistill.tune import TUNED_KEYS, TUNED_PARAMS_PREFIX  # tune imports this module
+
     # The values are in the config already (the file was read when it was loaded): not re-read
     # here, where a moved file would lose a finished run.
     values = {key: functools.reduce(getattr, key.split("."), config) for key in TUNED_KEYS}
     method = config.distill.method
     own = config.distill.params.get(method) or {}
-    values.update({f"distill.params.{method}.{name}": own[name] for name in search_space(method) if name in own})
+    values.update({f"{TUNED_PARAMS_PREFIX}{method}.{name}": own[name]
+                   for name in search_space(method) if name in own})
     return {"file": config.tuned, "values": values}
 
 
@@ -518,7 +520,7 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
     check_before_data(config, {"teacher": ("teacher",), "baseline": ("student",)}.get(role, ("teacher", "student")))
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache
-        data = load_dataset(**dataclasses.asdict(config.data))  # refuses a split missing a class
+        data = load_dataset(config.data)  # refuses a split missing a class
     log_data(data)
     if distributed.current().is_main:
         output.open()

@@ -68,7 +68,7 @@ def search_student(config: Config, out: Path, overwrite: bool = False) -> dict:
     folder = plan_output(out, targets, overwrite=overwrite, inputs=input_paths(config))
     check_before_data(config, ("teacher",))  # candidates are sized against the budget below
     seed_everything(config.seed, config.deterministic, config.threads)
-    data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
+    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit())
     folder.open()
     candidates = [measure_candidate(c, config, data) for c in candidate_grid(config)]
     within = sorted((c for c in candidates if c["status"] is None), key=lambda c: c["latency_ms"])

@@ -16,7 +16,6 @@ validation-fitted threshold and the test half's best in hindsight.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ SITE_SEED = 0
 def study_run(run_dir: Path) -> dict:
     """Per model of the run: each rule's threshold and test balanced accuracy, and the best cut's."""
     config = _saved_config(run_dir)
-    data = load_dataset(**dataclasses.asdict(config.data))
+    data = load_dataset(config.data)
     if data.positive_index is None:
         raise DataError(f"{run_dir}: threshold rules apply to two classes; this run has {len(data.classes)}")
     battery = Battery(data.val, config.robustness.seed, resolve_cache_dir(config.data.cache_dir))

@@ -43,6 +43,9 @@ OUTPUTS = ("trials.csv", "best.yaml")
 # Shared search name -> (config key, log scale); their ranges are the tune section's.
 SHARED_SEARCH = {"alpha": ("distill.alpha", False), "temperature": ("distill.temperature", True),
                  "lr": ("student.train.lr", True)}
+# The config keys a best.yaml may set (``--tuned``): the shared ones, and a method's own parameters.
+TUNED_KEYS = tuple(key for key, _ in SHARED_SEARCH.values())
+TUNED_PARAMS_PREFIX = "distill.params."
 
 
 def search_for(config: Config) -> dict[str, tuple[str, float, float, bool]]:
@@ -54,7 +57,7 @@ def search_for(config: Config) -> dict[str, tuple[str, float, float, bool]]:
         key, log_scale = SHARED_SEARCH[name]
         space[name] = (key, *getattr(config.tune, name), log_scale)
     for name, (low, high, log_scale) in search_space(method).items():
-        space[name] = (f"distill.params.{method}.{name}", low, high, log_scale)
+        space[name] = (f"{TUNED_PARAMS_PREFIX}{method}.{name}", low, high, log_scale)
     return space
 
 
@@ -78,7 +81,7 @@ def tune(config: Config, out: Path, trials: int | None = None, overwrite: bool =
     check_before_data(config, ("teacher", "student"), budget=False)  # the budget is `run`'s to enforce
     trials = trials or config.tune.trials
     seed_everything(config.seed, config.deterministic, config.threads)
-    data = dataclasses.replace(load_dataset(**dataclasses.asdict(config.data)), test=ForbiddenTestSplit())
+    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit())
     folder.open()
     log.info(f"tune: {trials} trials on train {len(data.train)} / val {len(data.val)} images "
              f"(the test split is not used)")
@@ -137,7 +140,7 @@ def with_values(config: Config, values: dict[str, float], space: dict | None = N
     for key, value in keys.items():
         if key == "student.train.lr":
             train = dataclasses.replace(train, lr=value)
-        elif key.startswith("distill.params."):
+        elif key.startswith(TUNED_PARAMS_PREFIX):
             method, name = key.split(".")[2:]
             params.setdefault(method, {})[name] = value
         else:

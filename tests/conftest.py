@@ -22,10 +22,6 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 EXPECTED_SKIP = "expected skip: "  # the prefix of the only skip reasons CI accepts
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests that train several models")
-
-
 def require_or_skip(module: str) -> ModuleType:
     """Import an optional extra; skip without it, except under KDISTILL_REQUIRE_EXTRAS=1 (CI),
     where a missing or broken extra must fail the tests that use it instead of hiding them."""
@@ -188,6 +184,7 @@ def fresh_kdistill_logger():
             log.removeHandler(handler)
         log.propagate = True
         log.setLevel(logging.NOTSET)
+        logging.getLogger("kdistill.progress").setLevel(logging.NOTSET)  # config.progress=false
 
     reset()
     yield

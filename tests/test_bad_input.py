@@ -97,6 +97,7 @@ def add_bad_files(root: Path) -> dict[str, Path]:
     return {"garbage": garbage, "truncated": truncated, "ds_store": ds_store}
 
 
+@pytest.mark.slow
 def test_corrupt_jpeg_and_ds_store_are_skipped_and_listed(image_root, tmp_path, capsys):
     """on_bad_image=skip (default): the run completes; corrupt JPEGs are logged and listed in
     results.json dataset.skipped_files; .DS_Store is logged as not an image and not listed."""
@@ -166,6 +167,7 @@ def test_odd_input_size_for_reference_student(image_root, tmp_path, capsys):
     assert_nothing_half_written(out)
 
 
+@pytest.mark.slow
 def test_supplied_splits_that_share_patients_are_flagged(tmp_path, capsys):
     """test/ reusing train/ patients (a leak a user should know about) is logged and counted."""
     root = make_image_folder(tmp_path / "data", per_class=24, splits=("train",))
@@ -177,6 +179,7 @@ def test_supplied_splits_that_share_patients_are_flagged(tmp_path, capsys):
     assert dataset["patients_in_several_splits"] > 0
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_config_is_refused(image_root, tmp_path, capsys):
     """--resume into a folder made with other distillation settings would mix two experiments."""
     code, err, out = run_on(image_root, tmp_path, capsys)
@@ -265,5 +268,6 @@ def test_weights_that_cannot_be_downloaded_fail_before_anything_is_written(image
     out = tmp_path / "out"
     code, err = run_cli(["run", str(config), f"data.root={image_root}", f"out={out}",
                          f"data.cache_dir={tmp_path / 'cache'}"], capsys)
-    assert_one_line_error(code, err, "resnet18", "ImageNet weights", "teacher.pretrained=false")
+    assert_one_line_error(code, err, "resnet18", "ImageNet weights", "teacher.pretrained=false",
+                          "teacher.weights=PATH", "configs/chest_xray_pretrained.yaml")
     assert not out.exists()

@@ -22,6 +22,7 @@ from kdistill.errors import DataError
 from kdistill.models import build_model, find_head
 from kdistill.pipeline import freeze_all_but_head
 from conftest import make_image_folder
+from kdistill.config import DataConfig
 
 
 @pytest.fixture
@@ -153,10 +154,10 @@ def test_bad_files_are_remembered_and_error_mode_still_raises(folder, tmp_path):
 
 def test_load_dataset_uses_the_cache_and_off_disables_it(tmp_path, private_cache_dir):
     root = make_image_folder(tmp_path / "d", per_class=12)
-    cached = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    cached = load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25))
     assert cached.train.cache_key is not None and any((private_cache_dir / "images").glob("*.npy"))
-    plain = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
-                         cache_dir="off")
+    plain = load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                                    cache_dir="off"))
     assert plain.train.cache_key is None
     for name in ("train", "val", "test"):
         assert torch.equal(getattr(cached, name).images, getattr(plain, name).images)
@@ -177,7 +178,7 @@ def tiny_teacher(seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def data(tmp_path):
     root = make_image_folder(tmp_path / "d", per_class=12)
-    return load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    return load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25))
 
 
 @pytest.fixture
@@ -237,7 +238,8 @@ def test_teacher_weights_data_or_view_bank_change_recomputes(data, tmp_path, for
     assert forward_calls == [1, 1]
     cached_teacher(tiny_teacher(0), data, tmp_path / "c")  # the first weights again: a hit
     assert forward_calls == [1, 1]
-    other_size = load_dataset(root=data.info["root"], input_size=12, val_fraction=0.25, test_fraction=0.25)
+    other_size = load_dataset(DataConfig(root=data.info["root"], input_size=12, val_fraction=0.25,
+                                         test_fraction=0.25))
     cached_teacher(build_model("tiny_cnn_d2", 2, input_size=12, width=4), other_size, tmp_path / "c")
     assert forward_calls == [1, 1, 1]
     reordered = cached_teacher(tiny_teacher(0), data, tmp_path / "c", views=FLIP_VIEWS.flip(0))
@@ -305,7 +307,7 @@ def test_pipeline_head_mode_trains_the_head_on_stored_features(tmp_path, private
 
     root = make_image_folder(tmp_path / "d", per_class=12)
     config = from_dict(tiny_config(root, tmp_path / "out", teacher={"mode": "head"}))
-    data = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    data = load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25))
     torch.manual_seed(config.seed)
     initial = build_model("tiny_cnn_d2", 2, input_size=16, width=4).state_dict()
     model, meta = train_teacher(config, data, tmp_path / "out", resume=False)

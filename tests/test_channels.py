@@ -70,6 +70,7 @@ def gray_run(tmp_path_factory) -> dict:
     return {"code": code, "out": base / "out", "root": root}
 
 
+@pytest.mark.slow
 def test_one_channel_student_trains_and_its_checkpoints_say_so(gray_run):
     assert gray_run["code"] == 0
     out = gray_run["out"]
@@ -83,6 +84,7 @@ def test_one_channel_student_trains_and_its_checkpoints_say_so(gray_run):
     assert students and all(row["params"] == 4 * 8 * 8 * 2 + 2 + 4 * 9 + 4 + 8 for row in students)
 
 
+@pytest.mark.slow
 def test_onnx_metadata_and_predict_carry_one_channel(gray_run, tmp_path, capsys):
     from kdistill.deploy.onnx_model import read_contract
 

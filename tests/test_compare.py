@@ -14,6 +14,8 @@ from kdistill.cli import main
 from kdistill.report.markdown import markdown_report
 from kdistill.report.methods import method_rows
 
+pytestmark = pytest.mark.slow  # every test here reads one full `kdistill run`
+
 METHODS = ["dkd", "fitnet"]
 
 

@@ -15,6 +15,7 @@ from kdistill.distill.losses import kd_loss
 from kdistill.models import build_model, find_head
 from kdistill.pipeline import freeze_all_but_head
 from kdistill.engine.loop import fit, set_train_mode
+from kdistill.config import DataConfig, TrainConfig
 
 MEAN, STD = normalization(3)
 
@@ -89,7 +90,7 @@ def test_kd_method_returns_the_contract_objective():
 def test_head_mode_trains_only_the_head(image_root, tmp_path):
     """teacher.mode=head: after a few fit epochs the backbone's weights and BN buffers are exactly
     as loaded and only the classifier head moved."""
-    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    data = load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
     model = warmed_up_teacher()
     freeze_all_but_head(model)
     head_name, _ = find_head(model)
@@ -99,8 +100,8 @@ def test_head_mode_trains_only_the_head(image_root, tmp_path):
     assert find_head(model)[1].training
     arch = architecture("tiny_cnn_d2", 2, 16, 3, {"width": 4})
     fit(model, build_method("ce"), data, name="teacher", checkpoint_dir=tmp_path / "ckpt",
-        checkpoint_meta={"architecture": arch}, resume_dir=tmp_path / "resume", epochs=2,
-        batch_size=8, lr=0.05, progress=False)
+        checkpoint_meta={"architecture": arch}, resume_dir=tmp_path / "resume",
+        train=TrainConfig(epochs=2, batch_size=8, lr=0.05), progress=False)
     moved = changed(before, model)
     assert moved == {f"{head_name}.weight", f"{head_name}.bias"}
 

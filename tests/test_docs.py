@@ -89,3 +89,17 @@ def _get(config, key: str):
     for part in key.split("."):
         config = getattr(config, part)
     return config
+
+
+def test_every_student_and_method_is_named_in_the_reference():
+    """docs/config.md names every kdistill student and every registered distillation method."""
+    import kdistill.distill  # noqa: F401  (registers the methods)
+    from kdistill.distill.registry import METHODS
+    from kdistill.models.students import STUDENTS
+
+    rows = documented_rows()
+    students = rows["student.model"][2]
+    tiny = [name for name in STUDENTS if name.startswith("tiny_cnn_d")]
+    assert all(f"`{name}`" in students for name in STUDENTS if name not in tiny[1:-1]), students
+    methods = rows["distill.method"][2]
+    assert all(re.search(rf"\b{re.escape(name)}\b", methods) for name in METHODS), (sorted(METHODS), methods)

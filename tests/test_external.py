@@ -69,6 +69,7 @@ def test_an_external_folder_with_other_classes_is_refused_before_anything_is_wri
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_run_fits_thresholds_on_the_site_sample_and_records_its_files(tmp_path, image_root):
     site = site_folder(tmp_path / "site")
     config = tiny_config(image_root, tmp_path / "run", calibration={"site": str(site)},
@@ -95,6 +96,7 @@ def trained_with_onnx(tmp_path_factory) -> Path:
     return base / "run" / "distilled"
 
 
+@pytest.mark.slow
 def test_calibrate_updates_model_json_and_every_onnx_file_and_predict_follows(tmp_path, trained_with_onnx, capsys):
     from kdistill.deploy.onnx_model import read_contract
 
@@ -117,6 +119,7 @@ def test_calibrate_updates_model_json_and_every_onnx_file_and_predict_follows(tm
     assert all(row["threshold"] == pytest.approx(after["threshold"]) for row in rows)
 
 
+@pytest.mark.slow
 def test_calibrate_with_out_leaves_the_checkpoint_alone_and_refuses_a_full_folder(tmp_path, trained_with_onnx, capsys):
     site = site_folder(tmp_path / "site")
     original = {p.name: p.read_bytes() for p in trained_with_onnx.iterdir()}
@@ -131,6 +134,7 @@ def test_calibrate_with_out_leaves_the_checkpoint_alone_and_refuses_a_full_folde
     assert len(err.splitlines()) == 1 and "must be a new or empty folder" in err
 
 
+@pytest.mark.slow
 def test_site_calibration_on_a_folder_of_one_class_is_refused(tmp_path, trained_with_onnx, capsys):
     site = site_folder(tmp_path / "site")
     shutil.rmtree(site / "PNEUMONIA")

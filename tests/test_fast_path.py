@@ -17,7 +17,7 @@ from torch import nn
 
 import kdistill.models.reference.student as reference
 from conftest import tiny_config, write_config
-from kdistill.config import load_config
+from kdistill.config import TrainConfig, load_config
 from kdistill.data import DatasetBundle, ImageSplit
 from kdistill.data.transforms import normalization, to_model_input
 from kdistill.distill import build_method
@@ -137,7 +137,7 @@ def _inputs_seen_in_fit(model: nn.Module, tmp_path) -> list[type]:
 
     meta = {"architecture": architecture("reference_student", 3, SIZE, 3, {})}
     fit(model, recording, _bundle(), name="student", checkpoint_dir=tmp_path / "ckpt", checkpoint_meta=meta,
-        resume_dir=tmp_path / "resume", epochs=1, batch_size=4, progress=False)
+        resume_dir=tmp_path / "resume", train=TrainConfig(epochs=1, batch_size=4), progress=False)
     return seen
 
 

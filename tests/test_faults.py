@@ -30,6 +30,7 @@ from kdistill.distill import build_method
 from kdistill.errors import KdistillError
 from kdistill.models import build_model
 from kdistill.engine.loop import fit
+from kdistill.config import DataConfig, TrainConfig
 
 DIGITS_CONFIG = {
     # 1,320 training images in batches of 2: an epoch lasts about a second, long enough to be
@@ -124,7 +125,7 @@ def interrupt_at(monkeypatch, epoch_to_fail: int) -> list[int]:
 
 @pytest.fixture
 def data(image_root):
-    return load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    return load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
 
 
 def tiny_fit(data, out: Path, method=None, resume: bool = False):
@@ -132,8 +133,8 @@ def tiny_fit(data, out: Path, method=None, resume: bool = False):
     model = build_model("tiny_cnn_d2", 2, input_size=16, width=4)
     meta = {"architecture": architecture("tiny_cnn_d2", 2, 16, 3, {"width": 4})}
     fit(model, method or build_method("ce"), data, name="student", checkpoint_dir=out / "student",
-        checkpoint_meta=meta, resume_dir=out / "resume" / "student", epochs=EPOCHS, batch_size=8,
-        lr=0.01, seed=3, resume=resume, progress=False)
+        checkpoint_meta=meta, resume_dir=out / "resume" / "student",
+        train=TrainConfig(epochs=EPOCHS, batch_size=8, lr=0.01), seed=3, resume=resume, progress=False)
     return model
 
 

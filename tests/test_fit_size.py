@@ -42,7 +42,7 @@ def test_calibration_warnings_read_the_validation_split(image_root, caplog):
     (no temperature, prior rule) none."""
     caplog.set_level(logging.INFO, logger="kdistill")
     config = from_dict(tiny_config(image_root, image_root / "unused"))
-    data = load_dataset(**dataclasses.asdict(config.data))
+    data = load_dataset(config.data)
     warnings = pipeline.calibration_warnings(data, config)
     assert len(warnings) == 1 and f"fitted on {len(data.val)} validation images" in warnings[0]
     assert f"warning: {warnings[0]}" in caplog.text
@@ -55,7 +55,7 @@ def test_a_large_enough_validation_split_gives_no_warning(tmp_path):
     """A supplied val/ of 50 images per class: no warning."""
     root = make_image_folder(tmp_path / "data", per_class=50, splits=("train", "val"))
     config = from_dict(tiny_config(root, tmp_path / "out"))
-    assert pipeline.calibration_warnings(load_dataset(**dataclasses.asdict(config.data)), config) == []
+    assert pipeline.calibration_warnings(load_dataset(config.data), config) == []
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import make_image_folder, real_train_files
-from kdistill.config import DEFAULT_PATIENT_REGEX
+from kdistill.config import DEFAULT_PATIENT_REGEX, DataConfig
 from kdistill.data import load_dataset
 from kdistill.data.split import grouped_holdout, patient_keys
 
@@ -58,8 +58,8 @@ def test_load_dataset_splits_share_no_patient_by_file_name(tmp_path):
     patient (by the test's own key) in two splits, and the loader merged files into patients."""
     root = make_image_folder(tmp_path / "data", per_class=32, per_patient=4)
     for seed in range(3):
-        data = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
-                            split_seed=seed, cache_dir=None)
+        data = load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                                       split_seed=seed, cache_dir=None))
         splits = {"train": data.train, "val": data.val, "test": data.test}
         assert_no_patient_in_two_splits({name: split.names for name, split in splits.items()})
         files = sum(len(split.names) for split in splits.values())

@@ -175,6 +175,7 @@ def run_hostile(image_root: Path, tmp_path: Path, monkeypatch, capsys, *override
     return code, capsys.readouterr().err, out, bad, good
 
 
+@pytest.mark.slow
 def test_every_hostile_file_is_skipped_listed_and_nothing_is_half_written(
         image_root, tmp_path, monkeypatch, capsys):
     """skip: the run completes; the five bad files are logged with their reason and listed in

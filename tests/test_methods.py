@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from kdistill.config import load_config
+from kdistill.config import DataConfig, TrainConfig, load_config
 from kdistill.data import Batch
 from kdistill.distill import FeatureTeacher, build_method
 from kdistill.distill import losses
@@ -169,8 +169,8 @@ def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path, monkey
     from kdistill.engine.loop import fit
     from kdistill.models.checkpoint import architecture
 
-    data = load_dataset(dataset="digits", input_size=16, val_fraction=0.2, test_fraction=0.2,
-                        max_images_per_class=6, hflip=False, cache_dir=None)
+    data = load_dataset(DataConfig(dataset="digits", input_size=16, val_fraction=0.2, test_fraction=0.2,
+                                   max_images_per_class=6, hflip=False, cache_dir=None))
     torch.manual_seed(0)
     student = build_model("reference_student", 10, input_size=16)
     teacher = FeatureTeacher(build_model("tiny_cnn_d2", 10, input_size=16, width=4))
@@ -179,7 +179,7 @@ def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path, monkey
     before = method.regressor.weight.detach().clone()
     resume_dir = tmp_path / "resume"
     kwargs = dict(name="distilled-fitnet", checkpoint_dir=tmp_path / "ckpt", checkpoint_meta={"architecture": architecture("reference_student", 10, 16, 3, {})},
-                  resume_dir=resume_dir, teacher=teacher, batch_size=8, lr=0.01, progress=False)
+                  resume_dir=resume_dir, teacher=teacher, progress=False)
     # One epoch of two, then stop: the resume state holds the regressor.
     saved = {}
     original = loop.save_train_state
@@ -189,7 +189,7 @@ def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path, monkey
         saved.update(load_file(str(resume_dir / "method.safetensors")))
 
     monkeypatch.setattr(loop, "save_train_state", keep_state)
-    fit(student, method, data, epochs=1, **kwargs)
+    fit(student, method, data, train=TrainConfig(epochs=1, batch_size=8, lr=0.01), **kwargs)
     assert not torch.equal(method.regressor.weight.detach(), before)  # optimized with the student
     assert torch.equal(saved["regressor.weight"], method.regressor.weight.detach())
     exported = load_file(str(tmp_path / "ckpt" / "model.safetensors"))

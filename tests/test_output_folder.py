@@ -136,6 +136,7 @@ def test_an_empty_out_is_refused_by_every_command(image_root, tmp_path, monkeypa
     assert sorted(path.name for path in tmp_path.iterdir()) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,needles", [
     (["device=cuda"], ["device: cuda"]),
     (["precision=fp16", "device=cpu"], ["precision: fp16"]),
@@ -161,6 +162,7 @@ def test_a_refused_run_leaves_the_finished_run_byte_identical_and_caches_nothing
     assert not cache.exists()
 
 
+@pytest.mark.slow
 def test_a_class_emptied_by_unreadable_files_caches_nothing(finished_template, tmp_path, capsys):
     """A check that needs decoded images (every split holds every class) still runs before the
     decoded images are cached, and before the earlier run is touched."""
@@ -176,6 +178,7 @@ def test_a_class_emptied_by_unreadable_files_caches_nothing(finished_template, t
     assert not cache.exists()
 
 
+@pytest.mark.slow
 def test_a_later_run_that_fails_midway_leaves_the_folder_marked_incomplete(finished_template, tmp_path,
                                                                            monkeypatch, capsys):
     """The earlier run's results are gone before the new run writes (never a mix of the two), and
@@ -203,6 +206,7 @@ def test_resume_with_nothing_to_resume_says_so(image_root, tmp_path, capsys, mak
     assert list(out.iterdir()) == [] if make == "empty" else not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content,needles", [
     ("{not json", ["unreadable"]),
     (json.dumps({"written_by": "kdistill", "paths": ["../outside.txt"]}), ["not a kdistill manifest"]),

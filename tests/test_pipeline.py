@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -30,14 +32,27 @@ def run_dir(tmp_path_factory) -> dict:
     config = tiny_config(root, base / "unused", teacher={"model": "resnet18", "model_args": {}})
     config_path = write_config(base / "config.yaml", config)
     out = base / "out"
-    code = main(["run", str(config_path), "--out", str(out)])
-    return {"code": code, "out": out, "root": root, "config": config_path}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["run", str(config_path), "--out", str(out)])
+    return {"code": code, "out": out, "root": root, "config": config_path,
+            "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
 
 
 def read_results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
+def test_run_prints_its_table_on_stdout_and_logs_on_stderr(run_dir):
+    """The comparison table is the command's result (stdout); the progress of the run is log (stderr)."""
+    assert run_dir["code"] == 0
+    assert TABLE_HEADER in run_dir["stdout"] and TABLE_HEADER not in run_dir["stderr"]
+    assert "teacher" in run_dir["stderr"] and f"written to {run_dir['out']}/" in run_dir["stderr"]
+    assert "written to" not in run_dir["stdout"]
+
+
+@pytest.mark.slow
 def test_run_writes_results_with_every_contract_key(run_dir):
     """results.json: three models with roles teacher/baseline/distilled and all the contract keys."""
     assert run_dir["code"] == 0
@@ -63,6 +78,7 @@ def test_run_writes_results_with_every_contract_key(run_dir):
     assert results["doctor"]["duplicate_groups"] == [] and results["doctor"]["leaking_groups"] == {}
 
 
+@pytest.mark.slow
 def test_report_has_the_comparison_table(run_dir):
     """report.md holds the table with one row per model, labelled by role."""
     report = (run_dir["out"] / "report.md").read_text()
@@ -74,6 +90,7 @@ def test_report_has_the_comparison_table(run_dir):
     assert len(table_rows) == 3
 
 
+@pytest.mark.slow
 def test_resolved_config_is_saved(run_dir):
     """config.yaml in the output folder is the resolved config: it reloads to the same values."""
     saved = load_config(run_dir["out"] / "config.yaml")
@@ -82,6 +99,7 @@ def test_resolved_config_is_saved(run_dir):
     assert saved.teacher.model == "resnet18" and saved.data.input_size == 16
 
 
+@pytest.mark.slow
 def test_checkpoints_are_self_describing_directories(run_dir):
     """Each model is a directory of model.safetensors + model.json that loads on its own."""
     results = read_results(run_dir["out"])
@@ -97,6 +115,7 @@ def test_checkpoints_are_self_describing_directories(run_dir):
         assert "training" in meta and meta["selected"]["metric"] == "balanced_accuracy"
 
 
+@pytest.mark.slow
 def test_run_exports_the_distilled_student_with_parity_checked(run_dir):
     """`kdistill run` writes ONNX + int8 copies of the distilled student and records the checks."""
     export = read_results(run_dir["out"])["export"]
@@ -105,12 +124,14 @@ def test_run_exports_the_distilled_student_with_parity_checked(run_dir):
     assert export["int8"]["accuracy_delta"] == export["int8"]["accuracy_int8"] - export["int8"]["accuracy_fp32"]
 
 
+@pytest.mark.slow
 def test_run_leaves_no_temporary_files_or_resume_state(run_dir):
     """Atomic writes: no .tmp/.old names survive, and finished models leave no resume state."""
     assert leftover_temp_files(run_dir["out"]) == []
     assert list((run_dir["out"] / "resume").glob("*")) == []
 
 
+@pytest.mark.slow
 def test_splits_json_groups_are_disjoint(run_dir):
     """splits.json lets anyone check the patient grouping: no group in two splits."""
     splits = json.loads((run_dir["out"] / "splits.json").read_text())
@@ -119,6 +140,7 @@ def test_splits_json_groups_are_disjoint(run_dir):
     assert groups["val"].isdisjoint(groups["test"])
 
 
+@pytest.mark.slow
 def test_outputs_follow_the_umask(run_dir):
     """results.json and checkpoints are as readable as any file the user creates there."""
     probe = run_dir["out"] / "probe.txt"
@@ -129,6 +151,7 @@ def test_outputs_follow_the_umask(run_dir):
     assert (run_dir["out"] / "distilled" / "model.safetensors").stat().st_mode & 0o777 == expected
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_pipeline_test_metrics(run_dir, tmp_path, capsys):
     """`kdistill evaluate` on a folder holding the run's test images writes results.json whose
     metrics equal the pipeline's row for the same checkpoint."""
@@ -143,7 +166,8 @@ def test_evaluate_reproduces_the_pipeline_test_metrics(run_dir, tmp_path, capsys
     code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(folder), "--out", str(out),
                  "--threads", "1"])
     assert code == 0
-    assert TABLE_HEADER in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert TABLE_HEADER in printed.out and TABLE_HEADER not in printed.err
     row = json.loads(out.read_text())["models"][0]
     assert ROW_KEYS <= set(row)
     expected = read_results(run_dir["out"])["models"][2]
@@ -171,7 +195,8 @@ def test_demo_reaches_the_table(tmp_path, capsys):
     with a distilled row, and the models learn (10 classes: chance is 10%)."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
-    assert TABLE_HEADER in capsys.readouterr().err  # the table is logged at the end
+    printed = capsys.readouterr()
+    assert TABLE_HEADER in printed.out and TABLE_HEADER not in printed.err  # the result on stdout
     results = read_results(out)
     rows = {row["role"]: row for row in results["models"]}
     assert set(rows) == set(ROLES)
@@ -191,6 +216,7 @@ def seeds_run(tmp_path_factory) -> dict:
     return {"code": code, "out": base / "out", "config": config_path}
 
 
+@pytest.mark.slow
 def test_seeds_train_students_per_seed_in_seed_folders(seeds_run):
     assert seeds_run["code"] == 0
     out = seeds_run["out"]
@@ -208,6 +234,7 @@ def test_seeds_train_students_per_seed_in_seed_folders(seeds_run):
     assert not (out / "seed1" / "resume").exists()
 
 
+@pytest.mark.slow
 def test_seeds_summary_paired_tests_and_predictions(seeds_run):
     results = read_results(seeds_run["out"])
     rows = {row["id"]: row for row in results["models"]}
@@ -229,6 +256,7 @@ def test_seeds_summary_paired_tests_and_predictions(seeds_run):
     assert all(len(p) == len(predictions["labels"]) for p in predictions["probabilities"].values())
 
 
+@pytest.mark.slow
 def test_seeds_report_shows_mean_std_and_the_paired_test(seeds_run):
     report = (seeds_run["out"] / "report.md").read_text()
     assert "## Mean ± std over seeds" in report and "| student distilled | 2 |" in report
@@ -237,6 +265,7 @@ def test_seeds_report_shows_mean_std_and_the_paired_test(seeds_run):
     assert sum(v in report for v in verdicts) == 1
 
 
+@pytest.mark.slow
 def test_seeds_resume_reuses_every_model_and_refuses_other_seeds(seeds_run, tmp_path, capsys):
     """--resume after a finished run retrains nothing and reproduces the metrics; a different
     seeds list is refused (it would mix two experiments in one folder). Runs on a copy, so the

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import make_image_folder, patient_file_name, require_real_data
 from kdistill.cli import main
-from kdistill.config import DEFAULT_PATIENT_REGEX
+from kdistill.config import DEFAULT_PATIENT_REGEX, DataConfig
 from kdistill.data import load_dataset
 from kdistill.data.doctor import examine
 from kdistill.data.split import merge_identical_files, patient_keys
@@ -58,8 +58,8 @@ def test_carved_splits_keep_the_copies_together(planted):
     """Over several split seeds, the original and its copy always land in the same split."""
     root, original, copy = planted
     for seed in SEEDS:
-        data = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
-                            split_seed=seed)
+        data = load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                                       split_seed=seed))
         where = {name: split_name for split_name, split in
                  (("train", data.train), ("val", data.val), ("test", data.test)) for name in split.names}
         assert where[str(original)] == where[str(copy)], f"split seed {seed}: {where[str(original)]} " \

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from kdistill.models.checkpoint import architecture
-from kdistill.config import load_config
+from kdistill.config import DataConfig, TrainConfig, load_config
 from kdistill.data import load_dataset
 from kdistill.distill import CachedTeacher, LiveTeacher, build_method
 from kdistill.errors import ConfigError
@@ -21,7 +21,7 @@ from kdistill.engine.loop import fit
 
 @pytest.fixture
 def data(image_root):
-    return load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    return load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
 
 
 def distil(data, out, precision: str, live: bool):
@@ -39,9 +39,10 @@ def distil(data, out, precision: str, live: bool):
 
     student = build_model("tiny_cnn_d2", 2, input_size=16, width=4)
     meta = {"architecture": architecture("tiny_cnn_d2", 2, 16, 3, {"width": 4})}
-    result = fit(student, recording, data, name="distilled", checkpoint_dir=out / "ckpt", checkpoint_meta=meta,
-                 resume_dir=out / "resume", teacher=outputs, epochs=2, batch_size=8, lr=0.01,
-                 progress=False, device="cpu", precision=precision)
+    result = fit(student, recording, data, name="distilled", checkpoint_dir=out / "ckpt",
+                 checkpoint_meta=meta, resume_dir=out / "resume", teacher=outputs,
+                 train=TrainConfig(epochs=2, batch_size=8, lr=0.01), progress=False, device="cpu",
+                 precision=precision)
     return result, seen
 
 

@@ -142,3 +142,13 @@ def test_one_channel_model_reads_rgb_and_grayscale_files(tmp_path, capsys):
         assert set(rows) == {"gray", "rgb", "colour"}
         assert rows["rgb"]["positive_probability"] == rows["gray"]["positive_probability"]
         assert rows["colour"]["positive_probability"] != rows["gray"]["positive_probability"]
+
+
+def test_the_table_rounds_the_threshold_and_json_keeps_it(tmp_path, folder_with_corrupt, capsys):
+    root, _ = folder_with_corrupt
+    checkpoint = make_checkpoint(tmp_path / "ckpt", threshold=0.123456789012345)
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root)]) == 0
+    table = capsys.readouterr().out
+    assert " 0.1235" in table and "0.12345" not in table
+    assert main(["predict", "--checkpoint", str(checkpoint), str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"][0]["threshold"] == 0.123456789012345

@@ -18,6 +18,7 @@ def real_root():
     return require_real_data()
 
 
+@pytest.mark.slow
 def test_pipeline_on_66_real_images(real_root, tmp_path, capsys):
     """Run the whole pipeline at 32x32 on 66 real images: patient-grouped carved splits, three
     models in results.json, PNEUMONIA as the positive class, nothing skipped."""

@@ -18,6 +18,8 @@ from PIL import Image
 from conftest import CLASSES, patient_file_name, tiny_config, write_config
 from kdistill.cli import main
 
+pytestmark = pytest.mark.slow  # every test here reads one full `kdistill run`
+
 ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
 
 

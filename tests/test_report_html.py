@@ -212,6 +212,22 @@ def test_verdict_follows_the_paired_tests():
     assert "Mixed: distillation was significantly better in 0 and significantly worse in 1 of 2 seeds" in html_report(results, "")
 
 
+def test_one_seed_shows_each_value_without_a_spread():
+    """A single seed has no spread to show: its value alone, never "± 0.0", in both reports; several
+    seeds keep mean ± std."""
+    from kdistill.report.markdown import markdown_report
+
+    one = synthetic_results(seeds=(0,))
+    accuracy = f"{100 * one['summary']['distilled']['accuracy']['mean']:.1f}"
+    for text in (html_report(one, ""), markdown_report(one)):
+        assert "± 0.0" not in text and "± 0.000" not in text
+        assert accuracy in text and "one seed" in text.lower()
+    several = synthetic_results(seeds=(0, 1))
+    for text in (html_report(several, ""), markdown_report(several)):
+        assert "mean ± std over seeds" in text.lower()
+        assert f"{100 * several['summary']['distilled']['accuracy']['mean']:.1f} ± " in text
+
+
 def test_strings_from_data_and_config_are_escaped():
     """A model name, a doctor path or a config value cannot inject markup."""
     results = synthetic_results(seeds=(0,))

@@ -9,6 +9,8 @@ import inspect
 import json
 import re
 
+import pytest
+
 import kdistill.engine.loop as loop
 from conftest import tiny_config, write_config
 from kdistill.cli import main
@@ -38,6 +40,7 @@ def spy_on_epochs(monkeypatch, fail_at: tuple[str, int] | None = None) -> list[t
     return trained
 
 
+@pytest.mark.slow
 def test_resume_trains_only_the_remaining_epochs(image_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     config = tiny_config(image_root, out, student={"train": {"epochs": EPOCHS, "batch_size": 8, "lr": 0.01}})

@@ -104,6 +104,7 @@ def test_a_run_stores_a_record_per_model_and_reports_it(image_root, tmp_path):
     assert "Robustness: the shift battery" in html and "data:image/png;base64" in html
 
 
+@pytest.mark.slow
 def test_a_run_without_the_battery_has_no_record(image_root, tmp_path):
     config = tiny_config(image_root, tmp_path / "run", robustness={"battery": False})
     results = run(load_config(write_config(tmp_path / "c.yaml", config)))

@@ -28,6 +28,7 @@ def interrupt_students(monkeypatch) -> None:
     monkeypatch.setattr(pipeline, "train_student", interrupted)
 
 
+@pytest.mark.slow
 def test_failed_rerun_leaves_no_file_of_the_earlier_run(image_root, tmp_path, monkeypatch, capsys):
     """Run 1 completes; run 2 (teacher 1 epoch instead of 2) is interrupted after its teacher: the
     folder then holds run 2's files only, marked incomplete, beside the user's own file and folder."""

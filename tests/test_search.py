@@ -98,6 +98,7 @@ def searched(tmp_path_factory) -> dict:
             "summary": json.loads((out / "search.json").read_text())}
 
 
+@pytest.mark.slow
 def test_search_writes_its_files_and_ranks_on_validation(searched):
     out, summary = searched["out"], searched["summary"]
     assert searched["code"] == 0
@@ -112,6 +113,7 @@ def test_search_writes_its_files_and_ranks_on_validation(searched):
     assert all(c["label"] in table for c in summary["candidates"])
 
 
+@pytest.mark.slow
 def test_search_respects_the_budget(searched):
     candidates = searched["summary"]["candidates"]
     over = [c for c in candidates if c["status"].startswith("over budget")]
@@ -120,6 +122,7 @@ def test_search_respects_the_budget(searched):
     assert all(c["latency_ms"] > 0 for c in candidates if c["status"] == "trained")
 
 
+@pytest.mark.slow
 def test_search_trains_the_winner_fully_through_the_pipeline(searched):
     best, final = searched["summary"]["best"], searched["out"] / "best"
     for role in ("baseline", "distilled"):
@@ -131,6 +134,7 @@ def test_search_trains_the_winner_fully_through_the_pipeline(searched):
     assert not (final / "teacher").exists()  # the search's teacher is reused, not trained again
 
 
+@pytest.mark.slow
 def test_the_final_reports_show_every_candidate(searched):
     final, summary = searched["out"] / "best", searched["summary"]
     results = json.loads((final / "results.json").read_text())

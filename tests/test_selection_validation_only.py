@@ -19,6 +19,7 @@ from kdistill.engine.loop import fit
 from kdistill.eval.inference import predict_logits
 from kdistill.models import build_model
 from kdistill.models.checkpoint import architecture, load_checkpoint
+from kdistill.config import DataConfig, TrainConfig
 
 EPOCHS = 5
 LEARNING_EPOCHS = 2
@@ -66,7 +67,7 @@ def learn_then_unlearn(steps_to_learn: int):
 
 @pytest.mark.parametrize("metric", ["balanced_accuracy", "loss"])
 def test_kept_epoch_is_the_validation_arg_max_and_test_is_never_read(image_root, tmp_path, metric):
-    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    data = load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
     data = dataclasses.replace(data, test=UntouchableSplit())
     steps_per_epoch = -(-len(data.train) // BATCH_SIZE)
     torch.manual_seed(0)
@@ -76,7 +77,8 @@ def test_kept_epoch_is_the_validation_arg_max_and_test_is_never_read(image_root,
             "input_size": 16, "channels": data.channels, "mean": list(mean), "std": list(std)}
     result = fit(model, learn_then_unlearn(LEARNING_EPOCHS * steps_per_epoch), data, name="student",
                  checkpoint_dir=tmp_path / "ckpt", checkpoint_meta=meta, resume_dir=tmp_path / "resume",
-                 epochs=EPOCHS, batch_size=BATCH_SIZE, lr=0.01, select_metric=metric, progress=False)
+                 train=TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, lr=0.01, select_metric=metric),
+                 progress=False)
 
     values = np.array([record[f"val_{metric}"] for record in result.history])
     # The first best epoch (ties keep the earlier one), counted from 1.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder, real_train_files
-from kdistill.config import DEFAULT_PATIENT_REGEX
+from kdistill.config import DEFAULT_PATIENT_REGEX, DataConfig
 from kdistill.data import load_dataset
 from kdistill.data.split import grouped_holdout, patient_keys
 
@@ -73,7 +73,7 @@ def test_grouped_holdout_on_real_chest_xray_names():
 
 def test_load_dataset_carved_splits_share_no_patient(image_root):
     """val and test carved from train/: the three splits' patient groups are disjoint."""
-    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    data = load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
     train, val, test = (set(s.groups) for s in (data.train, data.val, data.test))
     assert train and val and test
     assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
@@ -85,7 +85,7 @@ def test_load_dataset_carved_splits_share_no_patient(image_root):
 def test_load_dataset_uses_supplied_folders(tmp_path):
     """train/ val/ test/ supplied and val/ big enough: used as they are, not re-carved."""
     root = make_image_folder(tmp_path / "data", per_class=12, splits=("train", "val", "test"))
-    data = load_dataset(root=str(root), input_size=16, min_val_images=10)
+    data = load_dataset(DataConfig(root=str(root), input_size=16, min_val_images=10))
     assert data.info["sources"] == {"train": "train/", "val": "val/", "test": "test/"}
     assert [len(data.train), len(data.val), len(data.test)] == [24, 24, 24]
     assert all("/val/" in n for n in data.val.names)
@@ -96,16 +96,16 @@ def test_small_val_folder_is_replaced_by_a_carved_split(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=24, splits=("train",))
     make_image_folder(tmp_path / "small", per_class=4, splits=("val",), seed=1)
     (tmp_path / "small" / "val").rename(root / "val")
-    data = load_dataset(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
-                        min_val_images=100)
+    data = load_dataset(DataConfig(root=str(root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                                   min_val_images=100))
     assert data.info["unused"] == {"val/": 8}
     assert not any("/val/" in n for n in data.val.names)
 
 
 def test_max_images_per_class_limits_each_split(image_root):
     """max_images_per_class caps every class in every split."""
-    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25,
-                        max_images_per_class=4)
+    data = load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                                   max_images_per_class=4))
     for split in (data.train, data.val, data.test):
         assert max(split.class_counts(2)) <= 4
     assert max(data.train.class_counts(2)) == 4

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, make_image_folder, real_train_files, tiny_config
-from kdistill.config import from_dict
+from kdistill.config import DataConfig, from_dict
 from kdistill.data import load_dataset
 from kdistill.data.split import matching_holdout
 from kdistill.engine.preflight import log_data
@@ -48,7 +48,7 @@ def write_images(root: Path, names: dict[str, list[str]], split: str = "train") 
 
 
 def load(root: Path, **kwargs):
-    return load_dataset(root=str(root), input_size=8, val_fraction=0.25, cache_dir=None, **kwargs)
+    return load_dataset(DataConfig(root=str(root), input_size=8, val_fraction=0.25, cache_dir=None, **kwargs))
 
 
 def file_names(split) -> set[str]:
@@ -109,7 +109,7 @@ def test_splits_json_records_the_held_out_split(source_root, tmp_path):
     """The key flows from the config to the loader, and splits.json lists the held-out files."""
     config = from_dict(tiny_config(source_root, tmp_path / "out",
                                    data={"test_match": CHEST_XRAY_SOURCE, "input_size": 8}))
-    data = load_dataset(**{**dataclasses.asdict(config.data), "cache_dir": None})
+    data = load_dataset(dataclasses.replace(config.data, cache_dir=None))
     write_run_files(tmp_path / "out", config, data)
     splits = json.loads((tmp_path / "out" / "splits.json").read_text())
     assert {Path(name).name for name in splits["test"]["files"]} == file_names(data.test)
@@ -143,7 +143,7 @@ def test_match_taking_every_file_of_a_class_is_refused(source_root):
 
 def test_builtin_digits_refuse_a_match():
     with pytest.raises(ConfigError, match=r"^data\.test_match: "):
-        load_dataset(dataset="digits", input_size=8, test_match="x")
+        load_dataset(DataConfig(dataset="digits", input_size=8, test_match="x"))
 
 
 def test_chest_xray_example_holds_out_both_classes():

@@ -21,6 +21,7 @@ from kdistill.data import load_dataset
 from kdistill.distill import CachedTeacher, build_method
 from kdistill.models import build_model
 from kdistill.engine.loop import fit
+from kdistill.config import DataConfig, TrainConfig
 
 EPOCHS = 4
 INTERRUPT_AT = 3  # the run dies at the start of epoch 3, so the saved state is that of epoch 2
@@ -59,7 +60,7 @@ def record_epoch_ends(monkeypatch) -> list[dict]:
 
 @pytest.fixture
 def data(image_root):
-    return load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    return load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
 
 
 def distill_fit(data, out, resume=False):
@@ -73,8 +74,8 @@ def distill_fit(data, out, resume=False):
     meta = {"architecture": architecture("tiny_cnn_d2", 2, 16, 3, {"width": 4})}
     result = fit(student, build_method("kd", alpha=0.5, temperature=4.0), data, name="distilled",
                  checkpoint_dir=out / "distilled", checkpoint_meta=meta, resume_dir=out / "resume",
-                 teacher=cached, epochs=EPOCHS, batch_size=8, lr=0.01, seed=3, resume=resume,
-                 progress=False)
+                 teacher=cached, train=TrainConfig(epochs=EPOCHS, batch_size=8, lr=0.01), seed=3,
+                 resume=resume, progress=False)
     return student, result
 
 
@@ -142,6 +143,7 @@ def test_resume_state_keeps_the_fp16_loss_scale(tmp_path):
     assert fresh.state_dict()["scale"] == 2.0**16
 
 
+@pytest.mark.slow
 def test_pipeline_resume_through_the_cli(image_root, tmp_path, monkeypatch):
     """`kdistill run` killed while distilling, rerun with --resume: the teacher and baseline are
     reused (not retrained) and the distilled student equals that of an uninterrupted run."""
@@ -173,8 +175,8 @@ def test_pipeline_resume_through_the_cli(image_root, tmp_path, monkeypatch):
 @pytest.mark.parametrize("hflip", [True, False])
 def test_hflip_setting_controls_the_training_views(image_root, tmp_path, hflip):
     """data.hflip=false trains on unflipped images only; true mirrors about half of them."""
-    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25,
-                        hflip=hflip)
+    data = load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25,
+                                   hflip=hflip))
     seen = []
 
     def recording_method(batch, student, teacher):
@@ -183,8 +185,8 @@ def test_hflip_setting_controls_the_training_views(image_root, tmp_path, hflip):
 
     model = build_model("reference_student", 2, input_size=16)
     meta = {"architecture": architecture("reference_student", 2, 16, 3, {})}
-    fit(model, recording_method, data, name="student", checkpoint_dir=tmp_path / "ckpt",
-        checkpoint_meta=meta, resume_dir=tmp_path / "resume", epochs=2, batch_size=8, progress=False)
+    fit(model, recording_method, data, name="student", checkpoint_dir=tmp_path / "ckpt", checkpoint_meta=meta,
+        resume_dir=tmp_path / "resume", train=TrainConfig(epochs=2, batch_size=8), progress=False)
     flipped = torch.cat(seen)
     assert len(flipped) == 2 * len(data.train)
     if hflip:

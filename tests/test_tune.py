@@ -73,6 +73,7 @@ def read_trials(out: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_tune_writes_one_row_per_trial_within_the_ranges(tuned):
     assert tuned["code"] == 0
     rows = read_trials(tuned["out"])
@@ -84,6 +85,7 @@ def test_tune_writes_one_row_per_trial_within_the_ranges(tuned):
     assert not list(tuned["out"].glob("*.db")) and not list(tuned["out"].glob("*.pkl"))
 
 
+@pytest.mark.slow
 def test_best_yaml_holds_the_best_trial(tuned):
     rows = read_trials(tuned["out"])
     best_row = max(rows, key=lambda r: float(r["value"]))  # balanced accuracy: higher is better
@@ -94,11 +96,13 @@ def test_best_yaml_holds_the_best_trial(tuned):
     assert f"trial {best_row['number']} of 3" in text and f"{float(best_row['value']):.4f}" in text
 
 
+@pytest.mark.slow
 def test_tune_never_touches_the_test_split(tuned):
     assert tuned["code"] == 0
     assert tuned["spy"].touched == []
 
 
+@pytest.mark.slow
 def test_a_trial_that_reads_the_test_split_stops_the_search(tmp_path, monkeypatch):
     """The guard itself: an objective that reaches for the test split fails the whole search
     (not one trial quietly), and no best.yaml is written."""
@@ -115,6 +119,7 @@ def test_a_trial_that_reads_the_test_split_stops_the_search(tmp_path, monkeypatc
     assert not (tmp_path / "tune" / "best.yaml").exists()
 
 
+@pytest.mark.slow
 def test_seeded_search_proposes_the_same_trials_again(tuned, tmp_path):
     out = tmp_path / "again"
     assert main(["tune", str(tuned["config"]), "--trials", "2", "--out", str(out)]) == 0
@@ -123,6 +128,7 @@ def test_seeded_search_proposes_the_same_trials_again(tuned, tmp_path):
         assert [r[name] for r in again] == [r[name] for r in first], name
 
 
+@pytest.mark.slow
 def test_run_with_tuned_uses_and_records_the_values(tuned):
     best_path = tuned["out"] / "best.yaml"
     best = yaml.safe_load(best_path.read_text())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from kdistill.config import load_config
+from kdistill.config import DataConfig, TrainConfig, load_config
 from kdistill.data import Batch, load_dataset
 from kdistill.data.doctor import unlabeled_findings
 from kdistill.distill import build_method, kd_loss
@@ -39,7 +39,8 @@ def folders(tmp_path):
 
 
 def load(root, **kwargs):
-    return load_dataset(root=str(root), input_size=16, channels=1, val_fraction=0.2, cache_dir=None, **kwargs)
+    return load_dataset(DataConfig(root=str(root), input_size=16, channels=1, val_fraction=0.2,
+                                   cache_dir=None, **kwargs))
 
 
 def test_doctor_reports_unreadable_files_and_copies_of_test_images(folders):
@@ -126,7 +127,7 @@ def test_training_accuracy_counts_labelled_rows_only(image_root, tmp_path):
     from kdistill.models import build_model
     from kdistill.models.checkpoint import architecture
 
-    data = load_dataset(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25)
+    data = load_dataset(DataConfig(root=str(image_root), input_size=16, val_fraction=0.25, test_fraction=0.25))
     labels = data.train.labels.clone()
     labels[::2] = -1  # half the training rows lose their label
     data = dataclasses.replace(data, train=dataclasses.replace(data.train, labels=labels))
@@ -141,5 +142,6 @@ def test_training_accuracy_counts_labelled_rows_only(image_root, tmp_path):
     meta = {"architecture": architecture("reference_student", 2, 16, 3, {}), "classes": data.classes,
             "input_size": 16, "channels": data.channels, "mean": list(mean), "std": list(std)}
     result = fit(model, right_on_labelled_rows, data, name="student", checkpoint_dir=tmp_path / "c",
-                 checkpoint_meta=meta, resume_dir=tmp_path / "r", epochs=1, batch_size=8, progress=False)
+                 checkpoint_meta=meta, resume_dir=tmp_path / "r", train=TrainConfig(epochs=1, batch_size=8),
+                 progress=False)
     assert result.history[0]["train_accuracy"] == 1.0

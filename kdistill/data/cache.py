@@ -28,7 +28,7 @@ from kdistill.data import decode as decode_module
 from kdistill.data.decode import decode_files, to_storage_tensor
 from kdistill.errors import DataError
 from kdistill.fileio import atomic_file, sha256_file, write_json_atomic
-from kdistill.log import log
+from kdistill.log import log, progress_bar
 
 FORMAT_VERSION = 1
 # Entries also depend on how files are decoded: any change to decode.py selects new entries.
@@ -65,17 +65,20 @@ def decoded_images_key(paths: list[Path], size: int, channels: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def decode_to_storage(paths: list[Path], size: int, channels: int, on_bad_image: str
-                      ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+def decode_to_storage(paths: list[Path], size: int, channels: int, on_bad_image: str,
+                      what: str = "decoding images") -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
     """Decode in chunks straight to the storage format (``to_storage_tensor``): the 3-channel RGB
-    buffer of the whole list never exists, only one chunk of it. Returns (images, kept, bad)."""
+    buffer of the whole list never exists, only one chunk of it. Returns (images, kept, bad).
+    A progress line named ``what`` counts the files (kdistill/log.py)."""
     parts, kept, bad = [], [], []
-    for start in range(0, len(paths), CHUNK):
-        arrays, chunk_kept, chunk_bad = decode_files(paths[start:start + CHUNK], size, on_bad_image)
-        kept += [start + i for i in chunk_kept]
-        bad += chunk_bad
-        if len(arrays):
-            parts.append(to_storage_tensor(arrays, channels))
+    with progress_bar(total=len(paths), what=what, unit="file") as bar:
+        for start in range(0, len(paths), CHUNK):
+            arrays, chunk_kept, chunk_bad = decode_files(paths[start:start + CHUNK], size, on_bad_image)
+            kept += [start + i for i in chunk_kept]
+            bad += chunk_bad
+            if len(arrays):
+                parts.append(to_storage_tensor(arrays, channels))
+            bar.update(len(paths[start:start + CHUNK]))
     if not parts:
         return torch.zeros(0, 1, size, size, dtype=torch.uint8), kept, bad
     stored = max(part.shape[1] for part in parts)  # one colour chunk makes the whole split colour
@@ -83,19 +86,19 @@ def decode_to_storage(paths: list[Path], size: int, channels: int, on_bad_image:
     return images.contiguous(), kept, bad
 
 
-def cached_decode(paths: list[Path], size: int, channels: int, on_bad_image: str,
-                  cache_dir: Path | None) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]], str | None]:
+def cached_decode(paths: list[Path], size: int, channels: int, on_bad_image: str, cache_dir: Path | None,
+                  what: str = "decoding images") -> tuple[torch.Tensor, list[int], list[tuple[Path, str]], str | None]:
     """Decoded images of ``paths`` (memory-mapped from the cache when possible).
 
     Returns (images ``[N, C, S, S]`` uint8, kept indices, [(bad path, reason)], cache key or None).
     """
     if cache_dir is None:
-        return (*decode_to_storage(paths, size, channels, on_bad_image), None)
+        return (*decode_to_storage(paths, size, channels, on_bad_image, what), None)
     key = decoded_images_key(paths, size, channels)
     entry = cache_dir / "images" / key
     loaded = _load_entry(entry)
     if loaded is None:
-        images, kept, bad = decode_to_storage(paths, size, channels, on_bad_image)
+        images, kept, bad = decode_to_storage(paths, size, channels, on_bad_image, what)
         try:
             _write_entry(entry, images, kept, bad)
         except OSError as exc:  # a cache that cannot be written must not stop the run
@@ -203,16 +206,16 @@ class Decoded:
 
 
 def decode_uncommitted(paths: list[Path], size: int, channels: int, on_bad_image: str,
-                       cache_dir: Path | None) -> Decoded:
+                       cache_dir: Path | None, what: str = "decoding images") -> Decoded:
     """What :func:`cached_decode` returns, except that a new entry is not written yet: the loader
     first checks the images (every split holds every class), so a refused run caches nothing."""
     if cache_dir is None:
-        return Decoded(*decode_to_storage(paths, size, channels, on_bad_image), None)
+        return Decoded(*decode_to_storage(paths, size, channels, on_bad_image, what), None)
     key = decoded_images_key(paths, size, channels)
     entry = cache_dir / "images" / key
     loaded = _load_entry(entry)
     if loaded is None:
-        return Decoded(*decode_to_storage(paths, size, channels, on_bad_image), key, entry)
+        return Decoded(*decode_to_storage(paths, size, channels, on_bad_image, what), key, entry)
     images, kept, bad = loaded
     if bad and on_bad_image == "error":
         path, reason = bad[0]

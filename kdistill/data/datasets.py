@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from kdistill.data.transforms import apply_flips, normalization, random_flips, t
 from kdistill.data.views import FLIP, LAMBDA, PARTNER, AugmentSpec, augment_spec, draw_views, render_views
 from kdistill.errors import ConfigError, DataError
 from kdistill.log import log
+
+if TYPE_CHECKING:
+    from kdistill.config import DataConfig
 
 
 @dataclass
@@ -118,29 +122,9 @@ class Batch:
         return loss / target.sum()
 
 
-def load_dataset(
-    *,
-    root: str | None = None,
-    dataset: str | None = None,
-    input_size: int = 224,
-    hflip: bool = True,
-    channels: int = 3,
-    positive_class: str | None = None,
-    patient_regex: str = r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)",
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    test_match: str | None = None,
-    min_val_images: int = 100,
-    split_seed: int = 0,
-    max_images_per_class: int | None = None,
-    on_bad_image: str = "skip",
-    cache_dir: str | None = "auto",
-    augment: dict | None = None,
-    unlabeled: str | None = None,
-    labeled_fraction: float | None = None,
-    external: list[str] | tuple[str, ...] = (),
-) -> DatasetBundle:
-    """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits.
+def load_dataset(settings: DataConfig) -> DatasetBundle:
+    """Load a folder (or the built-in ``digits``) and return patient-grouped train/val/test splits,
+    as the ``data`` section of a config says (every default lives there, in kdistill/config.py).
 
     Decoded images are cached on disk under ``cache_dir`` (see ``kdistill.data.cache``).
     ``unlabeled`` is a folder of images without labels; ``labeled_fraction`` keeps the labels of
@@ -148,37 +132,39 @@ def load_dataset(
     simulation of a partly read archive). ``test_match`` is a regex on file names: the train/
     files it matches are the test split (a held-out source) instead of a carved one. ``external``
     lists labelled folders from other sources, decoded for evaluation only (kdistill/data/external.py)."""
-    split_args = dict(val_fraction=val_fraction, test_fraction=test_fraction,
-                      min_val_images=min_val_images, split_seed=split_seed)
-    if dataset == "digits":
-        if test_match is not None:
+    s = settings
+    split_args = dict(val_fraction=s.val_fraction, test_fraction=s.test_fraction,
+                      min_val_images=s.min_val_images, split_seed=s.split_seed)
+    if s.dataset == "digits":
+        if s.test_match is not None:
             raise ConfigError("data.test_match: holds out files of a data.root folder by name; "
                               "the built-in digits have no file names")
-        classes, splits, info = _digits_splits(input_size, **split_args)
-    elif root is not None:
-        classes, splits, info = _folder_splits(Path(root), patient_regex, test_match=test_match,
+        classes, splits, info = _digits_splits(s.input_size, **split_args)
+    elif s.root is not None:
+        classes, splits, info = _folder_splits(Path(s.root), s.patient_regex, test_match=s.test_match,
                                                **split_args)
     else:
         raise DataError("no data: set data.root to a folder or data.dataset to digits")
-    positive_class = _check_positive_class(classes, positive_class)
-    cache = resolve_cache_dir(cache_dir)
+    positive_class = _check_positive_class(classes, s.positive_class)
+    cache = resolve_cache_dir(s.cache_dir)
     decoded = {}
     for name in ("train", "val", "test"):
         part = splits[name]
-        part = _limit_per_class(part, max_images_per_class, split_seed)
-        if name == "train" and labeled_fraction is not None:
-            part, splits["dropped"] = _drop_labels(part, labeled_fraction, split_seed + 2, info)
-        decoded[name] = _decode(part, input_size, channels, on_bad_image, info, name, cache)
+        part = _limit_per_class(part, s.max_images_per_class, s.split_seed)
+        if name == "train" and s.labeled_fraction is not None:
+            part, splits["dropped"] = _drop_labels(part, s.labeled_fraction, s.split_seed + 2, info)
+        decoded[name] = _decode(part, s.input_size, s.channels, s.on_bad_image, info, name, cache)
     _require_every_class(decoded, classes, info)
-    pool = _unlabeled_pool(splits, unlabeled, input_size, channels, on_bad_image, info, cache)
+    pool = _unlabeled_pool(splits, s.unlabeled, s.input_size, s.channels, s.on_bad_image, info, cache)
     # Every check passed: only now do new decoded images go to the cache.
     loaded = {name: pending.split() for name, pending in decoded.items()}
-    info["sizes"] = {name: len(s) for name, s in loaded.items()}
-    info["class_counts"] = {name: s.class_counts(len(classes)) for name, s in loaded.items()}
+    info["sizes"] = {name: len(split) for name, split in loaded.items()}
+    info["class_counts"] = {name: split.class_counts(len(classes)) for name, split in loaded.items()}
     pool = _join_unlabeled(pool, info)
-    others = _external_folders(list(external), classes, loaded, input_size, channels, on_bad_image)
+    others = _external_folders(list(s.external), classes, loaded, s.input_size, s.channels, s.on_bad_image)
+    augment = augment_spec(dataclasses.asdict(s.augment), s.hflip)
     return DatasetBundle(classes, positive_class, loaded["train"], loaded["val"], loaded["test"],
-                         input_size, channels, info, hflip, augment_spec(augment, hflip), None, pool,
+                         s.input_size, s.channels, info, s.hflip, augment, None, pool,
                          external=others)
 
 
@@ -417,7 +403,7 @@ def _decode(raw: _RawSplit, size: int, channels: int, on_bad_image: str, info: d
             split_name: str, cache_dir: Path | None = None) -> _Pending:
     if raw.images is not None:  # built-in data is already decoded
         return _Pending(raw, None)
-    decoded = decode_uncommitted(raw.paths, size, channels, on_bad_image, cache_dir)
+    decoded = decode_uncommitted(raw.paths, size, channels, on_bad_image, cache_dir, f"decoding {split_name}")
     for path, reason in decoded.bad:
         log.info(f"skipping {path}: {reason}")
         info.setdefault("skipped_files", []).append(str(path))

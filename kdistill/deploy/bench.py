@@ -26,6 +26,7 @@ from kdistill.data.imagefiles import load_images
 from kdistill.models import build_model, deploy_form
 from kdistill.deploy.onnx_model import INPUT_NAME, open_session
 from kdistill.deploy.profile import count_bytes, count_macs, count_parameters, time_interleaved, torch_threads
+from kdistill.log import progress_bar
 
 RANDOM_CALIBRATION = "random N(0,1) inputs (latency only: says nothing about int8 accuracy)"
 
@@ -179,13 +180,15 @@ def run_bench(models: list[BenchModel], *, threads: int = 1, int8: bool = False,
         sizes = {m.label: model_size(m.model, m.meta) for m in models}
         rows = []
         # Batch-64 calls last seconds for a large model: fewer rounds and one warm-up call suffice.
-        for batch, batch_rounds, warmup in ((1, rounds, 3), (throughput_batch, max(3, rounds // 3), 1)):
-            calls = {(label, runtime): make(batch) for label, per_model in made.items()
-                     for runtime, make in per_model.items()}
-            timed = time_interleaved({f"{k[0]}|{k[1]}": v for k, v in calls.items()}, batch_rounds,
-                                     warmup=warmup)
-            rows += [_row(m, runtime, batch, timed[f"{m.label}|{runtime}"], threads, batch_rounds,
-                          sizes[m.label]) for m in models for runtime in made[m.label]]
+        phases = ((1, rounds, 3), (throughput_batch, max(3, rounds // 3), 1))
+        with progress_bar(total=sum(r for _, r, _ in phases), what="speed timing", unit="round") as bar:
+            for batch, batch_rounds, warmup in phases:
+                calls = {(label, runtime): make(batch) for label, per_model in made.items()
+                         for runtime, make in per_model.items()}
+                timed = time_interleaved({f"{k[0]}|{k[1]}": v for k, v in calls.items()}, batch_rounds,
+                                         warmup=warmup, tick=bar.update)
+                rows += [_row(m, runtime, batch, timed[f"{m.label}|{runtime}"], threads, batch_rounds,
+                              sizes[m.label]) for m in models for runtime in made[m.label]]
     add_ratios(rows, models)
     return rows
 

@@ -107,10 +107,16 @@ def format_predictions(rows: list[dict], unreadable: list[dict]) -> str:
     binary = any("positive_probability" in r for r in rows)
     header = ["file", "class", "prob"] + ([f"p({rows[0]['positive_class']})", "threshold"] if binary else [])
     body = [[r["file"], r["class"], f"{r['probability']:.4f}"]
-            + ([f"{r['positive_probability']:.4f}", f"{r['threshold']}"] if binary else []) for r in rows]
+            + ([f"{r['positive_probability']:.4f}", threshold_text(r["threshold"])] if binary else [])
+            for r in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *body]]
     if unreadable:
         lines.append(f"\n{len(unreadable)} unreadable file(s):")
         lines.extend(f"  {u['file']}: {u['reason']}" for u in unreadable)
     return "\n".join(lines)
+
+
+def threshold_text(threshold: float | None) -> str:
+    """A decision threshold to 4 significant digits (JSON keeps every digit); none: arg-max."""
+    return "arg-max" if threshold is None else f"{threshold:.4g}"

@@ -79,10 +79,11 @@ def torch_threads(threads: int):
 
 
 def time_interleaved(runs: dict[str, Callable[[], object]], rounds: int, min_round_s: float = 0.02,
-                     warmup: int = 2) -> dict[str, tuple[float, float]]:
+                     warmup: int = 2, tick: Callable[[], object] = lambda: None) -> dict[str, tuple[float, float]]:
     """Median and spread (max - min) of the per-call seconds of each callable, measured round by
     round: every round times each callable once, in an order rotated every round, so background
-    load and thermal drift hit all of them alike instead of whichever happened to run last."""
+    load and thermal drift hit all of them alike instead of whichever happened to run last.
+    ``tick`` is called after every round (a progress line)."""
     calls = {name: _calls_per_round(run, warmup, min_round_s) for name, run in runs.items()}
     names = list(runs)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -93,6 +94,7 @@ def time_interleaved(runs: dict[str, Callable[[], object]], rounds: int, min_rou
             for _ in range(calls[name]):
                 runs[name]()
             samples[name].append((time.perf_counter() - started) / calls[name])
+        tick()
     return {name: (statistics.median(s), max(s) - min(s)) for name, s in samples.items()}
 
 

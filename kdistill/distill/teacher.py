@@ -42,7 +42,7 @@ from torch import nn
 from kdistill.data import Batch, ImageSplit, iterate_batches
 from kdistill.errors import ConfigError
 from kdistill.fileio import atomic_file
-from kdistill.log import log
+from kdistill.log import Counted, log
 from kdistill.models import find_head
 from kdistill.models.inference import registered_runner
 
@@ -101,7 +101,8 @@ class CachedTeacher:
         runner = registered_runner(model)
         if runner is not None:
             key["runtime"] = "onnxruntime"
-        forward = runner or model
+        # A progress line counts the (image, view) rows: K = views.shape[-2] for a shared or per-image bank.
+        forward = Counted(runner or model, total=len(split) * views.shape[-2], what="teacher table")
         self.per_image = views.dim() == 3
         self.view_of_flip = None if self.per_image else flip_view_index(views)
 
@@ -339,6 +340,7 @@ class StoredEmbeddingTeacher:
             if runner is not None:
                 embed, self.runtime = runner, "onnxruntime"
                 key["runtime"] = self.runtime
+        embed = Counted(embed, total=len(split) * views.shape[-2], what="teacher embeddings")
 
         def compute() -> torch.Tensor:
             if self.per_image:

@@ -29,6 +29,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from tqdm import tqdm
 
+from kdistill.config import TrainConfig
 from kdistill.engine import distributed
 from kdistill.engine.allocator import keep_freed_memory, release_freed_memory
 from kdistill.models.checkpoint import save_checkpoint, state_to_tensors, tensors_to_state
@@ -61,21 +62,18 @@ def fit(
     checkpoint_dir: Path,
     checkpoint_meta: dict,
     resume_dir: Path,
+    train: TrainConfig,
     teacher=None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    optimizer: str = "adamw",
-    schedule: str = "cosine",
-    select_metric: str = "balanced_accuracy",
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
     device: str = "cpu",
     precision: str = "fp32",
 ) -> FitResult:
-    """Train ``model`` with ``method``; write the best epoch's checkpoint to ``checkpoint_dir``."""
+    """Train ``model`` with ``method`` on the recipe ``train`` (epochs, batch size, optimizer,
+    schedule, selection metric; ``class_weighting`` is the method's); write the best epoch's
+    checkpoint to ``checkpoint_dir``."""
+    epochs, batch_size, select_metric = train.epochs, train.batch_size, train.select_metric
     # Without it every CPU step gives its freed buffers back to the OS and faults them in again
     # (benchmarks/kd_speed.py times a naive loop without and with this setting: (a) and (a')).
     keep_freed_memory()
@@ -93,8 +91,8 @@ def fit(
     steps_per_epoch = math.ceil(distributed.shard_size(len(data.train), world) / batch_size)
     trained = distributed.wrap_student(model, world)  # ``model`` itself when not distributed
     runner = StepRunner(place, precision, teacher)
-    opt = build_optimizer(optimizer, params, lr, weight_decay)
-    sched = build_schedule(schedule, opt, epochs * steps_per_epoch)
+    opt = build_optimizer(train.optimizer, params, train.lr, train.weight_decay)
+    sched = build_schedule(train.schedule, opt, epochs * steps_per_epoch)
     state = TrainState(history=[], best_epoch=0, best_score=None, best_weights=None)
     if resume:
         state = _load_newest_state(resume_dir, name, model, opt, sched, runner.scaler, method) or state

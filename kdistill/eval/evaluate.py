@@ -31,7 +31,8 @@ def evaluate_model(model: nn.Module, meta: dict, split: ImageSplit, *, name: str
     """One ``results.json`` row (metrics at the checkpoint's threshold and at 0.5, calibration,
     bootstrap intervals, params, MACs, bytes moved) and the temperature-scaled test probabilities.
     CPU speed is added afterwards by ``add_speed``, for all models side by side."""
-    logits = predict_logits(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
+    logits = predict_logits(model, split, channels=meta["channels"], mean=meta["mean"], std=meta["std"],
+                            what=f"evaluating the {role}")
     metrics, probs = score_logits(logits, split.labels.numpy(), meta)
     profile = model_size(model, meta)
     seed = meta.get("seed")
@@ -136,9 +137,11 @@ def add_speedups(rows: list[dict]) -> None:
                                      if teacher else None)
 
 
-def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: dict | None = None,
+def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: dict | None,
                         on_bad_image: str = "skip") -> dict:
-    """``kdistill evaluate``: one checkpoint on one folder; writes ``out`` (results.json)."""
+    """``kdistill evaluate``: one checkpoint on one folder; writes ``out`` (results.json).
+    ``speed``: the timing settings (``threads``, ...), or None to skip timing (``--no-speed``:
+    the speed fields are null)."""
     if out is not None:
         check_output_file(out)
     model, meta = load_checkpoint(checkpoint)
@@ -146,7 +149,10 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: d
                                       on_bad_image)
     row, _ = evaluate_model(model, meta, split, name=meta["architecture"]["name"],
                             role=meta.get("role", "model"), checkpoint=str(checkpoint))
-    add_speed([row], {row["id"]: (model, meta)}, **(speed or {}))
+    if speed is None:
+        row.update(latency_ms_batch1=None, throughput_img_s=None, speedup_vs_teacher=None)
+    else:
+        add_speed([row], {row["id"]: (model, meta)}, **speed)
     results = {"kdistill_version": __version__,
                "dataset": {"root": str(data), "evaluated_on": str(data), "classes": meta["classes"],
                            "positive_class": meta.get("positive_class"), "images": len(split),

