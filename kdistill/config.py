@@ -484,6 +484,16 @@ def _parse_text(value: _OverrideText, hint: Any) -> Any:
         return str(value)
 
 
+def _free_form(value: Any) -> Any:
+    """A free-form mapping with every ``key=value`` override inside it read as YAML
+    (``student.model_args.width=1`` is the number 1, not the text "1")."""
+    if isinstance(value, dict):
+        return {k: _free_form(v) for k, v in value.items()}
+    if isinstance(value, _OverrideText):
+        return _parse_text(value, Any)
+    return value
+
+
 def _yaml_word(value: Any, choices: tuple) -> Any:
     """YAML 1.1 reads an unquoted ``off``/``on`` (and no/yes, false/true) as a bool: give back the
     word when it is one of the choices, so ``fast_path: off`` in a file means "off"."""
@@ -555,6 +565,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
     if expected is list and args:
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if expected is dict:  # free-form (model_args, method params): no hint, so read overrides as YAML
+        return _free_form(value)
     if expected is float and not math.isfinite(value):  # nan passes every < and > check below
         raise ConfigError(f"{key}: {value!r} must be a finite number")
     return value

@@ -151,3 +151,11 @@ def test_a_tuned_file_may_set_only_what_tune_searches(tmp_path):
     with pytest.raises(ConfigError, match="student.train.epochs is not a tuned value") as refused:
         read_tuned(best)
     assert all(key in str(refused.value) for key in TUNED_KEYS)
+
+
+def test_overrides_inside_free_form_mappings_are_read_as_yaml():
+    """``student.model_args.width=1`` builds a student of width 1 (the number), as in a file."""
+    config = load_config(None, ["data.dataset=digits", "student.model_args.width=1", "student.model_args.se=true",
+                                "distill.params.dkd.beta=8.5", "student.model_args.note=abc"])
+    assert config.student.model_args == {"width": 1, "se": True, "note": "abc"}
+    assert config.distill.params["dkd"]["beta"] == 8.5

@@ -1,10 +1,13 @@
 """What the feature methods (FitNet, AT, RKD) share: layer paths for student and teacher (given in
 ``distill.params.<method>``, or found by kdistill/distill/hooks.py), bound once to the two models
 before training; each step the student's outputs are captured by hooks during its own forward and
-the teacher's by a :class:`~kdistill.distill.teacher.FeatureTeacher`.
+the teacher's by a :class:`~kdistill.distill.teacher.FeatureTeacher`, or, for a method that reads
+only the teacher's pooled embedding (:class:`EmbeddingMethod`), from a table computed once per
+(image, view) (:class:`~kdistill.distill.teacher.StoredEmbeddingTeacher`).
 
-Cost: the teacher runs live every step (its cached logits cannot stand in for its feature maps), so
-an epoch costs a teacher forward per image on top of the student's step."""
+Cost: with feature maps the teacher runs live every step (no table could hold them), so an epoch
+costs a teacher forward per image on top of the student's step; with stored embeddings it costs
+about what kd costs (docs/performance.md)."""
 
 from __future__ import annotations
 

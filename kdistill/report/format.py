@@ -30,6 +30,11 @@ def p_value(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_is(p: float) -> str:
+    """``p = 0.032`` or ``p < 0.001``: a p-value in a sentence."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def interval(bounds, percent: bool) -> str:
     """`` [lo, hi]`` after a value, in the value's unit; empty when there is no interval."""
     if not bounds:

@@ -6,7 +6,7 @@ Shared by ``report.md`` and ``report.html``; empty for a run of one method."""
 from __future__ import annotations
 
 from kdistill.eval.pooled import PERMUTATIONS
-from kdistill.report.format import interval, mean_std, num, p_value
+from kdistill.report.format import interval, mean_std, num, p_is, p_value
 
 SIGNIFICANCE = 0.05
 
@@ -49,7 +49,7 @@ def pooled_sentence(test: dict) -> str:
     """One sentence on the test over all seeds at once, for under the per-seed tests."""
     seeds = ", ".join(str(s) for s in test.get("seeds") or [])
     return (f"Pooled over seeds {seeds} (the test images as units, {POOLED_TEST}): accuracy diff "
-            f"{100 * test['accuracy_diff']:+.2f} points, p = {p_value(test['p_value'])}; "
+            f"{100 * test['accuracy_diff']:+.2f} points, {p_is(test['p_value'])}; "
             f"{test['images_better']} images right on more seeds distilled, {test['images_worse']} on fewer"
             + ("" if test.get("auc_diff") is None else
                f"; AUC of the seed-averaged probabilities {test['auc_diff']:+.3f}{interval(test.get('auc_diff_ci'), False)}")

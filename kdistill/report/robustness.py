@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.report.format import ROLE_LABELS, pct
+from kdistill.report.format import ROLE_LABELS, p_is, pct
 
 METRIC = "balanced_accuracy"
 
@@ -116,7 +116,7 @@ def test_sentences(results: dict) -> list[str]:
     for test in results.get("battery_tests") or []:
         method = f" ({test['method']})" if test.get("method") else ""
         seeds = ", ".join(str(s) for s in test.get("seeds") or [])
-        p = "p < 0.001" if test["p_value"] < 0.001 else f"p = {test['p_value']:.3f}"
+        p = p_is(test["p_value"])
         sentences.append(f"Distilled{method} vs alone over the whole battery, pooled over seeds {seeds}: balanced "
                          f"accuracy {100 * test['balanced_accuracy_diff']:+.2f} points, {p} (paired sign-flip "
                          f"test over the {test['images']} validation images; {test['images_better']} images "
