@@ -103,31 +103,42 @@ class CachedTeacher:
             key["runtime"] = "onnxruntime"
         # A progress line counts the (image, view) rows: K = views.shape[-2] for a shared or per-image bank.
         forward = Counted(runner or model, total=len(split) * views.shape[-2], what="teacher table")
-        self.per_image = views.dim() == 3
-        self.view_of_flip = None if self.per_image else flip_view_index(views)
+        self.view_of_flip = None if views.dim() == 3 else flip_view_index(views)  # None: a per-image bank
 
         def compute() -> torch.Tensor:
-            if self.per_image:
-                return bank_table(forward, split, views, channels=channels, mean=mean, std=std,
-                                  batch_size=batch_size, bank_images=bank_images)
-            return view_table(forward, split, channels=channels, mean=mean, std=std,
-                              batch_size=batch_size, views=views)
+            return views_table(forward, split, views, channels=channels, mean=mean, std=std,
+                               batch_size=batch_size, bank_images=bank_images)
 
         self.table = stored_view_table(compute, split, key, channels=channels, mean=mean, std=std,
                                        cache_dir=cache_dir, dtype=dtype, views=views)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        if self.per_image:
-            if batch.view is None:
-                raise ValueError("a view-bank teacher needs batches drawn from its bank (Batch.view)")
-            return self.table[batch.index, batch.view].float()
-        return self.table[batch.index, self.view_of_flip[batch.flipped.long()]].float()
+        return batch_rows(self.table, batch, self.view_of_flip)
 
     def on(self, device: torch.device) -> Callable[[Batch], torch.Tensor]:
         """These outputs on ``device``: the table stays in CPU memory, each batch's rows move."""
         if device.type == "cpu":
             return self
         return lambda batch: self(batch).to(device)
+
+
+def views_table(fn: Callable[[torch.Tensor], torch.Tensor], split: ImageSplit, views: torch.Tensor, *,
+                channels: int, mean, std, batch_size: int, bank_images: torch.Tensor | None) -> torch.Tensor:
+    """``fn`` on every (image, view) of a shared bank ``[K, 5]`` or a per-image bank ``[N, K, VIEW_WIDTH]``."""
+    if views.dim() == 3:
+        return bank_table(fn, split, views, channels=channels, mean=mean, std=std, batch_size=batch_size,
+                          bank_images=bank_images)
+    return view_table(fn, split, channels=channels, mean=mean, std=std, batch_size=batch_size, views=views)
+
+
+def batch_rows(table: torch.Tensor, batch: Batch, view_of_flip: torch.Tensor | None) -> torch.Tensor:
+    """The table's rows ``[B, ...]`` (float32) for the very views of ``batch``: looked up by
+    ``Batch.view`` for a per-image bank (``view_of_flip`` None), else by ``Batch.flipped``."""
+    if view_of_flip is None:
+        if batch.view is None:
+            raise ValueError("a view-bank teacher needs batches drawn from its bank (Batch.view)")
+        return table[batch.index, batch.view].float()
+    return table[batch.index, view_of_flip[batch.flipped.long()]].float()
 
 
 def flip_view_index(views: torch.Tensor) -> torch.Tensor:
@@ -329,8 +340,7 @@ class StoredEmbeddingTeacher:
 
         self.model = freeze(model)
         self.path = embedding_path(self.model)
-        self.per_image = views.dim() == 3
-        self.view_of_flip = None if self.per_image else flip_view_index(views)
+        self.view_of_flip = None if views.dim() == 3 else flip_view_index(views)  # None: a per-image bank
         key = {"what": "embedding", "weights": state_dict_sha256(self.model.state_dict()), "layer": self.path}
         if bank_images is not None:
             key["rendered"] = "uint8"
@@ -343,11 +353,8 @@ class StoredEmbeddingTeacher:
         embed = Counted(embed, total=len(split) * views.shape[-2], what="teacher embeddings")
 
         def compute() -> torch.Tensor:
-            if self.per_image:
-                return bank_table(embed, split, views, channels=channels, mean=mean, std=std,
-                                  batch_size=batch_size, bank_images=bank_images)
-            return view_table(embed, split, channels=channels, mean=mean, std=std, batch_size=batch_size,
-                              views=views)
+            return views_table(embed, split, views, channels=channels, mean=mean, std=std,
+                               batch_size=batch_size, bank_images=bank_images)
 
         self.table = stored_view_table(compute, split, key, channels=channels, mean=mean, std=std,
                                        cache_dir=cache_dir, dtype=dtype, views=views)
@@ -359,13 +366,7 @@ class StoredEmbeddingTeacher:
         """``(None, {embedding path: [B, F]})``: the rows of the batch's very views (no logits are stored)."""
         if list(paths) != [self.path]:
             raise ConfigError(f"stored teacher embeddings hold {self.path} only, not {list(paths)}")
-        if self.per_image:
-            if batch.view is None:
-                raise ValueError("a view-bank teacher needs batches drawn from its bank (Batch.view)")
-            rows = self.table[batch.index, batch.view]
-        else:
-            rows = self.table[batch.index, self.view_of_flip[batch.flipped.long()]]
-        return None, {self.path: rows.float()}
+        return None, {self.path: batch_rows(self.table, batch, self.view_of_flip)}
 
 
 class _OnDevice:
@@ -393,8 +394,7 @@ def embedding_runner(model: nn.Module, path: str, *, channels: int, input_size: 
     if path != head_path + INPUT_SUFFIX:
         return None
     headless = copy.deepcopy(model)
-    parent = headless.get_submodule(head_path.rpartition(".")[0]) if "." in head_path else headless
-    setattr(parent, head_path.rpartition(".")[2], nn.Identity())
+    headless.set_submodule(head_path, nn.Identity())
     example = torch.randn(2, channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if not torch.allclose(headless(example).flatten(1), embedding_function(model, path)(example), atol=1e-5):
