@@ -322,12 +322,11 @@ def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> d
     fitted = calibrate(logits, data.val.labels.numpy(), data.positive_index, rule=rule,
                        temperature=config.calibration.temperature, train_positive_fraction=prior,
                        shifted_logits=None if shifted is None else list(shifted.values()))
-    threshold = None if fitted["threshold"] is None else f"{fitted['threshold']:.4f}"
     source = {"prior": "the training labels' positive share", "argmax": "the arg-max",
               "battery": f"fitted on {len(data.val)} validation images and their shift battery"}.get(
         rule, f"fitted on {len(data.val)} validation images")
-    decision = (f"threshold {threshold} ({fitted['threshold_rule']}: {source})" if fitted["threshold"] is not None
-                else f"the arg-max of {len(data.classes)} classes (no threshold)")
+    decision = (f"the arg-max of {len(data.classes)} classes (no threshold)" if fitted["threshold"] is None
+                else f"threshold {fitted['threshold']:.4f} ({fitted['threshold_rule']}: {source})")
     log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f} (fitted on"
              f" {len(data.val)} validation images), {decision}")
     if battery is not None:

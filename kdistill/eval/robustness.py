@@ -102,13 +102,13 @@ def battery_tests(rows: list[dict], labels: np.ndarray) -> list[dict]:
     size so that the mean difference is the difference in balanced accuracy."""
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+    weights, unit = _class_weights(counts, labels)
     tests = []
     for method, pairs in seed_pairs(rows).items():
         pairs = [(a, d) for a, d in pairs if a.get("robustness") and d.get("robustness")]
         if len(pairs) < 2:
             continue
         right = [sum(np.asarray(pair[side]["robustness"]["renderings_right"]) for pair in pairs) for side in (0, 1)]
-        weights, unit = _class_weights(counts, labels)
         difference = (right[1] - right[0]) * weights
         renderings = pairs[0][1]["robustness"]["renderings"]
         scale = int((counts > 0).sum()) * unit * renderings * len(pairs)
