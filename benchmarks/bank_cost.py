@@ -5,7 +5,7 @@
 For every K in ``--views`` and input size in ``--sizes``, over N images of ``FOLDER/train`` (a
 fixed random subset, seed 0; no other folder is read) or, without ``--data``, N generated grey
 images, each piece timed through the functions a ``kdistill run`` with ``distill.bank_views=K``
-calls (kdistill/distill/setup.py), with the settings of ``--config`` (default the packaged chest
+calls (kdistill/distill/inputs.py), with the settings of ``--config`` (default the packaged chest
 X-ray config: its channels, student, method) and the views of ``--set`` (default the radiologist
 views: random-resized crop at scale 0.6-1, rotation 7 degrees, brightness and contrast 0.25):
 
@@ -56,8 +56,8 @@ from kdistill.data.cache import cached_decode
 from kdistill.data.folder import sample_train_files
 from kdistill.data.views import VIEW_WIDTH, augment_spec, materialized_bytes
 from kdistill.distill import build_method
-from kdistill.distill.method_setup import method_arguments
-from kdistill.distill.setup import materialized_bank, prepare_teacher_outputs, student_data, view_bank
+from kdistill.distill.method_runs import method_arguments
+from kdistill.distill.inputs import materialized_bank, prepare_teacher_outputs, student_data, view_bank
 from kdistill.distill.teacher import DTYPES, stored_view_table
 from kdistill.engine.loop import fit
 from kdistill.log import log

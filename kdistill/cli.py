@@ -232,7 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(study, indent=2) if args.json else format_study(study))
         return 0
     if args.command == "calibrate":
-        from kdistill.eval.site import calibrate_checkpoint
+        from kdistill.commands import calibrate_checkpoint
 
         fitted = calibrate_checkpoint(Path(args.checkpoint), Path(args.data), rule=args.rule,
                                       temperature=not args.no_temperature,
@@ -244,7 +244,7 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{args.out or args.checkpoint}")
         return 0
     if args.command == "evaluate":
-        from kdistill.eval.evaluate import evaluate_checkpoint
+        from kdistill.commands import evaluate_checkpoint
         from kdistill.report.markdown import comparison_table
 
         out = Path(args.out) if _output_arg(args.out) else None

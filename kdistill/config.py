@@ -7,8 +7,8 @@ declarations; an unknown key, a wrong type or a value outside its bounds or choi
 :class:`ConfigError` that names the key.
 
 Who receives what: the pipeline, the commands and the run's orchestration (``kdistill.pipeline``,
-``tune``, ``search``, ``engine/preflight.py``, ``engine/run_folder.py``, ``distill/setup.py``,
-``distill/method_setup.py``) read the whole :class:`Config`; a builder takes the one section it
+``tune``, ``search``, ``preflight.py``, ``run_folder.py``, ``distill/inputs.py``,
+``distill/method_runs.py``) read the whole :class:`Config`; a builder takes the one section it
 needs (``load_dataset`` a :class:`DataConfig`, ``fit`` a :class:`TrainConfig`) or plain arguments.
 """
 
@@ -24,6 +24,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from kdistill.distill.registry import DEFAULT_METHOD
 from kdistill.errors import ConfigError
 from kdistill.eval.calibration import THRESHOLD_RULES
 from kdistill.models.family import FAMILY
@@ -205,6 +206,39 @@ class TeacherConfig:
         "run in ONNX Runtime when it is installed and matches PyTorch on a check batch (2-3x faster for "
         "convolutional teachers; logits within 1e-3, typically 1e-5); false: PyTorch")
     train: TrainConfig = setting(doc="the teacher's recipe", factory=lambda: TrainConfig(epochs=5, lr=1e-3))
+    members: list[dict] = setting(
+        doc="an ensemble teacher (two or more entries): each entry overrides the settings above for one "
+        "member (`model`, `model_args`, `pretrained`, `weights`, `mode`, `trainable_blocks`, "
+        "`trainable_prefixes`, `checkpoint`, `train`); each member is fine-tuned (or loaded) into "
+        "`teacher/member<k>/`, and the students learn from the mean of the members' class "
+        "probabilities (kdistill/models/ensemble.py); empty: one teacher", factory=list)
+
+
+# What an ensemble member may set for itself; the rest (onnx_inference) is the teacher's.
+MEMBER_KEYS = ("model", "model_args", "pretrained", "weights", "mode", "trainable_blocks",
+               "trainable_prefixes", "checkpoint", "train")
+
+
+def teacher_members(teacher: TeacherConfig) -> list[TeacherConfig]:
+    """Each ensemble member's settings: the teacher's, with the member's entry laid over them
+    (``train`` key by key); an empty list for a single teacher. Checked like any section."""
+    shared = {key: value for key, value in dataclasses.asdict(teacher).items()
+              if key in MEMBER_KEYS and key != "checkpoint"}  # a checkpoint is one member's own
+    members = []
+    for index, entry in enumerate(teacher.members):
+        key = f"teacher.members[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{key}: expected a mapping of teacher settings, got {entry!r}")
+        unknown = sorted(set(entry) - set(MEMBER_KEYS))
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: not a member setting (known: {', '.join(MEMBER_KEYS)})")
+        if not isinstance(entry.get("train") or {}, dict):
+            raise ConfigError(f"{key}.train: expected a mapping, got {entry['train']!r}")
+        train = {**shared["train"], **(entry.get("train") or {})}
+        member = _build(TeacherConfig, {**shared, **entry, "train": train}, prefix=f"{key}.")
+        check_bounds(member, f"{key}.")
+        members.append(member)
+    return members
 
 
 @dataclass
@@ -244,10 +278,11 @@ class DistillConfig:
     """How the distilled student learns from the teacher."""
 
     method: str = setting(
-        "kd", "a registered method: kd (Hinton's `(1 - alpha) * CE + alpha * T**2 * KL`), article (a "
-        "popular tutorial's recipe as written, fixed T=1, alpha=0.25), dkd, dist, ls (logit methods), "
-        "fitnet, at, rkd (feature methods, live teacher), ce (the cross-entropy alone, no teacher: a "
-        "control that should match the student alone); see docs/extending.md")
+        DEFAULT_METHOD, "a registered method: kd (Hinton's `(1 - alpha) * CE + alpha * T**2 * KL`), article "
+        "(a popular tutorial's recipe as written, fixed T=1, alpha=0.25), dkd, dist, ls (logit methods), "
+        "fitnet, at (feature methods, live teacher), rkd (relations of the pooled embeddings, stored per "
+        "view), ce (the cross-entropy alone, no teacher: a control that should match the student alone); "
+        "see docs/extending.md")
     methods: Optional[list[str]] = setting(
         None, "a comparison: one distilled student per method and seed, from the same teacher, against "
         "the same students alone, in `<out>/[seed<k>/]distilled-<method>/`; null: `method` alone")
@@ -588,6 +623,19 @@ def _check_consistency(config: Config) -> None:
                           "renderings; set robustness.battery=true or choose another rule")
     _check_tune_ranges(config.tune)
     _check_search(config.search)
+    _check_members(config.teacher)
+
+
+def _check_members(teacher: TeacherConfig) -> None:
+    if not teacher.members:
+        return
+    if len(teacher.members) < 2:
+        raise ConfigError("teacher.members: an ensemble needs at least two members (one teacher: "
+                          "leave members empty and set the teacher's own keys)")
+    if teacher.checkpoint:
+        raise ConfigError("teacher.checkpoint: with teacher.members, give each member its own "
+                          "(teacher.members[k].checkpoint); a saved ensemble loads without members")
+    teacher_members(teacher)
 
 
 def check_bounds(section: Any, prefix: str = "") -> None:

@@ -26,7 +26,7 @@ Every check (config, device, models, weights, data, the output folder) runs befo
 The run records what it writes in ``kdistill-manifest.json``; a run without ``resume`` into a folder
 holding an earlier run first removes what that run recorded (and nothing else), so old and new
 outputs never stand side by side, and ``INCOMPLETE.txt`` marks the folder until results.json and
-the reports are written (``kdistill.engine.output_folder``).
+the reports are written (``kdistill.output_folder``).
 """
 
 from __future__ import annotations
@@ -43,21 +43,23 @@ import torch
 from kdistill import __version__
 from kdistill.engine import distributed
 from kdistill.eval.calibration import calibrate, describe_fit, positive_fraction
-from kdistill.models.checkpoint import architecture, load_checkpoint, update_meta
-from kdistill.config import Config
+from kdistill.models.checkpoint import architecture, load_checkpoint, save_checkpoint_beside, update_meta
+from kdistill.models.ensemble import MEMBER_ROLE, Ensemble, ensemble_architecture, model_label
+from kdistill.config import Config, TeacherConfig, teacher_members
 from kdistill.data import DatasetBundle, load_dataset
 from kdistill.data.cache import resolve_cache_dir
 from kdistill.distill import HeadOnStoredFeatures, build_method, freeze
-from kdistill.distill.method_setup import distilled_runs, method_arguments, method_columns, method_record, with_method
-from kdistill.distill.registry import search_space, two_class_note
-from kdistill.distill.setup import check_unlabeled_method, prepare_teacher_outputs, student_data, teacher_outputs_for
+from kdistill.distill.method_runs import distilled_runs, method_arguments, method_columns, method_record, with_method
+from kdistill.distill.registry import BASELINE, search_space, two_class_note
+from kdistill.distill.inputs import check_unlabeled_method, prepare_teacher_outputs, student_data, teacher_outputs_for
 from kdistill.data.doctor import examine
-from kdistill.engine.preflight import check_before_data, check_same_data, log_data
-from kdistill.engine.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE, RESUME_FOLDER, plan_run_folder,
+from kdistill.preflight import check_before_data, check_same_data, log_data
+from kdistill.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE, RESUME_FOLDER, plan_run_folder,
                                         remove_if_empty, run_targets, student_folders, train_targets,
                                         write_run_files)
 from kdistill.errors import CheckpointError, ConfigError, DataError
-from kdistill.eval.evaluate import add_speed, evaluate_model, run_statistics
+from kdistill.eval.evaluate import evaluate_model, run_statistics
+from kdistill.deploy.bench import add_speed
 from kdistill.eval.pooled import pooled_tests_from_results
 from kdistill.eval.inference import predict_logits
 from kdistill.data.shifts import covered_by
@@ -98,12 +100,15 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
     if world.is_main:
         output.open()
         write_run_files(out, config, data)
-    teacher, teacher_meta = train_teacher(config, data, out, resume)
+    teachers = train_teachers(config, data, out, resume)
+    teacher, teacher_meta = teachers[0]
     if not world.is_main:
         train_and_evaluate_students(config, data, out, teacher, resume)  # trains only, on these ranks
         return {}
     evaluated = [(*_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config),
                   (teacher, teacher_meta))]
+    evaluated += [_evaluate_member(index, model, meta, data, out, config)
+                  for index, (model, meta) in enumerate(teachers[1:])]
     evaluated += train_and_evaluate_students(config, data, out, teacher, resume)
     rows = [row for row, _, _ in evaluated]
     add_speed(rows, {row["id"]: model for row, _, model in evaluated}, **dataclasses.asdict(config.profile))
@@ -181,7 +186,7 @@ def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, 
     evaluated = []
     for seed, folder in student_folders(config, out):
         seeded = dataclasses.replace(config, seed=seed)
-        students = [("baseline", "baseline", "ce", None)]
+        students = [("baseline", "baseline", BASELINE, None)]
         students += [("distilled", name, method,
                       None if resume and (folder / name / "model.json").is_file()  # reused, not trained
                       else teacher_outputs_for(method, teacher, data, config, outputs))
@@ -199,22 +204,59 @@ def train_and_evaluate_students(config: Config, data: DatasetBundle, out: Path, 
 
 
 def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
-    """Fine-tune the teacher (or load the one given in ``teacher.checkpoint``); return it frozen."""
-    cfg = config.teacher
+    """Fine-tune the teacher (or load the one given in ``teacher.checkpoint``); return it frozen.
+    With ``teacher.members``, the frozen ensemble of its members (see ``train_teachers``)."""
+    return train_teachers(config, data, out, resume)[0]
+
+
+def train_teachers(config: Config, data: DatasetBundle, out: Path, resume: bool) -> list[tuple]:
+    """``[(teacher, meta), *members]``: the teacher frozen, then (with ``teacher.members``) each
+    member frozen, in order. Each member is fine-tuned (or loaded from its own ``checkpoint``) into
+    ``teacher/member<k>/``, then the ensemble of all of them is written to ``teacher/``."""
+    members = teacher_members(config.teacher)
+    if not members:
+        return [train_one_teacher(config.teacher, config, data, out / "teacher", "teacher", out, resume)]
+    checkpoint_dir = out / "teacher"
+    trained = [train_one_teacher(member, config, data, checkpoint_dir / f"member{index}", f"teacher/member{index}",
+                                 out, resume, role=MEMBER_ROLE)
+               for index, member in enumerate(members)]
+    if not (resume and (checkpoint_dir / "model.json").is_file()) and distributed.current().is_main:
+        save_ensemble(checkpoint_dir, trained, data, config)
+    distributed.barrier(distributed.current())
+    ensemble = _calibrated(checkpoint_dir, data, config, teacher=True)
+    return [ensemble, *trained]
+
+
+def save_ensemble(checkpoint_dir: Path, members: list[tuple], data: DatasetBundle, config: Config) -> None:
+    """The ensemble's checkpoint: every member's weights under ``members.<k>.``, their
+    architectures in model.json, and where each member's own checkpoint is."""
+    arch = ensemble_architecture(len(data.classes), data.input_size, data.channels,
+                                 [meta["architecture"] for _, meta in members])
+    training = {"ensemble": "mean of the members' class probabilities",
+                "members": [f"member{index}" for index in range(len(members))]}
+    meta = _meta(arch, data, "teacher", training, config.seed)
+    save_checkpoint_beside(checkpoint_dir, Ensemble([model for model, _ in members]), meta)
+    log.info(f"teacher: ensemble of {len(members)} members written to {checkpoint_dir}")
+
+
+def train_one_teacher(cfg: TeacherConfig, config: Config, data: DatasetBundle, checkpoint_dir: Path, name: str,
+                      out: Path, resume: bool, role: str = "teacher"):
+    """Fine-tune one teacher of settings ``cfg`` into ``checkpoint_dir`` (or load ``cfg.checkpoint``);
+    return it frozen and calibrated. ``name`` names its log lines and resume state."""
     if cfg.checkpoint:
         model, meta = load_checkpoint(cfg.checkpoint)
         check_same_data(meta, data, cfg.checkpoint)
-        model = fast_frozen_teacher(model, meta, config)
-        meta = {**meta, **fit_calibration(model, meta, data, config)}  # in memory: not the user's folder
+        model = fast_frozen_teacher(model, meta, config, name)
+        meta = {**meta, "role": role}
+        meta = {**meta, **fit_calibration(model, meta, data, config, name)}  # in memory: not the user's folder
         return model, meta
-    checkpoint_dir = out / "teacher"
     if resume and (checkpoint_dir / "model.json").is_file():
-        log.info(f"teacher: already trained in {checkpoint_dir}, reusing it")
-        return _calibrated(checkpoint_dir, data, config, teacher=True)
+        log.info(f"{name}: already trained in {checkpoint_dir}, reusing it")
+        return _calibrated(checkpoint_dir, data, config, teacher=True, name=name)
     torch.manual_seed(config.seed)
     arch = architecture(cfg.model, len(data.classes), data.input_size, data.channels, cfg.model_args)
     model = build_model(**{"name": cfg.model, **arch["args"]}, pretrained=cfg.pretrained, weights=cfg.weights)
-    method = build_method("ce", class_weights=_weights(cfg.train, data))
+    method = build_method(BASELINE, class_weights=_weights(cfg.train, data))
     if cfg.mode == "head":
         if distributed.current().active:
             # The head trains outside the DDP wrapper, so its gradients would not be averaged.
@@ -225,19 +267,19 @@ def train_teacher(config: Config, data: DatasetBundle, out: Path, resume: bool):
     elif cfg.mode == "partial":
         trainable = partial_trainable(model, cfg.trainable_blocks, cfg.trainable_prefixes)
         freeze_all_but(model, trainable)
-        log.info(f"teacher: partial fine-tuning, {len(trainable)} of "
+        log.info(f"{name}: partial fine-tuning, {len(trainable)} of "
                  f"{len(list(model.parameters()))} parameter tensors train (from {trainable[0]})")
     partial = {"trainable_blocks": cfg.trainable_blocks, "trainable_prefixes": cfg.trainable_prefixes}
-    meta = _meta(arch, data, "teacher", {"mode": cfg.mode, **(partial if cfg.mode == "partial" else {}),
-                                         "pretrained": cfg.pretrained,
-                                         "weights": cfg.weights, **dataclasses.asdict(cfg.train)}, config.seed)
+    meta = _meta(arch, data, role, {"mode": cfg.mode, **(partial if cfg.mode == "partial" else {}),
+                                    "pretrained": cfg.pretrained,
+                                    "weights": cfg.weights, **dataclasses.asdict(cfg.train)}, config.seed)
     # Fresh views of data.augment every step; head mode's stored features exist for flips only.
     fit_data = dataclasses.replace(data, augment=None) if cfg.mode == "head" else data
-    _fit(model, method, fit_data, "teacher", checkpoint_dir, meta, out, None, cfg.train, config, resume)
-    return _calibrated(checkpoint_dir, data, config, teacher=True)
+    _fit(model, method, fit_data, name, checkpoint_dir, meta, out, None, cfg.train, config, resume)
+    return _calibrated(checkpoint_dir, data, config, teacher=True, name=name)
 
 
-def fast_frozen_teacher(model: torch.nn.Module, meta: dict, config: Config) -> torch.nn.Module:
+def fast_frozen_teacher(model: torch.nn.Module, meta: dict, config: Config, name: str = "teacher") -> torch.nn.Module:
     """The teacher frozen, its inference passes (teacher table, shift battery, evaluations) in ONNX
     Runtime when ``teacher.onnx_inference`` and the export matches (kdistill/deploy/runner.py)."""
     model = freeze(model)
@@ -245,7 +287,7 @@ def fast_frozen_teacher(model: torch.nn.Module, meta: dict, config: Config) -> t
         from kdistill.deploy.runner import onnx_runner  # onnxruntime is an optional extra
 
         runner = onnx_runner(model, channels=meta["channels"], input_size=meta["input_size"],
-                             threads=torch.get_num_threads(), what="teacher")
+                             threads=torch.get_num_threads(), what=name)
         if runner is not None:
             use_runner(model, runner)
     return model
@@ -272,7 +314,7 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     model = set_fast_path(build_model(**{"name": cfg.model, **arch["args"]}), cfg.fast_path)
     weights = _weights(cfg.train, data)
     if role == "baseline":
-        method, teacher_outputs, extra = build_method("ce", class_weights=weights), None, {"method": "ce"}
+        method, teacher_outputs, extra = build_method(BASELINE, class_weights=weights), None, {"method": BASELINE}
     else:
         check_unlabeled_method(config, data)
         method = build_method(dcfg.method, class_weights=weights, **method_arguments(config))
@@ -289,24 +331,26 @@ def train_student(config: Config, data: DatasetBundle, out: Path, role: str, tea
     return _calibrated(checkpoint_dir, data, config)
 
 
-def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config, teacher: bool = False):
+def _calibrated(checkpoint_dir: Path, data: DatasetBundle, config: Config, teacher: bool = False,
+                name: str | None = None):
     """Load a trained checkpoint and store its validation-fitted temperature and threshold in its
     model.json. Deterministic, so a resumed run writes the same values again. A teacher comes back
     frozen, ready for its inference passes."""
     model, meta = load_checkpoint(checkpoint_dir)
     if teacher:
-        model = fast_frozen_teacher(model, meta, config)
-    fitted = fit_calibration(model, meta, data, config)
+        model = fast_frozen_teacher(model, meta, config, name or "teacher")
+    fitted = fit_calibration(model, meta, data, config, name)
     if not distributed.current().is_main:  # only rank 0 writes; the other ranks keep it in memory
         return model, {**meta, **fitted}
     return model, update_meta(checkpoint_dir, fitted)
 
 
-def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> dict:
+def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config, name: str | None = None) -> dict:
     """Temperature and threshold fitted on the VALIDATION split (never the test split); the
     ``prior`` threshold rule reads the training labels' positive share instead, the ``battery``
     rule validation's renderings under the shift battery as well. With ``robustness.battery`` the
     model's robustness record (metrics per shift, at the fitted threshold) comes with them."""
+    name = name or meta.get("role", "model")  # what the log lines call the model
     logits = predict_logits(model, data.val, channels=meta["channels"], mean=meta["mean"], std=meta["std"])
     rule = config.calibration.threshold_rule
     battery, shifted = None, None
@@ -314,7 +358,7 @@ def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> d
         started = time.perf_counter()
         battery = Battery(data.val, config.robustness.seed, resolve_cache_dir(config.data.cache_dir))
         shifted = battery_logits(model, meta, battery)
-        log.info(f"{meta.get('role', 'model')}: shift battery, {len(shifted)} renderings of {len(data.val)} "
+        log.info(f"{name}: shift battery, {len(shifted)} renderings of {len(data.val)} "
                  f"validation images, in {time.perf_counter() - started:.1f}s")
     prior = None
     if rule == "prior" and data.positive_index is not None:
@@ -327,7 +371,7 @@ def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> d
         rule, f"fitted on {len(data.val)} validation images")
     decision = (f"the arg-max of {len(data.classes)} classes (no threshold)" if fitted["threshold"] is None
                 else f"threshold {fitted['threshold']:.4f} ({fitted['threshold_rule']}: {source})")
-    log.info(f"{meta.get('role', 'model')}: temperature {fitted['temperature']:.3f} (fitted on"
+    log.info(f"{name}: temperature {fitted['temperature']:.3f} (fitted on"
              f" {len(data.val)} validation images), {decision}")
     if battery is not None:
         fitted["robustness"] = robustness(logits, shifted, data.val.labels.numpy(), {**meta, **fitted}, battery,
@@ -335,7 +379,7 @@ def fit_calibration(model, meta: dict, data: DatasetBundle, config: Config) -> d
     if data.site is not None:  # the site's own images replace validation's threshold and temperature
         fitted.update(fit_on_site(model, {**meta, **fitted}, data.site, rule=config.calibration.site_rule,
                                   temperature=config.calibration.temperature))
-        log.info(f"{meta.get('role', 'model')}: site calibration, temperature {fitted['temperature']:.3f}, "
+        log.info(f"{name}: site calibration, temperature {fitted['temperature']:.3f}, "
                  f"threshold {fitted['threshold']} (fitted on {describe_fit(fitted['calibration'])})")
     return fitted
 
@@ -344,7 +388,7 @@ def training_views(config: Config, role: str | None):
     """The training views a model of ``role`` drew from: ``data.augment`` for the teacher, and for
     the students when they see it (a view bank, or a live teacher); else flips only (None)."""
     spec = augment_spec(dataclasses.asdict(config.data.augment), config.data.hflip)
-    if role == "teacher":
+    if role in ("teacher", MEMBER_ROLE):
         return None if config.teacher.mode == "head" else spec  # head mode trains on flips only
     return spec if config.distill.bank_views or not config.distill.teacher_cache else None
 
@@ -425,12 +469,20 @@ def _meta(arch: dict, data: DatasetBundle, role: str, training: dict, seed: int)
 def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, config: Config):
     """The model's results.json row (speed comes later, side by side) and its (temperature-scaled)
     test probabilities."""
-    row, probs = evaluate_model(model, meta, data.test, name=meta["architecture"]["name"], role=role,
+    row, probs = evaluate_model(model, meta, data.test, name=model_label(meta["architecture"]), role=role,
                                 checkpoint=str(checkpoint))
     row["selected"] = meta.get("selected")
     row["training"] = meta.get("training")
     row["robustness"] = meta.get("robustness")
     return row, probs
+
+
+def _evaluate_member(index: int, model, meta: dict, data: DatasetBundle, out: Path, config: Config):
+    """An ensemble member's row: evaluated like any model, reported beside the ensemble."""
+    checkpoint = teacher_members(config.teacher)[index].checkpoint or out / "teacher" / f"member{index}"
+    row, probs = _evaluate(model, meta, data, MEMBER_ROLE, Path(checkpoint), config)
+    row["id"], row["seed"] = f"member{index}", None
+    return row, probs, (model, meta)
 
 
 def _dataset_summary(data: DatasetBundle) -> dict:
@@ -516,8 +568,8 @@ def train_one(config: Config, role: str, teacher_dir: str | None = None, resume:
         if not (teacher_path / "model.json").is_file():
             raise CheckpointError(f"{teacher_path}: no teacher checkpoint; train one with --role "
                                   f"teacher or pass --teacher DIR")
-        config = dataclasses.replace(config, teacher=dataclasses.replace(config.teacher,
-                                                                          checkpoint=str(teacher_path)))
+        config = dataclasses.replace(config, teacher=dataclasses.replace(
+            config.teacher, checkpoint=str(teacher_path), members=[]))  # a saved ensemble loads as one
     check_before_data(config, {"teacher": ("teacher",), "baseline": ("student",)}.get(role, ("teacher", "student")))
     seed_everything(config.seed, config.deterministic, config.threads)
     with distributed.main_first(distributed.current()):  # torchrun: decode once, into the cache

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import tempfile
 import time
@@ -38,19 +37,21 @@ from pathlib import Path
 
 from kdistill.config import Config
 from kdistill.data import DatasetBundle, load_dataset
+from kdistill.data.split import ForbiddenTestSplit
 from kdistill.deploy.budget import latency_over_budget, measure_latency, params_over_budget
-from kdistill.deploy.profile import count_macs, count_parameters
-from kdistill.engine.loop import LOWER_IS_BETTER
+from kdistill.models.size import count_macs, count_parameters
+from kdistill.engine.resume import LOWER_IS_BETTER
 from kdistill.errors import KdistillError
 from kdistill.fileio import atomic_file, write_json_atomic, write_text_atomic
 from kdistill.log import log
+from kdistill.report.markdown import search_markdown
+from kdistill.report.plots import student_search
 from kdistill.models import build_model
-from kdistill.distill.setup import prepare_teacher_outputs, student_channels
-from kdistill.engine.output_folder import plan_output
-from kdistill.engine.preflight import check_before_data
-from kdistill.engine.run_folder import RESULTS_FILE, RESUME_FOLDER, input_paths, remove_if_empty
+from kdistill.distill.inputs import prepare_teacher_outputs, student_channels
+from kdistill.output_folder import plan_output
+from kdistill.preflight import check_before_data
+from kdistill.run_folder import RESULTS_FILE, RESUME_FOLDER, input_paths, remove_if_empty
 from kdistill.pipeline import run, seed_everything, train_student, train_teacher, write_reports
-from kdistill.tune import ForbiddenTestSplit
 
 FILES = ("search.json", "search.md", "search.png")
 BEST_FOLDER = "best"  # the winner's full run
@@ -68,7 +69,7 @@ def search_student(config: Config, out: Path, overwrite: bool = False) -> dict:
     folder = plan_output(out, targets, overwrite=overwrite, inputs=input_paths(config))
     check_before_data(config, ("teacher",))  # candidates are sized against the budget below
     seed_everything(config.seed, config.deterministic, config.threads)
-    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit())
+    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit("kdistill search-student"))
     folder.open()
     candidates = [measure_candidate(c, config, data) for c in candidate_grid(config)]
     within = sorted((c for c in candidates if c["status"] is None), key=lambda c: c["latency_ms"])
@@ -195,7 +196,8 @@ def final_config(config: Config, best: dict, out: Path) -> Config:
     teacher = config.teacher.checkpoint or str(out / "teacher")
     return dataclasses.replace(chosen, out=str(out / BEST_FOLDER),
                                student=dataclasses.replace(chosen.student, budget=budget),
-                               teacher=dataclasses.replace(chosen.teacher, checkpoint=teacher))
+                               teacher=dataclasses.replace(chosen.teacher, checkpoint=teacher,
+                                                           members=[]))  # a saved ensemble loads as one
 
 
 def mark_pareto(candidates: list[dict], lower_is_better: bool) -> None:
@@ -232,68 +234,13 @@ def _write_all(out: Path, config: Config, candidates: list[dict], started: float
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / FILES[0], summary)
     write_text_atomic(out / FILES[1], search_markdown(summary))
-    write_plot(out / FILES[2], rows, metric, config.student.budget.latency_ms)
+    figure = student_search(rows, metric, best and best["label"], config.student.budget.latency_ms)
+    if figure is not None:
+        with atomic_file(out / FILES[2]) as tmp:
+            tmp.write_bytes(figure)
     log.info(f"search: written to {out}/ ({', '.join(FILES)})"
              + (f"; best {best['label']}, validation {metric} {best['score']:.4f}" if best else ""))
     return summary
-
-
-def search_markdown(summary: dict) -> str:
-    """The Pareto table, best first, with the budget, the time spent and what was skipped."""
-    budget, metric = summary["budget"], summary["metric"]
-    bounds = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None and k != "threads")
-    lines = [f"# Student search within the budget ({bounds or 'no bound'})", "",
-             f"- Input: {summary['input_size']} px, {summary['channels']} channel(s); latency: batch 1, "
-             f"fastest runtime, {budget['threads']} thread(s), measured once per candidate.",
-             f"- Ranked on the validation {metric} after {summary['search']['proxy_epochs']} distilled "
-             f"proxy epochs (the test split is not used); {summary['seconds']:.0f} s in all.",
-             f"- Skipped by the time budget: {', '.join(summary['skipped']) or 'none'}.",
-             _best_line(summary["best"]), "",
-             f"| rank | student | params | MACs (M) | latency ms | val {metric} | Pareto | status |",
-             "|---:|---|---:|---:|---:|---:|:-:|---|"]
-    for rank, c in enumerate(summary["candidates"], 1):
-        latency = "" if c["latency_ms"] is None else f"{c['latency_ms']:.3f}"
-        score = "" if c["score"] is None else f"{c['score']:.4f}"
-        name = c["label"] + (" (reference)" if c["reference"] else "")
-        shown_rank = str(rank) if c["status"] == TRAINED else ""
-        lines.append(f"| {shown_rank} | {name} | {c['params']:,} | {c['macs'] / 1e6:.2f} | {latency} | "
-                     f"{score} | {'yes' if c['pareto'] else ''} | {c['status']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _best_line(best: dict | None) -> str:
-    if best is None:
-        return "- Best: none trained."
-    return (f"- Best: `student.model: {best['model']}`, `student.model_args: {json.dumps(best['model_args'])}`; "
-            "trained fully, alone and distilled, in `best/`.")
-
-
-def write_plot(path: Path, rows: list[dict], metric: str, latency_bound: float | None) -> None:
-    """Validation metric against latency for every trained candidate; the Pareto front joined and
-    marked, the reference student labelled, the latency bound dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.0, 4.0), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    trained = [c for c in rows if c["status"] == TRAINED and c["score"] is not None]
-    axes.scatter([c["latency_ms"] for c in trained], [c["score"] for c in trained], s=18,
-                 color="#8c8c8c", label="candidate")
-    front = sorted((c for c in trained if c["pareto"]), key=lambda c: c["latency_ms"])
-    axes.plot([c["latency_ms"] for c in front], [c["score"] for c in front], marker="o", color="#c44e52",
-              label="Pareto front")
-    for c in front + [c for c in trained if c["reference"] and not c["pareto"]]:
-        axes.annotate(c["label"] + (" (reference)" if c["reference"] else ""), (c["latency_ms"], c["score"]),
-                      fontsize=6, xytext=(3, 3), textcoords="offset points")
-    slowest = max((c["latency_ms"] for c in trained), default=0.0)
-    if latency_bound is not None and latency_bound <= 2 * slowest:  # a far bound would squash the points
-        axes.axvline(latency_bound, color="grey", linestyle="--", linewidth=1, label="latency bound")
-    axes.set(xlabel="batch-1 latency (ms)", ylabel=f"validation {metric}",
-             title="students within the budget (proxy training)")
-    axes.legend(fontsize=7)
-    with atomic_file(path) as tmp:
-        figure.savefig(tmp, format="png")
 
 
 def _finite(value: float) -> float | None:

@@ -29,15 +29,16 @@ import yaml
 from kdistill.config import Config
 from kdistill.distill.registry import search_space, shared_keys
 from kdistill.data import DatasetBundle, load_dataset
+from kdistill.data.split import ForbiddenTestSplit
 from kdistill.errors import ConfigError, KdistillError
 from kdistill.fileio import write_text_atomic
 from kdistill.log import log
-from kdistill.distill.setup import prepare_teacher_outputs
-from kdistill.engine.output_folder import plan_output
-from kdistill.engine.preflight import check_before_data
-from kdistill.engine.run_folder import RESUME_FOLDER, input_paths, remove_if_empty
+from kdistill.distill.inputs import prepare_teacher_outputs
+from kdistill.output_folder import plan_output
+from kdistill.preflight import check_before_data
+from kdistill.run_folder import RESUME_FOLDER, input_paths, remove_if_empty
 from kdistill.pipeline import seed_everything, train_student, train_teacher
-from kdistill.engine.loop import LOWER_IS_BETTER
+from kdistill.engine.resume import LOWER_IS_BETTER
 
 OUTPUTS = ("trials.csv", "best.yaml")
 # Shared search name -> (config key, log scale); their ranges are the tune section's.
@@ -61,16 +62,6 @@ def search_for(config: Config) -> dict[str, tuple[str, float, float, bool]]:
     return space
 
 
-class ForbiddenTestSplit:
-    """Stands in for the test split while tuning: touching it is a bug, so it raises. Not a
-    KdistillError, so Optuna does not record it as one failed trial and carry on."""
-
-    def _refuse(self, *args, **kwargs):
-        raise RuntimeError("kdistill tune: the test split was used; tuning may only see train and val")
-
-    __getattr__ = __len__ = __iter__ = __getitem__ = _refuse
-
-
 def tune(config: Config, out: Path, trials: int | None = None, overwrite: bool = False) -> dict:
     """Run the search; write ``trials.csv`` and ``best.yaml`` to ``out``; return the best trial.
     ``overwrite``: replace files in ``out`` that no kdistill command recorded writing."""
@@ -81,7 +72,7 @@ def tune(config: Config, out: Path, trials: int | None = None, overwrite: bool =
     check_before_data(config, ("teacher", "student"), budget=False)  # the budget is `run`'s to enforce
     trials = trials or config.tune.trials
     seed_everything(config.seed, config.deterministic, config.threads)
-    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit())
+    data = dataclasses.replace(load_dataset(config.data), test=ForbiddenTestSplit("kdistill tune"))
     folder.open()
     log.info(f"tune: {trials} trials on train {len(data.train)} / val {len(data.val)} images "
              f"(the test split is not used)")

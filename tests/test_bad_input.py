@@ -193,7 +193,7 @@ def test_resume_with_a_different_config_is_refused(image_root, tmp_path, capsys)
 def test_resume_check_ignores_where_the_cache_lives(tmp_path):
     """Moving the decoded-image cache changes no result; another input size does."""
     from kdistill.config import from_dict, dump_yaml
-    from kdistill.engine.run_folder import check_resume_config
+    from kdistill.run_folder import check_resume_config
 
     saved = from_dict({"data": {"dataset": "digits", "cache_dir": str(tmp_path / "a")}})
     (tmp_path / "config.yaml").write_text(dump_yaml(saved))

@@ -17,7 +17,7 @@ from kdistill.engine.loop import training_batches
 from kdistill.models import build_model
 from kdistill.models.fast_path import set_fast_path
 from kdistill.models.reference.pixel_blocks import BlockImages
-from kdistill.distill.setup import materialized_bank
+from kdistill.distill.inputs import materialized_bank
 
 MEAN, STD = normalization(3)
 SIZE, COUNT = 20, 10

@@ -10,7 +10,8 @@ from torch import nn
 
 from kdistill.cli import main
 from kdistill.models import build_model
-from kdistill.deploy.profile import count_bytes, count_macs, time_interleaved
+from kdistill.deploy.profile import time_interleaved
+from kdistill.models.size import count_bytes, count_macs
 
 from conftest import require_or_skip  # noqa: E402
 
@@ -80,7 +81,8 @@ def test_bench_rows_have_bytes_and_ratios():
 def test_bench_times_the_deploy_form_and_counts_the_architecture(tmp_path, monkeypatch):
     """ONNX Runtime and PyTorch rows run deploy_form(model); params/MACs/bytes stay the original's."""
     import kdistill.deploy.bench
-    from kdistill.deploy.bench import load_bench_models, model_size, runtimes
+    from kdistill.deploy.bench import load_bench_models, runtimes
+    from kdistill.models.size import model_size
     from kdistill.models.reference.deploy_form import DeployedReferenceStudent
 
     exported = []

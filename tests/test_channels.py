@@ -18,7 +18,7 @@ from kdistill.data.transforms import normalization, to_model_input
 from kdistill.models import build_model
 from kdistill.models.channels import ChannelAdapter
 from kdistill.models.checkpoint import read_meta
-from kdistill.distill.setup import live_teacher_input
+from kdistill.distill.inputs import live_teacher_input
 
 
 def _gray_batch() -> torch.Tensor:

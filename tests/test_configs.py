@@ -10,7 +10,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from kdistill.config import Config, load_config
-from kdistill.deploy.profile import count_parameters
+from kdistill.models.size import count_parameters
 from kdistill.models import build_model
 from kdistill.models.checkpoint import architecture
 

@@ -7,7 +7,11 @@ add to are global dictionaries, so every test restores them afterwards.
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,8 @@ from torch import nn
 import kdistill.distill.losses as losses
 from kdistill.data import Batch
 from kdistill.distill import METHODS, build_method
+from kdistill.distill.registry import check_params
+from kdistill.errors import ConfigError
 from kdistill.models import available_models, build_model, find_head
 from kdistill.models.students import STUDENTS
 
@@ -92,14 +98,40 @@ def test_method_example_registers_a_working_method(monkeypatch, restore_registri
     expected = ((1 - alpha) * F.cross_entropy(logits, batch.labels, label_smoothing=smoothing)
                 + alpha * losses.kd_loss(logits, teacher_logits, temperature))
     torch.testing.assert_close(out["loss"], expected)
-    assert out["logits"].shape == (8, 3) and (method.alpha, method.temperature) == (alpha, temperature)
+    assert out["logits"].shape == (8, 3)
+    assert method.record() == {"alpha": alpha, "temperature": temperature, "params": {"smoothing": smoothing}}
 
     unsmoothed = build_method("kd_smooth", alpha=alpha, temperature=temperature, smoothing=0.0)
     plain_kd = build_method("kd", alpha=alpha, temperature=temperature)
     torch.testing.assert_close(unsmoothed(batch, student, teacher)["loss"],
                                plain_kd(batch, student, teacher)["loss"])
-    with pytest.raises(ValueError, match="smoothing"):
-        build_method("kd_smooth", smoothing=1.0)
+    with pytest.raises(ConfigError, match=r"distill.params.kd_smooth.smoothing: 1.0 must be in \[0, 1\)"):
+        check_params("kd_smooth", {"smoothing": 1.0})
+
+
+def test_a_new_logit_method_touches_two_files(tmp_path):
+    """As the text says: in a copy of the package, the loss appended to losses.py and the method
+    written to its own file are all it takes for a run's config to accept the method by name and
+    for the registry to answer for it; no other file is edited."""
+    package = Path(__file__).resolve().parents[1] / "kdistill"
+    copy = tmp_path / "kdistill"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    losses_file = copy / "distill" / "losses.py"
+    losses_file.write_text(losses_file.read_text() + "\n\n" + doc_blocks()["method-loss"])
+    (copy / "distill" / "kd_smooth.py").write_text(doc_blocks()["method"])
+    changed = sorted(str(path.relative_to(copy)) for path in copy.rglob("*.py")
+                     if not (package / path.relative_to(copy)).is_file()
+                     or (package / path.relative_to(copy)).read_bytes() != path.read_bytes())
+    assert changed == ["distill/kd_smooth.py", "distill/losses.py"]
+    check = ("from kdistill.config import load_config\n"
+             "from kdistill.distill.registry import search_space, shared_keys\n"
+             "config = load_config(None, ['data.dataset=digits', 'distill.method=kd_smooth',"
+             " 'distill.params.kd_smooth.smoothing=0.2'])\n"
+             "assert config.distill.params['kd_smooth'] == {'smoothing': 0.2}\n"
+             "assert shared_keys('kd_smooth') == ('alpha', 'temperature') and 'smoothing' in search_space('kd_smooth')\n")
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_student_example_builds_by_name(restore_registries):

@@ -12,7 +12,7 @@ import torch
 
 from conftest import make_image_folder, require_or_skip, tiny_config, write_config
 from kdistill.cli import main
-from kdistill.deploy.profile import count_parameters
+from kdistill.models.size import count_parameters
 from kdistill.models import build_model
 from kdistill.models.checkpoint import architecture, load_checkpoint, save_checkpoint
 from kdistill.models.family import InvertedResidual

@@ -8,7 +8,6 @@ modules by itself, so the hook fires.
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 import kdistill.engine.loop as train_module
+from kdistill.engine.resume import verify_train_state
 from conftest import PROJECT_ROOT, leftover_temp_files
 from kdistill.models.checkpoint import architecture
 from kdistill.data import load_dataset
@@ -195,7 +196,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_sta
         tiny_fit(data, tmp_path, method=exploding)
     state = tmp_path / "resume" / "student"
     assert saved_epochs(state) == 1
-    train_module.verify_train_state(state)  # complete: sizes and checksums match
+    verify_train_state(state)  # complete: sizes and checksums match
     assert all(torch.isfinite(v).all() for v in load_file(str(state / "last.safetensors")).values())
     assert not (tmp_path / "student").exists()
     assert leftover_temp_files(tmp_path) == []

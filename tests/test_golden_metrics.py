@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from kdistill.deploy.profile import count_macs, count_parameters
+from kdistill.models.size import count_macs, count_parameters
 from kdistill.eval.metrics import classification_metrics, expected_calibration_error
 from kdistill.models import build_model
 

@@ -18,7 +18,7 @@ from kdistill.data import Batch
 from kdistill.distill import FeatureTeacher, build_method
 from kdistill.distill import losses
 from kdistill.distill.hooks import default_layers, embedding_path
-from kdistill.distill.registry import check_params, distilling_methods, search_space, two_class_note
+from kdistill.distill.registry import check_params, distilling_methods, search_space, shared_keys, two_class_note
 from kdistill.errors import ConfigError
 from kdistill.models import build_model
 
@@ -48,7 +48,7 @@ def test_every_method_is_registered_with_its_declarations():
     assert "ce" not in distilling_methods()
     assert set(search_space("dkd")) == {"beta", "temperature"}
     for name in ("dkd", "ls", "dist"):
-        assert two_class_note(name, 2) == losses.TWO_CLASS_DEGENERACY[name]
+        assert two_class_note(name, 2)
         assert two_class_note(name, 10) is None
     assert two_class_note("fitnet", 2) is None
 
@@ -198,7 +198,8 @@ def test_fitnet_regressor_is_trained_resumed_and_never_exported(tmp_path, monkey
 
 
 def test_resume_restores_the_method_parameters(tmp_path):
-    from kdistill.engine.loop import TrainState, build_optimizer, build_schedule, load_train_state, save_train_state
+    from kdistill.engine.loop import build_optimizer, build_schedule
+    from kdistill.engine.resume import TrainState, load_train_state, save_train_state
     from kdistill.engine.precision import grad_scaler
 
     method, student, _ = bound("fitnet")
@@ -242,3 +243,81 @@ def test_tune_searches_the_methods_own_parameters():
     tried = with_values(dkd, {"beta": 3.0, "temperature": 2.0, "lr": 1e-3}, space)
     assert tried.distill.params["dkd"] == {"beta": 3.0, "temperature": 2.0}
     assert tried.student.train.lr == 1e-3 and tried.distill.temperature == dkd.distill.temperature
+
+
+def _partly_labelled_mixed_batch() -> Batch:
+    """Six rows: two unlabelled (-1), two mixed with a partner's label at lambda 0.3."""
+    batch = tiny_batch()
+    batch.labels = torch.tensor([0, -1, 2, -1, 1, 0])
+    batch.labeled = batch.labels >= 0
+    batch.mix_lambda = torch.tensor([1.0, 1.0, 0.3, 1.0, 0.3, 1.0])
+    batch.partner_labels = torch.tensor([0, 0, 1, 0, 2, 0])
+    return batch
+
+
+def test_every_method_has_one_contract_and_declares_what_it_takes():
+    """One base for every method (the baseline included); the registry answers from declarations."""
+    from kdistill.distill.method import DistillMethod
+    from kdistill.distill.registry import BASELINE, METHODS, needs_of, takes_mixed, takes_unlabeled
+
+    assert all(issubclass(cls, DistillMethod) for cls in METHODS.values())
+    assert needs_of(BASELINE) == frozenset() and takes_mixed(BASELINE)
+    assert takes_unlabeled("kd") and takes_mixed("kd")
+    assert not takes_unlabeled("dkd") and not takes_mixed("dkd")  # its terms split classes at the label
+    assert not takes_unlabeled("article") and not takes_mixed("article")  # the tutorial's recipe as written
+    with pytest.raises(TypeError, match="must subclass"):
+        from kdistill.distill.registry import register
+
+        register("plain")(type("Plain", (), {"__call__": lambda self, batch, student, teacher: {}}))
+
+
+@pytest.mark.parametrize("name", ["ce", "kd", "dist", "ls"])
+def test_methods_that_take_unlabelled_and_mixed_rows_read_labels_only_in_the_base_cross_entropy(name, student):
+    """On rows without a label and mixed views, the loss is finite and its cross-entropy is the
+    base's (labelled rows, mixed targets): what the method's declarations promise."""
+    from kdistill.distill.losses import labelled_cross_entropy
+
+    batch = _partly_labelled_mixed_batch()
+    teacher_logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    shared = {"alpha": 0.5, "temperature": 2.0}
+    method = build_method(name, **{key: shared[key] for key in shared_keys(name)})
+    out = method(batch, student, fixed_teacher(teacher_logits))
+    logits = student(batch.images)
+    expected = labelled_cross_entropy(logits, batch.labels, batch.labeled, mix_lambda=batch.mix_lambda,
+                                      partner_labels=batch.partner_labels)
+    assert torch.allclose(out["ce"], expected, atol=1e-6)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_mixed_views_are_refused_for_methods_that_read_the_hard_label(tmp_path):
+    from kdistill.distill.inputs import check_methods_take_unlabeled
+
+    root = ["data.dataset=digits", "data.augment.mix=mixup"]
+    check_methods_take_unlabeled(load_config(None, root))  # kd takes them
+    with pytest.raises(ConfigError, match="distill.method: dkd reads the hard label"):
+        check_methods_take_unlabeled(load_config(None, [*root, "distill.method=dkd"]))
+
+
+def test_no_module_outside_distill_names_a_method_or_computes_the_hard_label_term():
+    """The registry answers for methods, and the base method owns the labelled-rows cross-entropy:
+    no string literal outside kdistill/distill/ is a method's name, and no module builds
+    ``F.cross_entropy(..., batch.labels)`` (which would count unlabelled rows and ignore mixing)."""
+    import ast
+    from pathlib import Path
+
+    from kdistill.distill.registry import METHODS
+
+    package = Path(__file__).resolve().parents[1] / "kdistill"
+    named, hard_label = [], []
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in METHODS
+                    and package / "distill" not in path.parents):
+                named.append(f"{path.relative_to(package)}:{node.lineno} {node.value!r}")
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "cross_entropy"
+                    and any(ast.unparse(arg) == "batch.labels" for arg in node.args)):
+                hard_label.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert named == [] and hard_label == []

@@ -15,7 +15,7 @@ from conftest import make_image_folder, tiny_config, write_config
 from kdistill import pipeline
 from kdistill.cli import main
 from kdistill.config import from_dict
-from kdistill.engine.output_folder import INCOMPLETE, MANIFEST
+from kdistill.output_folder import INCOMPLETE, MANIFEST
 from test_bad_input import assert_one_line_error
 
 

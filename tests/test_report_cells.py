@@ -7,7 +7,6 @@ swapped row or column cannot pass."""
 from __future__ import annotations
 
 import json
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 

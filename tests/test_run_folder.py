@@ -11,8 +11,8 @@ import pytest
 
 from conftest import leftover_temp_files, tiny_config, write_config
 from kdistill import pipeline
-from kdistill.engine import output_folder, run_folder
-from kdistill.engine.output_folder import INCOMPLETE, MANIFEST
+from kdistill import output_folder, run_folder
+from kdistill.output_folder import INCOMPLETE, MANIFEST
 from kdistill.cli import main
 from kdistill.config import from_dict
 from kdistill.models.checkpoint import read_meta

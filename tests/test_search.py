@@ -13,7 +13,7 @@ import kdistill.search as search_module
 from conftest import make_image_folder, tiny_config, write_config
 from kdistill.cli import main
 from kdistill.config import load_config
-from kdistill.deploy.profile import count_macs, count_parameters
+from kdistill.models.size import count_macs, count_parameters
 from kdistill.errors import ConfigError
 from kdistill.models import build_model
 
@@ -91,7 +91,7 @@ def searched(tmp_path_factory) -> dict:
     spy = SpyOnTestSplit()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KDISTILL_CACHE_DIR", str(base / "cache"))
-        patch.setattr(search_module, "ForbiddenTestSplit", lambda: spy)
+        patch.setattr(search_module, "ForbiddenTestSplit", lambda command: spy)
         code = main(["search-student", str(path), "--out", str(base / "search")])
     out = base / "search"
     return {"code": code, "out": out, "bound": bound, "spy": spy,

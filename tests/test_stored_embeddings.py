@@ -10,7 +10,7 @@ from torch import nn
 from kdistill.config import from_dict
 from kdistill.data import DatasetBundle
 from kdistill.distill import FeatureTeacher, build_method
-from kdistill.distill.setup import teacher_output_kind
+from kdistill.distill.inputs import teacher_output_kind
 from kdistill.distill.teacher import FLIP_VIEWS, StoredEmbeddingTeacher
 from kdistill.engine.loop import training_batches
 from kdistill.models import build_model

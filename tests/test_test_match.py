@@ -16,8 +16,8 @@ from conftest import CLASSES, make_image_folder, real_train_files, tiny_config
 from kdistill.config import DataConfig, from_dict
 from kdistill.data import load_dataset
 from kdistill.data.split import matching_holdout
-from kdistill.engine.preflight import log_data
-from kdistill.engine.run_folder import write_run_files
+from kdistill.preflight import log_data
+from kdistill.run_folder import write_run_files
 from kdistill.errors import ConfigError
 
 CHEST_XRAY_SOURCE = r"^(NORMAL2-IM-|person\d+_virus)"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import kdistill.engine.loop as train_module
+import kdistill.engine.resume as resume_module
 from conftest import leftover_temp_files, tiny_config, write_config
 from kdistill.models.checkpoint import architecture, load_checkpoint
 from kdistill.cli import main
@@ -127,19 +128,19 @@ def test_resume_state_keeps_the_fp16_loss_scale(tmp_path):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-    state = train_module.TrainState([], 0, None, model.state_dict())
+    state = resume_module.TrainState([], 0, None, model.state_dict())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 37})
-    train_module.save_train_state(tmp_path / "scaled", model, opt, sched, scaler, state)
-    train_module.save_train_state(tmp_path / "plain", model, opt, sched,
+    resume_module.save_train_state(tmp_path / "scaled", model, opt, sched, scaler, state)
+    resume_module.save_train_state(tmp_path / "plain", model, opt, sched,
                                   torch.amp.GradScaler("cpu", enabled=False), state)
 
     restored = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    train_module.load_train_state(tmp_path / "scaled", model, opt, sched, restored)
+    resume_module.load_train_state(tmp_path / "scaled", model, opt, sched, restored)
     assert restored.state_dict()["scale"] == 512.0
     assert restored.state_dict()["_growth_tracker"] == 37
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    train_module.load_train_state(tmp_path / "plain", model, opt, sched, fresh)
+    resume_module.load_train_state(tmp_path / "plain", model, opt, sched, fresh)
     assert fresh.state_dict()["scale"] == 2.0**16
 
 

@@ -63,7 +63,7 @@ def tuned(tmp_path_factory) -> dict:
     spy = SpyOnTestSplit()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KDISTILL_CACHE_DIR", str(base / "cache"))
-        patch.setattr(tune_module, "ForbiddenTestSplit", lambda: spy)
+        patch.setattr(tune_module, "ForbiddenTestSplit", lambda command: spy)
         code = main(["tune", str(config), "--trials", "3", "--out", str(base / "tune")])
     return {"code": code, "base": base, "config": config, "out": base / "tune", "spy": spy}
 

@@ -12,7 +12,7 @@ from kdistill.data import Batch, load_dataset
 from kdistill.data.doctor import unlabeled_findings
 from kdistill.distill import build_method, kd_loss
 from kdistill.errors import ConfigError
-from kdistill.distill.setup import check_unlabeled_method, student_data, view_bank
+from kdistill.distill.inputs import check_unlabeled_method, student_data, view_bank
 
 
 def write_image(path, seed):

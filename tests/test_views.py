@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.data import Batch
+from kdistill.distill import build_method
+from kdistill.distill.registry import BASELINE
 from kdistill.data.transforms import apply_flips, normalization, to_model_input
 from kdistill.data.views import (ANGLE, FLIP, LAMBDA, MIX, X1, AugmentSpec, draw_views, plain_views,
                                  render_views)
@@ -76,19 +78,20 @@ def test_intensity_changes_values_and_mixing_follows_lambda():
     assert (out - expected).abs().max() <= 1e-4
 
 
-def test_batch_cross_entropy_is_plain_ce_when_all_labelled_and_mixes_targets():
+def test_the_methods_cross_entropy_is_plain_ce_when_all_labelled_and_mixes_targets():
     logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 1, 0])
     weight = torch.tensor([1.0, 2.0, 0.5])
     batch = Batch(torch.zeros(5, 1), labels, torch.arange(5), torch.zeros(5, dtype=torch.bool))
-    assert torch.equal(batch.cross_entropy(logits, weight), F.cross_entropy(logits, labels, weight=weight))
+    assert torch.equal(build_method(BASELINE, class_weights=weight).cross_entropy(logits, batch),
+                       F.cross_entropy(logits, labels, weight=weight))
     lam = torch.tensor([1.0, 0.5, 0.3, 1.0, 0.9])
     partner = torch.tensor([0, 2, 0, 1, 1])
     mixed = Batch(torch.zeros(5, 1), labels, torch.arange(5), torch.zeros(5, dtype=torch.bool),
                   partner_labels=partner, mix_lambda=lam)
     log_p = F.log_softmax(logits, 1)
     expected = -(lam * log_p[range(5), labels] + (1 - lam) * log_p[range(5), partner]).mean()
-    assert torch.allclose(mixed.cross_entropy(logits), expected, atol=1e-6)
+    assert torch.allclose(build_method(BASELINE).cross_entropy(logits, mixed), expected, atol=1e-6)
 
 
 ACQUISITION = AugmentSpec(low_resolution=0.5, blur=1.5, gamma=0.5, noise=0.05)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kdistill.data.cache import Decoded, commit, decode_uncommitted, resolve_cache_dir
 from kdistill.data.digits import DIGIT_CLASSES, digits_images
@@ -100,26 +99,6 @@ class Batch:
     def __post_init__(self):
         if self.labeled is None:
             self.labeled = self.labels >= 0
-
-    def cross_entropy(self, logits: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy over the labelled rows only (0 when there are none); a mixed view's target
-        is its two labels weighted by lambda. With every row labelled and unmixed it is exactly
-        ``F.cross_entropy(logits, labels, weight)``."""
-        labeled = self.labeled.to(logits.device)
-        if self.mix_lambda is None and bool(labeled.all()):
-            return F.cross_entropy(logits, self.labels, weight=weight)
-        if not bool(labeled.any()):
-            return logits.sum() * 0.0  # keeps the graph, adds nothing
-        rows = labeled.nonzero().flatten()
-        target = F.one_hot(self.labels[rows], logits.shape[1]).float()
-        if self.mix_lambda is not None:
-            lam = self.mix_lambda.to(logits.device)[rows, None]
-            partner = F.one_hot(self.partner_labels.to(logits.device)[rows], logits.shape[1]).float()
-            target = target * lam + partner * (1 - lam)
-        if weight is not None:  # F.cross_entropy's weighting: per-class weights, weighted mean
-            target = target * weight.view(1, -1)
-        loss = -(target * F.log_softmax(logits[rows], 1)).sum()
-        return loss / target.sum()
 
 
 def load_dataset(settings: DataConfig) -> DatasetBundle:

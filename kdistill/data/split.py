@@ -133,3 +133,17 @@ def _check_class_held_out(pattern: str, class_name: str, held: np.ndarray) -> No
     if held.all():
         raise ConfigError(f"data.test_match: '{pattern}' matches every train/ file of class "
                           f"'{class_name}' ({held.size}); none would be left to train on")
+
+
+class ForbiddenTestSplit:
+    """Stands in for the test split while a command chooses something (``kdistill tune``,
+    ``search-student``): touching it is a bug, so it raises. Not a KdistillError, so a search
+    does not record it as one failed trial and carry on."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError(f"{self.command}: the test split was used; choosing may only see train and val")
+
+    __getattr__ = __len__ = __iter__ = __getitem__ = _refuse

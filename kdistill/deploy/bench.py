@@ -25,7 +25,8 @@ from kdistill.deploy.export import model_batches, quantize_int8, torch_to_onnx
 from kdistill.data.imagefiles import load_images
 from kdistill.models import build_model, deploy_form
 from kdistill.deploy.onnx_model import INPUT_NAME, open_session
-from kdistill.deploy.profile import count_bytes, count_macs, count_parameters, time_interleaved, torch_threads
+from kdistill.deploy.profile import time_interleaved, torch_threads
+from kdistill.models.size import model_size
 from kdistill.log import progress_bar
 
 RANDOM_CALIBRATION = "random N(0,1) inputs (latency only: says nothing about int8 accuracy)"
@@ -193,12 +194,29 @@ def run_bench(models: list[BenchModel], *, threads: int = 1, int8: bool = False,
     return rows
 
 
-def model_size(model: nn.Module, meta: dict) -> dict:
-    """Parameters, MACs and bytes moved by one forward pass on one image, counted on the model's
-    own architecture (not its deploy form): the figures describe the architecture."""
-    shape = (meta["input_size"], meta["channels"])
-    return {"params": count_parameters(model), "macs": count_macs(model, *shape),
-            "bytes": count_bytes(model, *shape)}
+def add_speed(rows: list[dict], models: dict[str, tuple[nn.Module, dict]], **speed) -> None:
+    """Batch-1 latency and batch throughput of every row, timed by the ``kdistill bench`` code with
+    every distinct architecture side by side in one interleaved run (so background load hits them
+    alike); rows of the same architecture (the students of every seed) share its figures. Then the
+    speed-up of every row over the teacher. ``models`` maps row ids to (model, meta)."""
+    groups: dict[str, tuple[nn.Module, dict, list[dict]]] = {}
+    for row in rows:
+        model, meta = models[row["id"]]
+        key = json.dumps([meta["architecture"], meta["input_size"], meta["channels"]], sort_keys=True)
+        groups.setdefault(key, (model, meta, []))[2].append(row)
+    figures = speed_side_by_side([(model, meta) for model, meta, _ in groups.values()], **speed)
+    for (_, _, members), measured in zip(groups.values(), figures):
+        for row in members:
+            row.update(measured)
+    add_speedups(rows)
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Latency speed-up of every row relative to the teacher row (if there is one)."""
+    teacher = next((r for r in rows if r["role"] == "teacher"), None)
+    for row in rows:
+        row["speedup_vs_teacher"] = (teacher["latency_ms_batch1"] / row["latency_ms_batch1"]
+                                     if teacher else None)
 
 
 def speed_side_by_side(models: list[tuple[nn.Module, dict]], *, threads: int = 2, repeats: int = 15,

@@ -12,7 +12,8 @@ from torch import nn
 
 from kdistill.data.transforms import normalization
 from kdistill.deploy.bench import BenchModel, runtimes
-from kdistill.deploy.profile import count_parameters, time_interleaved, torch_threads
+from kdistill.deploy.profile import time_interleaved, torch_threads
+from kdistill.models.size import count_parameters
 from kdistill.errors import ConfigError
 from kdistill.models.checkpoint import architecture
 

@@ -1,19 +1,18 @@
-"""The baseline: the student trained alone with cross-entropy on the labels."""
+"""The baseline: the student trained alone with cross-entropy on the labels (the teacher's
+fine-tuning too)."""
 
 from __future__ import annotations
 
+from kdistill.distill.method import DistillMethod
+from kdistill.distill.registry import BASELINE, register
 
-from kdistill.distill.registry import register
 
+@register(BASELINE)
+class CrossEntropy(DistillMethod):
+    needs = frozenset()  # no teacher
+    takes_mixed = True  # mixed targets are the base's cross-entropy's own
 
-@register("ce")
-class CrossEntropy:
-    needs_teacher = False
-
-    def __init__(self, class_weights=None):
-        self.class_weights = class_weights
-
-    def __call__(self, batch, student, teacher=None) -> dict:
+    def forward(self, batch, student, teacher=None) -> dict:
         logits = student(batch.images)
-        ce = batch.cross_entropy(logits, self.class_weights)  # labelled rows; mixed views: mixed targets
+        ce = self.cross_entropy(logits, batch)
         return {"loss": ce, "ce": ce.detach(), "logits": logits.detach()}

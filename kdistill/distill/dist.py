@@ -4,7 +4,7 @@ CIFAR-100 recipe uses tau 4)."""
 
 from __future__ import annotations
 
-from kdistill.distill.losses import TWO_CLASS_DEGENERACY, dist_loss
+from kdistill.distill.losses import dist_loss
 from kdistill.distill.method import DistillMethod
 from kdistill.distill.registry import register
 
@@ -13,13 +13,15 @@ from kdistill.distill.registry import register
 class DIST(DistillMethod):
     defaults = {"beta": 1.0, "gamma": 1.0, "weight": 2.0, "temperature": 1.0, "ce_weight": 1.0}
     search = {"weight": (0.5, 8.0, True), "temperature": (1.0, 8.0, True)}
-    two_class_note = TWO_CLASS_DEGENERACY["dist"]
+    takes_unlabeled = takes_mixed = True  # its distillation term reads no label
+    two_class_note = ("DIST's inter-class correlation is +-1 for two classes; only the argmax "
+                      "agreement survives")
 
     def forward(self, batch, student, teacher) -> dict:
         logits = student(batch.images)  # [B, K]
         teacher_logits = teacher(batch)
         p = self.params
-        ce = self.cross_entropy(logits, batch.labels)
+        ce = self.cross_entropy(logits, batch)
         dist = dist_loss(logits, teacher_logits, p["beta"], p["gamma"], p["temperature"])
         loss = p["ce_weight"] * ce + p["weight"] * dist
         return {"loss": loss, "ce": ce.detach(), "dist": dist.detach(), "logits": logits.detach()}

@@ -5,7 +5,7 @@ of fewer epochs never reaches the full weight, so short runs may want ``warmup``
 
 from __future__ import annotations
 
-from kdistill.distill.losses import TWO_CLASS_DEGENERACY, dkd_loss
+from kdistill.distill.losses import dkd_loss
 from kdistill.distill.method import DistillMethod
 from kdistill.distill.registry import register
 
@@ -14,7 +14,9 @@ from kdistill.distill.registry import register
 class DecoupledKD(DistillMethod):
     defaults = {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20, "ce_weight": 1.0}
     search = {"beta": (1.0, 16.0, True), "temperature": (1.0, 8.0, True)}
-    two_class_note = TWO_CLASS_DEGENERACY["dkd"]
+    # takes_unlabeled, takes_mixed: False, its terms split the classes at the hard label
+    two_class_note = ("DKD's non-target term is zero for two classes (one non-target class); what "
+                      "remains is alpha x KD")
 
     def warmup_weight(self) -> float:
         warmup = self.params["warmup"]
@@ -24,7 +26,7 @@ class DecoupledKD(DistillMethod):
         logits = student(batch.images)  # [B, K]
         teacher_logits = teacher(batch)  # [B, K], no grad
         p = self.params
-        ce = self.cross_entropy(logits, batch.labels)
+        ce = self.cross_entropy(logits, batch)
         dkd = dkd_loss(logits, teacher_logits, batch.labels, p["alpha"], p["beta"], p["temperature"])
         loss = p["ce_weight"] * ce + self.warmup_weight() * dkd
         return {"loss": loss, "ce": ce.detach(), "dkd": dkd.detach(), "logits": logits.detach()}

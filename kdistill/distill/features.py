@@ -24,6 +24,7 @@ class FeatureMethod(DistillMethod):
     """``ce_weight * CE(s, y) + weight * feature_loss(student outputs, teacher outputs)``."""
 
     needs = frozenset({"features"})
+    takes_unlabeled = takes_mixed = True  # the feature terms read no label
     layer_keys = ("student_layers", "teacher_layers")
 
     def __init__(self, class_weights=None, **params: Any):
@@ -58,7 +59,7 @@ class FeatureMethod(DistillMethod):
         with capture(student, self.student_paths) as student_out:
             logits = student(batch.images)  # [B, K]
         _, teacher_out = teacher.features(batch, self.teacher_paths)
-        ce = self.cross_entropy(logits, batch.labels)
+        ce = self.cross_entropy(logits, batch)
         term = self.feature_loss([student_out[p] for p in self.student_paths],
                                  [teacher_out[p] for p in self.teacher_paths])
         loss = self.params["ce_weight"] * ce + term

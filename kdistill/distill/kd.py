@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-
 from kdistill.distill.losses import distillation_objective, kd_loss
+from kdistill.distill.method import DistillMethod
 from kdistill.distill.registry import register
 
 
 @register("kd")
-class KnowledgeDistillation:
-    needs_teacher = True
+class KnowledgeDistillation(DistillMethod):
     shared = ("alpha", "temperature")  # from distill.alpha and distill.temperature (and tune's ranges)
+    # The KD term reads no label: on an unlabelled row it is the whole signal, and on a mixed view
+    # the teacher's output is for that very mixed image.
+    takes_unlabeled = True
+    takes_mixed = True
 
-    def __init__(self, alpha: float = 0.5, temperature: float = 4.0, class_weights=None):
-        self.alpha = alpha
-        self.temperature = temperature
-        self.class_weights = class_weights
-
-    def __call__(self, batch, student, teacher) -> dict:
+    def forward(self, batch, student, teacher) -> dict:
         logits = student(batch.images)  # [B, K]
         teacher_logits = teacher(batch)  # [B, K], no grad
-        ce = batch.cross_entropy(logits, self.class_weights)  # labelled rows; mixed views: mixed targets
-        kd = kd_loss(logits, teacher_logits, self.temperature)
-        loss = distillation_objective(ce, kd, self.alpha)
+        ce = self.cross_entropy(logits, batch)
+        kd = kd_loss(logits, teacher_logits, self.params["temperature"])
+        loss = distillation_objective(ce, kd, self.params["alpha"])
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "logits": logits.detach()}

@@ -123,19 +123,27 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
     return temperature**2 * (beta * inter + gamma * intra)
 
 
-# Why a logit method carries (almost) no information beyond the teacher's argmax with two classes,
-# where a teacher's output is one number per sample. Checked numerically in the tests.
-TWO_CLASS_DEGENERACY: dict[str, str] = {
-    "dkd": "DKD's non-target term is zero for two classes (one non-target class); what remains is "
-           "alpha x KD",
-    "ls": "logit standardization maps every 2-logit vector to +-1/sqrt(2); only the argmax survives",
-    "dist": "DIST's inter-class correlation is +-1 for two classes; only the argmax agreement survives",
-}
-
-
-def degenerate_reason(method: str, num_classes: int) -> str | None:
-    """One line saying why ``method`` degenerates at ``num_classes``, or None when it does not."""
-    return TWO_CLASS_DEGENERACY.get(method) if num_classes == 2 else None
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, labeled: torch.Tensor, *,
+                           weight: torch.Tensor | None = None, mix_lambda: torch.Tensor | None = None,
+                           partner_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy ``[B, K] -> scalar`` over the rows where ``labeled`` holds (0, with the graph
+    kept, when none does); a mixed view's target is its own label weighted by ``mix_lambda`` and its
+    partner's by the rest. With every row labelled and unmixed it is exactly
+    ``F.cross_entropy(logits, labels, weight)`` (per-class weights, weighted mean)."""
+    labeled = labeled.to(logits.device)
+    if mix_lambda is None and bool(labeled.all()):
+        return F.cross_entropy(logits, labels, weight=weight)
+    if not bool(labeled.any()):
+        return logits.sum() * 0.0
+    rows = labeled.nonzero().flatten()
+    target = F.one_hot(labels[rows], logits.shape[1]).float()  # [R, K]
+    if mix_lambda is not None:
+        lam = mix_lambda.to(logits.device)[rows, None]
+        partner = F.one_hot(partner_labels.to(logits.device)[rows], logits.shape[1]).float()
+        target = target * lam + partner * (1 - lam)
+    if weight is not None:
+        target = target * weight.view(1, -1)
+    return -(target * F.log_softmax(logits[rows], 1)).sum() / target.sum()
 
 
 def resize_map(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

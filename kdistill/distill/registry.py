@@ -1,21 +1,10 @@
 """Name -> distillation method, and what the rest of kdistill asks of a method by its name.
 
-A method is a small class, ``method(batch, student, teacher)`` returning ``{"loss": ..., <named
-terms>}``; the training loop reads only ``"loss"`` (and ``"logits"`` for training accuracy). What
-a class may declare (all optional, so a plain class with ``__call__`` is a method too):
-
-- ``needs``: ``{"logits"}`` (the teacher's logits), ``{"features"}`` (intermediate outputs reached by
-  forward hooks, which needs the live teacher), ``{"features", "embedding"}`` (by default only the
-  pooled embedding, which can be stored per view like the logits) or empty (no teacher);
-- ``shared``: which of ``distill.alpha`` / ``distill.temperature`` it takes (a class without the
-  attribute takes both);
-- ``defaults``: its own hyper-parameters, set as ``distill.params.<method>.<name>``, checked by
-  ``check(params)`` (a :class:`ConfigError` naming the key);
-- ``search``: ``{name: (low, high, log)}``, the ranges ``kdistill tune`` searches;
-- ``two_class_note``: one line saying why it degenerates with two classes.
-
-Config validation, ``kdistill tune`` and the report ask these through the functions below; no other
-module keeps a list of method names.
+Every method subclasses :class:`~kdistill.distill.method.DistillMethod`, whose docstring lists
+what a method declares (what it needs of the teacher, its hyper-parameters and search ranges,
+whether it takes unlabelled rows and mixed views, its two-class note). Config validation, the
+run's checks, ``kdistill tune`` and the report ask those declarations through the functions
+below; no other module keeps a list of method names or names a method.
 """
 
 from __future__ import annotations
@@ -26,11 +15,17 @@ from typing import Any
 from kdistill.errors import ConfigError
 
 METHODS: dict[str, type] = {}
-SHARED_KEYS = {"alpha": "distill.alpha", "temperature": "distill.temperature"}
+BASELINE = "ce"  # what the student alone, and the teacher's fine-tuning, train with
+DEFAULT_METHOD = "kd"  # distill.method's default
 
 
 def register(name: str):
+    """Class decorator: ``name`` (``distill.method``) builds this :class:`DistillMethod` subclass."""
+    from kdistill.distill.method import DistillMethod  # method.py imports this module
+
     def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, DistillMethod)):
+            raise TypeError(f"method {name!r}: {cls!r} must subclass kdistill.distill.method.DistillMethod")
         METHODS[name] = cls
         return cls
 
@@ -56,19 +51,27 @@ def distilling_methods() -> list[str]:
 
 
 def needs_of(name: str) -> frozenset:
-    cls = METHODS[name]
-    if hasattr(cls, "needs"):
-        return frozenset(cls.needs)
-    return frozenset({"logits"}) if getattr(cls, "needs_teacher", True) else frozenset()
+    """What ``name`` reads of the teacher (empty: no teacher)."""
+    return frozenset(METHODS[name].needs)
+
+
+def takes_unlabeled(name: str) -> bool:
+    """Whether ``name`` trains on rows without a label (the distillation term alone there)."""
+    return METHODS[name].takes_unlabeled
+
+
+def takes_mixed(name: str) -> bool:
+    """Whether ``name`` trains on mixed views (mixup, cutmix; mixed targets in its cross-entropy)."""
+    return METHODS[name].takes_mixed
 
 
 def shared_keys(name: str) -> tuple[str, ...]:
     """Which of ``alpha`` / ``temperature`` the method takes from ``distill.alpha`` / ``distill.temperature``."""
-    return tuple(getattr(METHODS[name], "shared", tuple(SHARED_KEYS)))
+    return tuple(METHODS[name].shared)
 
 
 def method_defaults(name: str) -> dict[str, Any]:
-    return dict(getattr(METHODS[name], "defaults", {}))
+    return dict(METHODS[name].defaults)
 
 
 def check_params(name: str, params: Any, key: str | None = None) -> dict[str, Any]:
@@ -86,19 +89,17 @@ def check_params(name: str, params: Any, key: str | None = None) -> dict[str, An
             known = ", ".join(sorted(defaults)) or "none"
             raise ConfigError(f"{key}.{param}: unknown parameter of {name} (known: {known})")
     merged = {**defaults, **params}
-    check = getattr(cls, "check", None)
-    if check is not None:
-        check(merged, key)
+    cls.check(merged, key)
     return merged
 
 
 def search_space(name: str) -> dict[str, tuple[float, float, bool]]:
-    return dict(getattr(METHODS[name], "search", {}))
+    return dict(METHODS[name].search)
 
 
 def two_class_note(name: str, num_classes: int) -> str | None:
     """Why ``name`` degenerates at ``num_classes`` (two), or None."""
-    return getattr(METHODS[name], "two_class_note", None) if num_classes == 2 else None
+    return METHODS[name].two_class_note if num_classes == 2 else None
 
 
 def check_numbers(params: dict[str, Any], key: str, positive: tuple[str, ...] = ()) -> None:

@@ -1,1 +1,2 @@
-"""Training: the one loop, its resume state, numeric precision, multi-process training."""
+"""Training: the one loop (loop.py), its resume state (resume.py), numeric precision, multi-process
+training and the allocator it runs on."""

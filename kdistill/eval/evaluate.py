@@ -1,23 +1,20 @@
-"""Evaluate a model (or a checkpoint directory) on a split: metrics plus size and CPU speed, as
-one ``results.json`` model row. The decision threshold and the temperature come from the
-checkpoint (fitted on validation when it was trained); nothing is chosen here."""
+"""Evaluate a model on a split: metrics and size as one ``results.json`` model row (its CPU speed
+is added beside the other models' by kdistill/deploy/bench.py), and the statistics across rows.
+The decision threshold and the temperature come from the checkpoint (fitted on validation when it
+was trained); nothing is chosen here."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from kdistill import __version__
-from kdistill.deploy.bench import model_size, speed_side_by_side
 from kdistill.eval.calibration import describe_fit, scaled_probs
-from kdistill.models.checkpoint import load_checkpoint
-from kdistill.data import ImageSplit, load_eval_folder
-from kdistill.fileio import check_output_file, write_json_atomic
+from kdistill.models.size import model_size
+from kdistill.data import ImageSplit
 from kdistill.eval.inference import predict_logits
+from kdistill.models.ensemble import MEMBER_ROLE
 from kdistill.eval.pooled import pooled_tests
 from kdistill.eval.metrics import (bootstrap_ci, bootstrap_indices, classification_metrics,
                               expected_calibration_error, mcnemar_exact, mean_std,
@@ -79,7 +76,9 @@ def run_statistics(rows: list[dict], probs: dict[str, np.ndarray], labels: np.nd
 
 def summarize(rows: list[dict]) -> dict:
     """``{role: {metric: {"mean", "std", "n"}}}`` over the rows of each role (one per seed); in a
-    comparison of methods each distilled method is its own entry (the row's ``group``)."""
+    comparison of methods each distilled method is its own entry (the row's ``group``). An ensemble's
+    members have their own rows in the table, but no entry here."""
+    rows = [row for row in rows if row["role"] != MEMBER_ROLE]  # members are models, not seeds of one
     groups = list(dict.fromkeys(row.get("group") or row["role"] for row in rows))
     return {group: {metric: mean_std([r.get(metric) for r in rows if (r.get("group") or r["role"]) == group])
                     for metric in SUMMARY_METRICS} for group in groups}
@@ -110,54 +109,3 @@ def paired_tests(rows: list[dict], probs: dict[str, np.ndarray], labels: np.ndar
                       "auc_diff_ci": paired_auc_difference(probs[baseline["id"]], probs[distilled["id"]],
                                                            labels, positive_index, indices)})
     return tests
-
-
-def add_speed(rows: list[dict], models: dict[str, tuple[nn.Module, dict]], **speed) -> None:
-    """Batch-1 latency and batch throughput of every row, timed by the ``kdistill bench`` code with
-    every distinct architecture side by side in one interleaved run (so background load hits them
-    alike); rows of the same architecture (the students of every seed) share its figures. Then the
-    speed-up of every row over the teacher. ``models`` maps row ids to (model, meta)."""
-    groups: dict[str, tuple[nn.Module, dict, list[dict]]] = {}
-    for row in rows:
-        model, meta = models[row["id"]]
-        key = json.dumps([meta["architecture"], meta["input_size"], meta["channels"]], sort_keys=True)
-        groups.setdefault(key, (model, meta, []))[2].append(row)
-    figures = speed_side_by_side([(model, meta) for model, meta, _ in groups.values()], **speed)
-    for (_, _, members), measured in zip(groups.values(), figures):
-        for row in members:
-            row.update(measured)
-    add_speedups(rows)
-
-
-def add_speedups(rows: list[dict]) -> None:
-    """Latency speed-up of every row relative to the teacher row (if there is one)."""
-    teacher = next((r for r in rows if r["role"] == "teacher"), None)
-    for row in rows:
-        row["speedup_vs_teacher"] = (teacher["latency_ms_batch1"] / row["latency_ms_batch1"]
-                                     if teacher else None)
-
-
-def evaluate_checkpoint(checkpoint: Path, data: Path, out: Path | None, speed: dict | None,
-                        on_bad_image: str = "skip") -> dict:
-    """``kdistill evaluate``: one checkpoint on one folder; writes ``out`` (results.json).
-    ``speed``: the timing settings (``threads``, ...), or None to skip timing (``--no-speed``:
-    the speed fields are null)."""
-    if out is not None:
-        check_output_file(out)
-    model, meta = load_checkpoint(checkpoint)
-    split, skipped = load_eval_folder(data, meta["classes"], meta["input_size"], meta["channels"],
-                                      on_bad_image)
-    row, _ = evaluate_model(model, meta, split, name=meta["architecture"]["name"],
-                            role=meta.get("role", "model"), checkpoint=str(checkpoint))
-    if speed is None:
-        row.update(latency_ms_batch1=None, throughput_img_s=None, speedup_vs_teacher=None)
-    else:
-        add_speed([row], {row["id"]: (model, meta)}, **speed)
-    results = {"kdistill_version": __version__,
-               "dataset": {"root": str(data), "evaluated_on": str(data), "classes": meta["classes"],
-                           "positive_class": meta.get("positive_class"), "images": len(split),
-                           "skipped_files": skipped},
-               "models": [row]}
-    if out is not None:
-        write_json_atomic(out, results)
-    return results

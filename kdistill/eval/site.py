@@ -14,18 +14,14 @@ validation-fitted values it replaced.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 from torch import nn
 
-from kdistill.data.external import LabelledFolder, load_labelled_folder
-from kdistill.errors import ConfigError, DataError
-from kdistill.eval.calibration import calibrate, describe_fit
+from kdistill.data.external import LabelledFolder
+from kdistill.errors import ConfigError
+from kdistill.eval.calibration import calibrate
 from kdistill.eval.inference import predict_logits
-from kdistill.fileio import atomic_directory
 from kdistill.log import log
-from kdistill.models.checkpoint import load_checkpoint, update_meta
 
 SITE_RULES = ("balanced_accuracy", "youden")
 SMALL_SAMPLE = 50  # fewer images than this (or fewer than SMALL_CLASS of a class) gets a warning
@@ -55,53 +51,3 @@ def _warn_if_small(site: LabelledFolder, classes: list[str], counts: list[int]) 
         shown = ", ".join(f"{name} {n}" for name, n in zip(classes, counts))
         log.info(f"warning: site calibration on {len(site.split)} images ({shown}) from {site.folder}: "
                  f"under {SMALL_SAMPLE} images or {SMALL_CLASS} of a class, the threshold is a rough guess")
-
-
-def calibrate_checkpoint(checkpoint: Path, folder: Path, *, rule: str = "balanced_accuracy",
-                         temperature: bool = True, out: Path | None = None, on_bad_image: str = "skip") -> dict:
-    """``kdistill calibrate``: refit a checkpoint's threshold and temperature on a site's labelled
-    folder and write them into its ``model.json`` and the ONNX files beside it (in ``out``, a copy
-    of the checkpoint, when given). Returns the new calibration entries."""
-    model, meta = load_checkpoint(checkpoint)
-    if out is not None and out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: --out must be a new or empty folder (it receives a copy of {checkpoint})")
-    onnx_files = sorted(checkpoint.glob("*.onnx"))
-    _check_onnx_files(onnx_files)  # before anything is written
-    site = load_labelled_folder(str(folder), "site", meta["classes"], input_size=meta["input_size"],
-                                channels=meta["channels"], on_bad_image=on_bad_image, run_files={},
-                                key="--data")
-    fitted = fit_on_site(model, meta, site, rule=rule, temperature=temperature)
-    target = checkpoint if out is None else _copy_checkpoint(checkpoint, out)
-    for path in sorted(target.glob("*.onnx")):
-        _update_onnx(path, fitted)
-    update_meta(target, fitted)
-    log.info(f"{target}: threshold {fitted['threshold']}, temperature {fitted['temperature']:.3f} "
-             f"({rule}, fitted on {describe_fit(fitted['calibration'])}); was {meta.get('threshold')}, "
-             f"{meta.get('temperature')}")
-    return fitted
-
-
-def _check_onnx_files(paths: list[Path]) -> None:
-    if not paths:
-        return
-    from kdistill.deploy.onnx_model import read_contract  # onnx is an optional extra
-
-    for path in paths:
-        read_contract(path)
-
-
-def _copy_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """The checkpoint folder copied to ``out`` (complete, or not at all)."""
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    with atomic_directory(out) as tmp:
-        shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
-    return out
-
-
-def _update_onnx(path: Path, fitted: dict) -> None:
-    from kdistill.deploy.onnx_model import update_contract  # onnx is an optional extra
-
-    update_contract(path, {"threshold": fitted["threshold"], "temperature": fitted["temperature"],
-                           "threshold_rule": fitted["threshold_rule"],
-                           "threshold_fitted_on": describe_fit(fitted["calibration"])})

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.fileio import atomic_directory, write_text_atomic
+from kdistill.fileio import atomic_directory, atomic_file, write_text_atomic
 from kdistill.models import build_model
 
 WEIGHTS = "model.safetensors"
@@ -23,10 +23,23 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: dict) -> None:
     """Write weights and metadata atomically; ``meta["architecture"]`` rebuilds the model."""
     if "architecture" not in meta:
         raise ValueError("checkpoint metadata needs an 'architecture' entry")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory) as tmp:
-        save_file(state, str(tmp / WEIGHTS))
+        save_file(_tensors(model), str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_checkpoint_beside(directory: Path, model: nn.Module, meta: dict) -> None:
+    """Write a checkpoint into a folder that holds other things too (an ensemble's folder holds its
+    members' checkpoints): each file atomically, model.json last, so its presence means complete."""
+    if "architecture" not in meta:
+        raise ValueError("checkpoint metadata needs an 'architecture' entry")
+    with atomic_file(directory / WEIGHTS) as tmp:
+        save_file(_tensors(model), str(tmp))
+    write_text_atomic(directory / META, json.dumps(meta, indent=2) + "\n")
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def update_meta(directory: Path, updates: dict) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from kdistill.errors import ConfigError, KdistillError
+from kdistill.models.ensemble import ENSEMBLE, Ensemble
 from kdistill.models.students import STUDENTS
 from kdistill.models.weights import DOWNLOAD, PACKAGED, weight_source
 
@@ -36,6 +37,8 @@ def build_model(
 
     ``pretrained`` takes the packaged ImageNet weights where ``PACKAGED`` has the name (offline;
     ``timm:tf_efficientnet_lite0`` .. ``lite2``), else torchvision's or timm's download."""
+    if name == ENSEMBLE:  # rebuilt from a checkpoint: the members' weights load with the ensemble's
+        return _build_ensemble(num_classes, input_size, in_channels, **model_args)
     if name in STUDENTS:
         if pretrained or weights:
             raise ConfigError(f"{name}: kdistill students have no pretrained weights")
@@ -87,6 +90,17 @@ def _build_timm(name: str, num_classes: int, pretrained: bool, **model_args) -> 
             f"timm:{name}: could not load pretrained weights ({exc}); pass teacher.weights=PATH, "
             f"train from scratch with teacher.pretrained=false, or {OFFLINE_TEACHER}"
         ) from None
+
+
+def _build_ensemble(num_classes: int, input_size: int, in_channels: int, members: list[dict]) -> Ensemble:
+    built = []
+    for member in members:
+        args = member["args"]
+        if (args["num_classes"], args["input_size"], args["in_channels"]) != (num_classes, input_size, in_channels):
+            raise ConfigError(f"ensemble member {member['name']}: classes, input size or channels differ "
+                              f"from the ensemble's")
+        built.append(build_model(member["name"], **args))
+    return Ensemble(built)
 
 
 def find_head(model: nn.Module) -> tuple[str, nn.Module]:

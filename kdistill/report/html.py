@@ -290,7 +290,8 @@ def _student_search(search: dict | None) -> str:
     if not search:
         return ""
     metric, best_label = str(search.get("metric", "score")), (search.get("best") or {}).get("label")
-    figure = _img(plots.student_search(search.get("candidates") or [], metric, best_label),
+    figure = _img(plots.student_search(search.get("candidates") or [], metric, best_label,
+                                       (search.get("budget") or {}).get("latency_ms")),
                   f"validation {metric} vs batch-1 latency, every trained candidate")
     rows = [[escape(cell) for cell in search_row_cells(rank, c, best_label)] for rank, c in search_table_rows(search)]
     note = (f"Ranked on the validation split after {(search.get('search') or {}).get('proxy_epochs', '?')} "

@@ -4,8 +4,11 @@ seeds, no intervals) still render: every added key is optional."""
 
 from __future__ import annotations
 
+import json
+
 from kdistill.eval.metrics import BOOTSTRAP_RESAMPLES
-from kdistill.report.format import ROLE_LABELS, count, interval, mean_std, num, p_value, pct, summary_title
+from kdistill.report.format import (ROLE_LABELS, count, interval, mean_std, model_label, num, p_value, pct,
+                                     several_seeds, summary_title)
 from kdistill.report import external as external_report
 from kdistill.report import robustness as robustness_report
 from kdistill.report.methods import POOLED_TEST, compared_methods, methods_markdown, pooled_sentence, pooled_test
@@ -23,12 +26,12 @@ def comparison_table(results: dict) -> str:
     header = ("| model | role | accuracy % | balanced acc % | sensitivity % | specificity % | AUC | ECE "
               f"| params | MACs | latency b1 (ms) | throughput b{batch} (img/s) | speed-up vs teacher |")
     lines = [header, "|" + "---|" * 13]
-    seeded = len({row.get("seed") for row in results["models"] if row["role"] != "teacher"}) > 1
+    seeded = several_seeds(results["models"])
     for row in results["models"]:
         speedup = row.get("speedup_vs_teacher")
         ci = row.get("ci") or {}
         lines.append(
-            f"| {row['name']} | {_role_label(row, seeded)} | {pct(row['accuracy'])}{interval(ci.get('accuracy'), True)} "
+            f"| {row['name']} | {model_label(row, seeded)} | {pct(row['accuracy'])}{interval(ci.get('accuracy'), True)} "
             f"| {pct(row['balanced_accuracy'])} | {pct(row['sensitivity'])} | {pct(row['specificity'])} "
             f"| {num(row['auc'])}{interval(ci.get('auc'), False)} | {num(row['ece'])} "
             f"| {count(row['params'])} | {count(row['macs'])} "
@@ -36,13 +39,6 @@ def comparison_table(results: dict) -> str:
             f"| {'n/a' if speedup is None else f'{speedup:.1f}x'} |"
         )
     return "\n".join(lines)
-
-
-def _role_label(row: dict, seeded: bool) -> str:
-    label = ROLE_LABELS.get(row["role"], row["role"])
-    if row.get("group"):  # a comparison of methods: say which
-        label += f" ({row.get('method')})"
-    return f"{label}, seed {row.get('seed')}" if seeded and row["role"] != "teacher" else label
 
 
 def summary_table(results: dict) -> str:
@@ -93,14 +89,14 @@ def verdict(tests: list[dict]) -> str:
 
 def calibration_table(results: dict) -> str:
     """Per model: the validation-chosen threshold vs 0.5, and ECE before/after temperature scaling."""
-    seeded = len({row.get("seed") for row in results["models"] if row["role"] != "teacher"}) > 1
+    seeded = several_seeds(results["models"])
     lines = ["| model | threshold (rule, fitted on) | sens / spec % at threshold | accuracy % at 0.5 "
              "| sens / spec % at 0.5 | temperature | ECE before -> after |", "|---|---|---|---|---|---|---|"]
     for row in results["models"]:
         half = row.get("at_0.5") or {}
         fitted_on = f", {row['threshold_fitted_on']}" if row.get("threshold_fitted_on") else ""
         rule = f" ({row['threshold_rule']}{fitted_on})" if row.get("threshold_rule") else ""
-        lines.append(f"| {_role_label(row, seeded)} | {num(row.get('threshold'))}{rule} "
+        lines.append(f"| {model_label(row, seeded)} | {num(row.get('threshold'))}{rule} "
                      f"| {pct(row.get('sensitivity'))} / {pct(row.get('specificity'))} "
                      f"| {pct(half.get('accuracy'))} | {pct(half.get('sensitivity'))} / "
                      f"{pct(half.get('specificity'))} | {num(row.get('temperature'), 2)} "
@@ -180,7 +176,7 @@ def markdown_report(results: dict) -> str:
         "the test split and any external test set were used once, for these tables.",
     ]
     for row in results["models"]:
-        lines.append(f"- {_role_label(row, True)}: {_training_summary(row)}")
+        lines.append(f"- {model_label(row, True)}: {_training_summary(row)}")
     doctor = results.get("doctor")
     if doctor:
         lines.append(f"- Data doctor: {len(doctor['unreadable'])} unreadable images, "
@@ -222,15 +218,38 @@ def search_row_cells(rank: str, candidate: dict, best_label: str | None) -> list
     name = candidate.get("label", "?") + (" (reference)" if candidate.get("reference") else "")
     if candidate.get("label") == best_label:
         name += " (chosen)"
-    params = candidate.get("params")
-    return [rank, name, "n/a" if params is None else count(params), "" if latency is None else f"{latency:.3f}",
-            "" if score is None else f"{score:.4f}", "yes" if candidate.get("pareto") else "",
-            str(candidate.get("status", ""))]
+    params, macs = candidate.get("params"), candidate.get("macs")
+    return [rank, name, "n/a" if params is None else count(params), "n/a" if macs is None else count(macs),
+            "" if latency is None else f"{latency:.3f}", "" if score is None else f"{score:.4f}",
+            "yes" if candidate.get("pareto") else "", str(candidate.get("status", ""))]
 
 
 def search_header(search: dict) -> list[str]:
-    return ["rank", "student", "params", "latency b1 (ms)", f"val {search.get('metric', 'score')}",
+    return ["rank", "student", "params", "MACs", "latency b1 (ms)", f"val {search.get('metric', 'score')}",
             "Pareto", "status"]
+
+
+def search_markdown(summary: dict) -> str:
+    """``search.md`` of ``kdistill search-student``: every candidate, best first, with the budget,
+    the time spent and what was skipped."""
+    budget, metric = summary["budget"], summary["metric"]
+    bounds = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None and k != "threads")
+    best = summary.get("best")
+    lines = [f"# Student search within the budget ({bounds or 'no bound'})", "",
+             f"- Input: {summary['input_size']} px, {summary['channels']} channel(s); latency: batch 1, "
+             f"fastest runtime, {budget['threads']} thread(s), measured once per candidate.",
+             f"- Ranked on the validation {metric} after {summary['search']['proxy_epochs']} distilled "
+             f"proxy epochs (the test split is not used); {summary['seconds']:.0f} s in all.",
+             f"- Skipped by the time budget: {', '.join(summary['skipped']) or 'none'}.",
+             "- Best: none trained." if best is None else
+             f"- Best: `student.model: {best['model']}`, `student.model_args: {json.dumps(best['model_args'])}`; "
+             "trained fully, alone and distilled, in `best/`.",
+             "", "| " + " | ".join(search_header(summary)) + " |", "|---:|---|---:|---:|---:|---:|:-:|---|"]
+    trained = [c for c in summary["candidates"] if c.get("status") == "trained"]
+    for candidate in summary["candidates"]:
+        rank = str(trained.index(candidate) + 1) if candidate in trained else ""
+        lines.append("| " + " | ".join(search_row_cells(rank, candidate, best and best["label"])) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _search_section(search: dict | None) -> list[str]:
@@ -243,7 +262,7 @@ def _search_section(search: dict | None) -> list[str]:
              f"{len(search.get('candidates') or [])} candidates, {trained} trained for "
              f"{(search.get('search') or {}).get('proxy_epochs', '?')} proxy epoch(s), ranked on the validation "
              f"{search.get('metric', '?')}; the best {SEARCH_TOP} and the reference student (search.md lists all).",
-             "", "| " + " | ".join(search_header(search)) + " |", "|---:|---|---:|---:|---:|:-:|---|"]
+             "", "| " + " | ".join(search_header(search)) + " |", "|---:|---|---:|---:|---:|---:|:-:|---|"]
     lines += ["| " + " | ".join(search_row_cells(rank, c, best_label)) + " |"
               for rank, c in search_table_rows(search)]
     return lines

@@ -19,7 +19,7 @@ from kdistill.report.format import ROLE_LABELS
 
 DPI = 100
 CALIBRATION_BINS = 15  # the binning of kdistill.eval.metrics.expected_calibration_error
-ROLE_COLORS = {"teacher": "#4c72b0", "baseline": "#dd8452", "distilled": "#55a868"}
+ROLE_COLORS = {"teacher": "#4c72b0", "member": "#8c9fc9", "baseline": "#dd8452", "distilled": "#55a868"}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -158,10 +158,11 @@ def _mean_std(values: Sequence[float], summarized: dict | None = None) -> tuple[
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def student_search(candidates: Sequence[dict], metric: str, best_label: str | None = None) -> bytes | None:
+def student_search(candidates: Sequence[dict], metric: str, best_label: str | None = None,
+                   latency_bound: float | None = None) -> bytes | None:
     """Validation ``metric`` against batch-1 latency for every trained candidate of a student search;
-    marker area grows with the parameter count, the Pareto front is joined, the winner starred and
-    the reference student labelled."""
+    marker area grows with the parameter count, the Pareto front is joined, the winner starred, the
+    reference student labelled and the latency bound dashed (search.png and the run's report)."""
     trained = [c for c in candidates if c.get("status") == "trained"
                and c.get("score") is not None and c.get("latency_ms") is not None]
     if not trained:
@@ -186,6 +187,9 @@ def student_search(candidates: Sequence[dict], metric: str, best_label: str | No
             right_half = c["latency_ms"] > middle  # labels lean inwards, so none runs off the plot
             axes.annotate(text, (c["latency_ms"], c["score"]), fontsize=6, xytext=(-4 if right_half else 4, 3),
                           textcoords="offset points", ha="right" if right_half else "left")
+    slowest = max(c["latency_ms"] for c in trained)
+    if latency_bound is not None and latency_bound <= 2 * slowest:  # a far bound would squash the points
+        axes.axvline(latency_bound, color="grey", linestyle="--", linewidth=1, label="latency bound")
     axes.set(xlabel="latency, batch 1 (ms)", ylabel=f"validation {metric}",
              title="Student search: every trained candidate")
     axes.title.set_fontsize(10)

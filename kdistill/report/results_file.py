@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdistill.engine.output_folder import INCOMPLETE
+from kdistill.output_folder import INCOMPLETE
 from kdistill.errors import DataError
 
 

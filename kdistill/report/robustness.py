@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdistill.report.format import ROLE_LABELS, p_is, pct
+from kdistill.report.format import group_label, model_label, p_is, pct, several_seeds
 
 METRIC = "balanced_accuracy"
 
@@ -15,12 +15,6 @@ METRIC = "balanced_accuracy"
 def robust_rows(results: dict) -> list[dict]:
     """The model rows that carry a robustness record."""
     return [row for row in results.get("models") or [] if row.get("robustness")]
-
-
-def group_label(row: dict) -> str:
-    """The row's group: its role, and its method in a comparison of methods."""
-    label = ROLE_LABELS.get(row["role"], row["role"])
-    return f"{label} ({row.get('method')})" if row.get("group") else label
 
 
 def grouped(rows: list[dict]) -> dict[str, list[dict]]:
@@ -45,11 +39,11 @@ def model_table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     header = (["model", "clean bal. acc %", "battery mean %"]
               + [f"drop, {name} (points)" for name in severities]
               + ["drop, all (points)", "drop, unseen shifts (points)", "worst shift (moderate)"])
-    seeded = len({row.get("seed") for row in rows if row["role"] != "teacher"}) > 1
+    seeded = several_seeds(rows)
     table = []
     for row in rows:
         record = row["robustness"]
-        label = group_label(row) + (f", seed {row.get('seed')}" if seeded and row["role"] != "teacher" else "")
+        label = model_label(row, seeded)
         table.append([label, pct(record["clean"][METRIC]), pct(record["mean"][METRIC]),
                       *[points(drop[METRIC]) for drop in record["drop_by_severity"]],
                       points(record["drop"][METRIC]), _unseen_drop(record), _worst(record)])

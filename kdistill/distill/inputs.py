@@ -1,6 +1,7 @@
 """What the students see and what the teacher provides: the students' channels, training images
 and views (unlabelled images, the view bank and its rendered uint8 copy), and the teacher's outputs
-a distillation method reads (cached table, live teacher, or live teacher with feature hooks)."""
+a distillation method reads (cached table, live teacher, or live teacher with feature hooks); and
+the checks that the configured methods take this data (unlabelled rows, mixed views) and teacher."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from kdistill.data.cache import resolve_cache_dir
 from kdistill.data.datasets import with_unlabeled
 from kdistill.data.transforms import normalization
 from kdistill.data.views import VIEW_WIDTH, AugmentSpec, draw_views, materialize_views, materialized_bytes
-from kdistill.distill.method_setup import distilled_runs
-from kdistill.distill.registry import needs_of
+from kdistill.distill.method_runs import distilled_runs
+from kdistill.distill.registry import distilling_methods, needs_of, takes_mixed, takes_unlabeled
 from kdistill.distill.teacher import (FLIP_VIEWS, CachedTeacher, FeatureTeacher, LiveTeacher, StoredEmbeddingTeacher,
                                      tensor_sha256)
 from kdistill.errors import ConfigError
@@ -99,26 +100,47 @@ def materialized_bank(config: Config, data: DatasetBundle, bank: torch.Tensor) -
     return _MATERIALIZED["images"]
 
 
+NEEDS_LABELS = ("needs a label on every image; data.unlabeled / data.labeled_fraction work with a "
+                "method whose distillation term reads no label")
+
+
 def check_unlabeled_method(config: Config, data: DatasetBundle) -> None:
-    """Images without labels train only through a distillation term on every row: ``kd`` (its
-    cross-entropy covers the labelled rows). Other methods need every label."""
+    """Images without labels train only through a distillation term that reads no label; the
+    methods say whether theirs does (``takes_unlabeled``)."""
     if data.unlabeled is not None or bool((data.train.labels < 0).any()):
-        _require_kd(config)
+        _require(config, takes_unlabeled, NEEDS_LABELS)
 
 
 def check_methods_take_unlabeled(config: Config) -> None:
     """:func:`check_unlabeled_method` from the config alone (``data.unlabeled`` or
-    ``data.labeled_fraction`` set), so a run refuses before decoding any image."""
+    ``data.labeled_fraction`` set), so a run refuses before decoding any image; and mixed views
+    (``data.augment.mix``) only for methods that take them (``takes_mixed``)."""
     if config.data.unlabeled is not None or config.data.labeled_fraction is not None:
-        _require_kd(config)
+        _require(config, takes_unlabeled, NEEDS_LABELS)
+    if config.data.augment.mix != "none":
+        _require(config, takes_mixed, f"reads the hard label, which a mixed view "
+                 f"(data.augment.mix={config.data.augment.mix}) does not have; use data.augment.mix=none")
 
 
-def _require_kd(config: Config) -> None:
+def check_methods_take_ensemble(config: Config) -> None:
+    """An ensemble teacher answers with class probabilities only: a method that reads a teacher's
+    features or embedding needs one teacher (the members' layers differ)."""
+    if not config.teacher.members:
+        return
     key = "distill.method" if config.distill.methods is None else "distill.methods"
     for method, _ in distilled_runs(config):
-        if method != "kd":
-            raise ConfigError(f"{key}: {method} needs a label on every image; "
-                              f"data.unlabeled / data.labeled_fraction work with method kd")
+        if needs_of(method) - {"logits"}:
+            raise ConfigError(f"{key}: {method} reads the teacher's features, which an ensemble teacher "
+                              f"(teacher.members) does not have; use a logit method or one teacher")
+
+
+def _require(config: Config, supports, problem: str) -> None:
+    """A ConfigError naming the first distilled method ``supports(method)`` refuses."""
+    key = "distill.method" if config.distill.methods is None else "distill.methods"
+    for method, _ in distilled_runs(config):
+        if not supports(method):
+            able = ", ".join(name for name in distilling_methods() if supports(name))
+            raise ConfigError(f"{key}: {method} {problem} ({able})")
 
 
 def prepare_teacher_outputs(teacher, data: DatasetBundle, config: Config, method: str | None = None):

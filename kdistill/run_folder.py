@@ -1,5 +1,5 @@
 """The run's output folder: the names a run writes there (its targets, which
-``kdistill.engine.output_folder`` checks and records), where each seed's students go, and refusing
+``kdistill.output_folder`` checks and records), where each seed's students go, and refusing
 a resume that has nothing to continue or whose config differs from the saved one."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from kdistill.config import Config, dump_yaml, from_dict, to_dict
+from kdistill.config import Config, dump_yaml, from_dict, teacher_members, to_dict
 from kdistill.data import DatasetBundle
 from kdistill.data.cache import resolve_cache_dir
-from kdistill.distill.method_setup import distilled_runs
-from kdistill.engine.loop import previous_state_dir
-from kdistill.engine.output_folder import OutputPlan, check_out_folder, plan_output
+from kdistill.distill.method_runs import distilled_runs
+from kdistill.engine.resume import previous_state_dir
+from kdistill.output_folder import OutputPlan, check_out_folder, plan_output
 from kdistill.errors import ConfigError
 from kdistill.fileio import write_json_atomic, write_text_atomic
 
@@ -62,7 +62,7 @@ def train_targets(role: str) -> list[str]:
 def plan_run_folder(config: Config, targets: list[str], *, resume: bool, overwrite: bool,
                     replace_all: bool = True, also_reads: tuple[Path, ...] = ()) -> OutputPlan:
     """Check ``config.out`` for a ``run`` or ``train`` writing ``targets`` (see
-    ``kdistill.engine.output_folder``), and a resume's saved config; writes nothing. ``train``
+    ``kdistill.output_folder``), and a resume's saved config; writes nothing. ``train``
     replaces only its own model and the summaries that described it (``replace_all=False``)."""
     out = Path(config.out)
     if resume:
@@ -75,8 +75,10 @@ def plan_run_folder(config: Config, targets: list[str], *, resume: bool, overwri
 def input_paths(config: Config) -> list[Path]:
     """The files and folders this config reads, which no run may remove: a teacher checkpoint or
     tuned file inside the output folder stays."""
+    members = teacher_members(config.teacher)
     given = (config.teacher.checkpoint, config.teacher.weights, config.tuned, config.data.root,
-             config.data.unlabeled, resolve_cache_dir(config.data.cache_dir))
+             config.data.unlabeled, resolve_cache_dir(config.data.cache_dir),
+             *(path for member in members for path in (member.checkpoint, member.weights)))
     return [Path(path).expanduser().resolve() for path in given if path]
 
 

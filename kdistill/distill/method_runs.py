@@ -31,11 +31,8 @@ def method_arguments(config: Config) -> dict:
 
 
 def method_record(method) -> dict:
-    """What model.json records of the method: its ``record()``, else its alpha and temperature
-    (read from the method: the article recipe fixes its own)."""
-    if hasattr(method, "record"):
-        return method.record()
-    return {"alpha": method.alpha, "temperature": method.temperature}
+    """What model.json records of the method (its ``record()``: the values it trained with)."""
+    return method.record()
 
 
 def method_columns(row: dict, method: str, num_classes: int, compared: bool) -> dict:

@@ -9,12 +9,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdistill.config import Config
+from kdistill.config import Config, teacher_members
 from kdistill.data import DatasetBundle
 from kdistill.data.external import class_folder
 from kdistill.data.datasets import dataset_classes
 from kdistill.deploy.budget import enforce_budget
-from kdistill.distill.setup import check_methods_take_unlabeled, student_channels
+from kdistill.distill.inputs import check_methods_take_ensemble, check_methods_take_unlabeled, student_channels
 from kdistill.engine import distributed
 from kdistill.engine.precision import check_precision, resolve_device
 from kdistill.errors import CheckpointError, ConfigError
@@ -39,6 +39,7 @@ def check_before_data(config: Config, roles: tuple[str, ...], budget: bool = Tru
     refused run has decoded, cached and written nothing."""
     check_precision(resolve_device(config.device), config.precision)
     check_methods_take_unlabeled(config)
+    check_methods_take_ensemble(config)
     classes = dataset_classes(config.data.root, config.data.dataset)
     check_labelled_folders(config, classes)
     check_models_build(config, DataShape(classes, config.data.input_size, config.data.channels), roles, budget)
@@ -60,30 +61,38 @@ def check_models_build(config: Config, data: DatasetBundle | DataShape, roles: t
     training finds them), so an offline run fails before anything is written. ``budget``: the
     student must also meet ``student.budget``."""
     for role in roles:
-        cfg = getattr(config, role)
-        if role == "teacher" and cfg.checkpoint:
-            check_same_data(read_meta(Path(cfg.checkpoint)), data, cfg.checkpoint)
-            continue
-        if role == "teacher" and cfg.weights and not Path(cfg.weights).is_file():
-            raise ConfigError(f"teacher.weights: {cfg.weights} not found")
-        if role == "teacher" and cfg.pretrained and not cfg.weights and cfg.model in PACKAGED:
-            packaged_weights_file(cfg.model)  # a missing package is named before anything is written
-        channels = data.channels if role == "teacher" else student_channels(config)
-        download = role == "teacher" and weight_source(cfg.model, cfg.pretrained, cfg.weights) is DOWNLOAD
-        try:
-            with distributed.main_first(distributed.current()):  # under torchrun one rank downloads
-                model = build_model(cfg.model, len(data.classes), input_size=data.input_size,  # loads teacher.weights
-                                    in_channels=channels, pretrained=download,
-                                    weights=cfg.weights if role == "teacher" else None, **cfg.model_args)
-        except TypeError as exc:  # an argument the model does not take
-            raise ConfigError(f"{role}.model_args: {cfg.model_args} ({exc})") from None
-        except ConfigError as exc:  # an unknown name: say which key holds it
-            raise ConfigError(f"{role}.model: {exc}" if str(exc).startswith("model ") else str(exc)) from None
-        if role == "teacher" and cfg.mode == "partial":  # stages exist, prefixes name modules
-            partial_trainable(model, cfg.trainable_blocks, cfg.trainable_prefixes)
-        if role == "student" and budget:  # refused before anything trains
-            enforce_budget(model, cfg.model, **dataclasses.asdict(cfg.budget), input_size=data.input_size,
-                           channels=channels, num_classes=len(data.classes))
+        members = teacher_members(config.teacher) if role == "teacher" else []
+        for key, cfg in [(f"teacher.members[{k}]", member) for k, member in enumerate(members)] or [(role, getattr(config, role))]:
+            _check_model_builds(role, key, cfg, config, data, budget)
+
+
+def _check_model_builds(role: str, key: str, cfg, config: Config, data: DatasetBundle | DataShape,
+                        budget: bool) -> None:
+    """One model of ``check_models_build``; ``key`` names its settings in errors (``teacher``,
+    ``teacher.members[1]``, ``student``)."""
+    if role == "teacher" and cfg.checkpoint:
+        check_same_data(read_meta(Path(cfg.checkpoint)), data, cfg.checkpoint)
+        return
+    if role == "teacher" and cfg.weights and not Path(cfg.weights).is_file():
+        raise ConfigError(f"{key}.weights: {cfg.weights} not found")
+    if role == "teacher" and cfg.pretrained and not cfg.weights and cfg.model in PACKAGED:
+        packaged_weights_file(cfg.model)  # a missing package is named before anything is written
+    channels = data.channels if role == "teacher" else student_channels(config)
+    download = role == "teacher" and weight_source(cfg.model, cfg.pretrained, cfg.weights) is DOWNLOAD
+    try:
+        with distributed.main_first(distributed.current()):  # under torchrun one rank downloads
+            model = build_model(cfg.model, len(data.classes), input_size=data.input_size,  # loads teacher.weights
+                                in_channels=channels, pretrained=download,
+                                weights=cfg.weights if role == "teacher" else None, **cfg.model_args)
+    except TypeError as exc:  # an argument the model does not take
+        raise ConfigError(f"{key}.model_args: {cfg.model_args} ({exc})") from None
+    except ConfigError as exc:  # an unknown name: say which key holds it
+        raise ConfigError(f"{key}.model: {exc}" if str(exc).startswith("model ") else str(exc)) from None
+    if role == "teacher" and cfg.mode == "partial":  # stages exist, prefixes name modules
+        partial_trainable(model, cfg.trainable_blocks, cfg.trainable_prefixes)
+    if role == "student" and budget:  # refused before anything trains
+        enforce_budget(model, cfg.model, **dataclasses.asdict(cfg.budget), input_size=data.input_size,
+                       channels=channels, num_classes=len(data.classes))
 
 
 def check_same_data(meta: dict, data: DatasetBundle | DataShape, where: str) -> None:
