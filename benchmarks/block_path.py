@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from kdistill.data import DatasetBundle, ImageSplit
-from kdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kdistill.engine.allocator import keep_freed_memory
 from kdistill.engine.loop import training_batches
 from kdistill.models import build_model

@@ -4,7 +4,8 @@ Output folder (``config.out``)::
 
     config.yaml      the resolved config (every key, defaults included)
     splits.json      the files of each split, so anyone can check the patient grouping
-    teacher/         checkpoint: model.safetensors + model.json (incl. training history)
+    teacher/         checkpoint: model.safetensors + model.json (incl. training history); with
+                     ``teacher.members``, the ensemble, and each member's own in member<k>/
     baseline/        the student trained alone
     distilled/       the same student, same initialization and recipe, distilled from the teacher
     results.json     metrics on the test split, size and CPU speed of every model, mean +- std,
@@ -55,8 +56,7 @@ from kdistill.distill.inputs import check_unlabeled_method, prepare_teacher_outp
 from kdistill.data.doctor import examine
 from kdistill.preflight import check_before_data, check_same_data, log_data
 from kdistill.run_folder import (CONFIG_FILE, REPORT_FILES, RESULTS_FILE, RESUME_FOLDER, plan_run_folder,
-                                        remove_if_empty, run_targets, student_folders, train_targets,
-                                        write_run_files)
+                                 remove_if_empty, run_targets, student_folders, train_targets, write_run_files)
 from kdistill.errors import CheckpointError, ConfigError, DataError
 from kdistill.eval.evaluate import evaluate_model, run_statistics
 from kdistill.deploy.bench import add_speed

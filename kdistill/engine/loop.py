@@ -3,9 +3,9 @@
 The loop knows nothing about distillation: it calls ``method(batch, model, teacher)`` and
 optimizes ``out["loss"]``. Each epoch ends with a validation pass; the best epoch by the named
 validation metric is kept. After every epoch the full training state (weights, optimizer,
-schedule, history) is saved atomically under ``resume_dir``, so an interrupted run continues with
-``resume=True`` and, because each epoch's shuffling and flips come from a generator seeded by
-(seed, epoch), ends where an uninterrupted run ends.
+schedule, history) is saved atomically under ``resume_dir`` (its format: kdistill/engine/resume.py),
+so an interrupted run continues with ``resume=True`` and, because each epoch's shuffling and flips
+come from a generator seeded by (seed, epoch), ends where an uninterrupted run ends.
 """
 
 from __future__ import annotations
