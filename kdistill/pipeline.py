@@ -107,8 +107,8 @@ def run(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
         return {}
     evaluated = [(*_evaluate(teacher, teacher_meta, data, "teacher", out / "teacher", config),
                   (teacher, teacher_meta))]
-    evaluated += [_evaluate_member(index, model, meta, data, out, config)
-                  for index, (model, meta) in enumerate(teachers[1:])]
+    evaluated += [_evaluate_member(index, model, meta, folder, data, config)
+                  for index, ((model, meta), folder) in enumerate(zip(teachers[1:], member_folders(config, out)))]
     evaluated += train_and_evaluate_students(config, data, out, teacher, resume)
     rows = [row for row, _, _ in evaluated]
     add_speed(rows, {row["id"]: model for row, _, model in evaluated}, **dataclasses.asdict(config.profile))
@@ -217,14 +217,19 @@ def train_teachers(config: Config, data: DatasetBundle, out: Path, resume: bool)
     if not members:
         return [train_one_teacher(config.teacher, config, data, out / "teacher", "teacher", out, resume)]
     checkpoint_dir = out / "teacher"
-    trained = [train_one_teacher(member, config, data, checkpoint_dir / f"member{index}", f"teacher/member{index}",
-                                 out, resume, role=MEMBER_ROLE)
-               for index, member in enumerate(members)]
+    trained = [train_one_teacher(member, config, data, folder, f"teacher/member{index}", out, resume, role=MEMBER_ROLE)
+               for index, (member, folder) in enumerate(zip(members, member_folders(config, out)))]
     if not (resume and (checkpoint_dir / "model.json").is_file()) and distributed.current().is_main:
         save_ensemble(checkpoint_dir, trained, data, config)
     distributed.barrier(distributed.current())
     ensemble = _calibrated(checkpoint_dir, data, config, teacher=True)
     return [ensemble, *trained]
+
+
+def member_folders(config: Config, out: Path) -> list[Path]:
+    """Each ensemble member's checkpoint: its own ``checkpoint``, else ``teacher/member<k>/``."""
+    return [Path(member.checkpoint) if member.checkpoint else out / "teacher" / f"member{index}"
+            for index, member in enumerate(teacher_members(config.teacher))]
 
 
 def save_ensemble(checkpoint_dir: Path, members: list[tuple], data: DatasetBundle, config: Config) -> None:
@@ -477,10 +482,9 @@ def _evaluate(model, meta, data: DatasetBundle, role: str, checkpoint: Path, con
     return row, probs
 
 
-def _evaluate_member(index: int, model, meta: dict, data: DatasetBundle, out: Path, config: Config):
+def _evaluate_member(index: int, model, meta: dict, checkpoint: Path, data: DatasetBundle, config: Config):
     """An ensemble member's row: evaluated like any model, reported beside the ensemble."""
-    checkpoint = teacher_members(config.teacher)[index].checkpoint or out / "teacher" / f"member{index}"
-    row, probs = _evaluate(model, meta, data, MEMBER_ROLE, Path(checkpoint), config)
+    row, probs = _evaluate(model, meta, data, MEMBER_ROLE, checkpoint, config)
     row["id"], row["seed"] = f"member{index}", None
     return row, probs, (model, meta)
 

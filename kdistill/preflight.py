@@ -61,8 +61,11 @@ def check_models_build(config: Config, data: DatasetBundle | DataShape, roles: t
     training finds them), so an offline run fails before anything is written. ``budget``: the
     student must also meet ``student.budget``."""
     for role in roles:
-        members = teacher_members(config.teacher) if role == "teacher" else []
-        for key, cfg in [(f"teacher.members[{k}]", member) for k, member in enumerate(members)] or [(role, getattr(config, role))]:
+        if role == "teacher" and config.teacher.members:  # an ensemble: each member is a model
+            models = [(f"teacher.members[{k}]", member) for k, member in enumerate(teacher_members(config.teacher))]
+        else:
+            models = [(role, getattr(config, role))]
+        for key, cfg in models:
             _check_model_builds(role, key, cfg, config, data, budget)
 
 

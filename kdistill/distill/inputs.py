@@ -125,13 +125,10 @@ def check_methods_take_unlabeled(config: Config) -> None:
 def check_methods_take_ensemble(config: Config) -> None:
     """An ensemble teacher answers with class probabilities only: a method that reads a teacher's
     features or embedding needs one teacher (the members' layers differ)."""
-    if not config.teacher.members:
-        return
-    key = "distill.method" if config.distill.methods is None else "distill.methods"
-    for method, _ in distilled_runs(config):
-        if needs_of(method) - {"logits"}:
-            raise ConfigError(f"{key}: {method} reads the teacher's features, which an ensemble teacher "
-                              f"(teacher.members) does not have; use a logit method or one teacher")
+    if config.teacher.members:
+        _require(config, lambda method: not needs_of(method) - {"logits"},
+                 "reads the teacher's features, which an ensemble teacher (teacher.members) does not "
+                 "have; use one teacher or a method that reads its logits only")
 
 
 def _require(config: Config, supports, problem: str) -> None:
